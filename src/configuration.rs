@@ -1,0 +1,522 @@
+//! Configuration: compiled defaults < TOML file < environment (`SCHEDULER_` prefix, `__` for nesting, e.g.
+//! `SCHEDULER_DATABASE__URL`). Every field is documented here and in `scheduler.example.toml`.
+
+use crate::store::{Backoff, TaskState};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole configuration of one process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub log: LogSettings,
+    pub transport: TransportSettings,
+    pub sqs: SqsSettings,
+    pub persister: PersisterSettings,
+    pub acquirer: AcquirerSettings,
+    pub worker: WorkerSettings,
+    pub result_sink: ResultSinkSettings,
+    pub retry: RetrySettings,
+    pub reaper: ReaperSettings,
+    pub chaos: ChaosSettings,
+    pub http: HttpSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database: DatabaseSettings::default(),
+            log: LogSettings::default(),
+            transport: TransportSettings::default(),
+            sqs: SqsSettings::default(),
+            persister: PersisterSettings::default(),
+            acquirer: AcquirerSettings::default(),
+            worker: WorkerSettings::default(),
+            result_sink: ResultSinkSettings::default(),
+            retry: RetrySettings::default(),
+            reaper: ReaperSettings::default(),
+            chaos: ChaosSettings::default(),
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Postgres URL, e.g. postgres://user:password@host:5432/db. The password is redacted by `config`.
+    pub url: String,
+    /// Maximum connections in the pool.
+    pub pool_size: u32,
+    /// Connections kept open while idle.
+    pub min_idle: u32,
+    /// How long to wait for a connection before an operation fails.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/scheduler".into(),
+            pool_size: 16,
+            min_idle: 2,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter (`info`, `sqs_scheduler=debug,warn`); RUST_LOG, when set, wins.
+    pub level: String,
+    /// `logfmt` (default) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Logfmt,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Amazon SQS (or a local emulator through `sqs.endpoint_url`).
+    Sqs,
+    /// In-process queues: single-binary mode and fast tests. All roles must run in one process.
+    Memory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSettings {
+    /// `sqs` or `memory`.
+    pub kind: TransportKind,
+    /// A message body larger than this is dead-lettered unprocessed.
+    pub max_message_bytes: usize,
+    /// Visibility timeout for received messages (seconds); an undeleted message comes back after it.
+    pub visibility_timeout_secs: u32,
+    /// Long-poll wait for receives (seconds, at most 20).
+    pub wait_time_secs: u32,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            kind: TransportKind::Sqs,
+            max_message_bytes: 256 * 1024,
+            visibility_timeout_secs: 30,
+            wait_time_secs: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqsSettings {
+    /// Endpoint override for local emulators (moto, ElasticMQ); unset means AWS.
+    pub endpoint_url: Option<String>,
+    /// AWS region; unset means the standard AWS chain (AWS_REGION, profile).
+    pub region: Option<String>,
+    /// Static credentials; unset means the standard AWS chain. The secret is redacted by `config`.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Queues are `<prefix>-inbound`, `<prefix>-outbound`, `<prefix>-results`, each with `<name>-dlq`.
+    pub queue_prefix: String,
+    /// Create missing queues (with DLQs and redrive) at start; for local emulators. Terraform owns them in AWS.
+    pub create_queues: bool,
+}
+
+impl Default for SqsSettings {
+    fn default() -> Self {
+        Self {
+            endpoint_url: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            queue_prefix: "scheduler".into(),
+            create_queues: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersisterSettings {
+    /// Receivers (SqsPoller actors) on the inbound queue.
+    pub pollers: usize,
+    /// Submissions per submit_many transaction at most.
+    pub max_batch: usize,
+}
+
+impl Default for PersisterSettings {
+    fn default() -> Self {
+        Self {
+            pollers: 2,
+            max_batch: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcquirerSettings {
+    /// Tasks claimed per acquire_batch.
+    pub batch_size: i64,
+    /// Wake-up when no notification came (ms): retries that became due are found at least this often.
+    pub idle_wakeup_ms: u64,
+    /// Stop acquiring while the outbound queue holds more than this many messages (0: no limit).
+    pub max_outbound_depth: u64,
+}
+
+impl Default for AcquirerSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            idle_wakeup_ms: 1_000,
+            max_outbound_depth: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Handlers running at once in this process.
+    pub concurrency: usize,
+    /// Receivers on the outbound queue.
+    pub pollers: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            pollers: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResultSinkSettings {
+    /// Receivers on the results queue.
+    pub pollers: usize,
+}
+
+impl Default for ResultSinkSettings {
+    fn default() -> Self {
+        Self { pollers: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// max_attempts of a task submitted without one.
+    pub default_max_attempts: i64,
+    /// Delay after the first failed attempt (seconds); doubles each attempt.
+    pub base_delay_secs: f64,
+    /// Upper bound of the delay (seconds).
+    pub max_delay_secs: f64,
+    /// Spread of the delay, 0.0 ..= 1.0: uniform over [d * (1 - jitter), d * (1 + jitter)].
+    pub jitter: f64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        let b = Backoff::default();
+        Self {
+            default_max_attempts: 10,
+            base_delay_secs: b.base_seconds,
+            max_delay_secs: b.max_seconds,
+            jitter: b.jitter,
+        }
+    }
+}
+
+impl RetrySettings {
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base_seconds: self.base_delay_secs,
+            max_seconds: self.max_delay_secs,
+            jitter: self.jitter,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReaperSettings {
+    /// How often stale rescue runs (seconds).
+    pub interval_secs: f64,
+    /// A task ACQUIRED for longer than this is rescued (seconds). Must exceed your longest handler.
+    pub stale_timeout_secs: f64,
+    /// Rows per rescue or clean statement.
+    pub batch_size: i64,
+    /// How often the cleaner runs (seconds).
+    pub clean_interval_secs: f64,
+    /// Finished tasks older than this are deleted (seconds).
+    pub retention_secs: f64,
+    /// Which finished states the cleaner deletes.
+    pub clean_states: Vec<TaskState>,
+}
+
+impl Default for ReaperSettings {
+    fn default() -> Self {
+        Self {
+            interval_secs: 5.0,
+            stale_timeout_secs: 120.0,
+            batch_size: 1_000,
+            clean_interval_secs: 60.0,
+            retention_secs: 3_600.0,
+            clean_states: vec![TaskState::Success],
+        }
+    }
+}
+
+/// Fault injection, like the original's "monkey": each stage fails at random with this probability.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChaosSettings {
+    /// Default probability for every stage, 0.0 ..= 1.0.
+    pub error_rate: f64,
+    /// Per-stage overrides: persister, acquirer, worker, result_sink.
+    pub persister: Option<f64>,
+    pub acquirer: Option<f64>,
+    pub worker: Option<f64>,
+    pub result_sink: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of the HTTP server (API, /metrics, /healthz, /readyz). Empty string: no server.
+    pub bind: String,
+    /// Bearer tokens accepted by /rpc. With none, only loopback clients are served. Redacted by `config`.
+    pub api_tokens: Vec<String>,
+    /// Largest request body (bytes); larger gets 413.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            api_tokens: Vec::new(),
+            body_limit_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration that cannot be used: names the key and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+impl Settings {
+    /// Loads defaults < `path` (if given, or `SCHEDULER_CONFIG`, or `scheduler.toml` if it exists) < environment.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let path: Option<PathBuf> = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("SCHEDULER_CONFIG").map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("scheduler.toml")).filter(|p| p.exists()));
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(p) = &path {
+            if !p.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        fig = fig.merge(Env::prefixed("SCHEDULER_").split("__").ignore(&["CONFIG"]));
+        Self::from_figment(fig)
+    }
+
+    pub fn from_figment(fig: Figment) -> Result<Settings, ConfigError> {
+        let s: Settings = fig.extract().map_err(|e| {
+            let key = e.path.join(".");
+            let msg = e.kind.to_string();
+            if key.is_empty() {
+                ConfigError(msg)
+            } else {
+                ConfigError(format!("{key}: {msg}"))
+            }
+        })?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks what types cannot: ranges and relations between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn err(key: &str, msg: impl std::fmt::Display) -> Result<(), ConfigError> {
+            Err(ConfigError(format!("{key}: {msg}")))
+        }
+        if url::Url::parse(&self.database.url)
+            .map(|u| !matches!(u.scheme(), "postgres" | "postgresql"))
+            .unwrap_or(true)
+        {
+            return err("database.url", "must be a postgres:// URL");
+        }
+        if self.database.pool_size == 0 {
+            return err("database.pool_size", "must be at least 1");
+        }
+        if self.transport.wait_time_secs > 20 {
+            return err(
+                "transport.wait_time_secs",
+                "must be at most 20 (the SQS limit)",
+            );
+        }
+        if !(1..=43_200).contains(&self.transport.visibility_timeout_secs) {
+            return err(
+                "transport.visibility_timeout_secs",
+                "must be between 1 and 43200",
+            );
+        }
+        if !(1024..=1024 * 1024).contains(&self.transport.max_message_bytes) {
+            return err(
+                "transport.max_message_bytes",
+                "must be between 1024 and 1048576",
+            );
+        }
+        if self.sqs.queue_prefix.is_empty()
+            || !self
+                .sqs
+                .queue_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return err(
+                "sqs.queue_prefix",
+                "must be non-empty and use only letters, digits, '-' and '_'",
+            );
+        }
+        if self.persister.max_batch == 0 {
+            return err("persister.max_batch", "must be at least 1");
+        }
+        if !(1..=10_000).contains(&self.acquirer.batch_size) {
+            return err("acquirer.batch_size", "must be between 1 and 10000");
+        }
+        if self.acquirer.idle_wakeup_ms == 0 {
+            return err("acquirer.idle_wakeup_ms", "must be at least 1");
+        }
+        if self.worker.concurrency == 0 {
+            return err("worker.concurrency", "must be at least 1");
+        }
+        if !(1..=1000).contains(&self.retry.default_max_attempts) {
+            return err("retry.default_max_attempts", "must be between 1 and 1000");
+        }
+        if !(self.retry.base_delay_secs >= 0.0)
+            || !(self.retry.max_delay_secs >= self.retry.base_delay_secs)
+        {
+            return err(
+                "retry.max_delay_secs",
+                "must be at least retry.base_delay_secs, and both non-negative",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.retry.jitter) {
+            return err("retry.jitter", "must be between 0.0 and 1.0");
+        }
+        for (key, v) in [
+            ("reaper.interval_secs", self.reaper.interval_secs),
+            ("reaper.stale_timeout_secs", self.reaper.stale_timeout_secs),
+            (
+                "reaper.clean_interval_secs",
+                self.reaper.clean_interval_secs,
+            ),
+        ] {
+            if !(v > 0.0) {
+                return err(key, "must be greater than 0");
+            }
+        }
+        if !(self.reaper.retention_secs >= 0.0) {
+            return err("reaper.retention_secs", "must not be negative");
+        }
+        if self.reaper.batch_size < 1 {
+            return err("reaper.batch_size", "must be at least 1");
+        }
+        if let Some(s) = self.reaper.clean_states.iter().find(|s| !s.is_finished()) {
+            return err(
+                "reaper.clean_states",
+                format!("{s} is not a finished state"),
+            );
+        }
+        for (key, v) in [
+            ("chaos.error_rate", Some(self.chaos.error_rate)),
+            ("chaos.persister", self.chaos.persister),
+            ("chaos.acquirer", self.chaos.acquirer),
+            ("chaos.worker", self.chaos.worker),
+            ("chaos.result_sink", self.chaos.result_sink),
+        ] {
+            if let Some(v) = v {
+                if !(0.0..=1.0).contains(&v) {
+                    return err(key, "must be between 0.0 and 1.0");
+                }
+            }
+        }
+        if !self.http.bind.is_empty() && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
+            return err(
+                "http.bind",
+                "must be host:port with an IP address, e.g. 127.0.0.1:8080, or empty",
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML with passwords, secrets and tokens replaced by "[redacted]".
+    pub fn redacted_toml(&self) -> String {
+        let mut s = self.clone();
+        if let Ok(mut u) = url::Url::parse(&s.database.url) {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("[redacted]"));
+                s.database.url = u.to_string();
+            }
+        }
+        if s.sqs.secret_access_key.is_some() {
+            s.sqs.secret_access_key = Some("[redacted]".into());
+        }
+        s.http.api_tokens = s
+            .http
+            .api_tokens
+            .iter()
+            .map(|_| "[redacted]".to_string())
+            .collect();
+        toml_string(&s)
+    }
+}
+
+fn toml_string(s: &Settings) -> String {
+    // figment re-exports no TOML writer; serde_json -> a small TOML printer keeps the dependency list short.
+    let v = serde_json::to_value(s).expect("settings serialize");
+    let mut out = String::new();
+    let obj = v.as_object().expect("object");
+    for (section, body) in obj {
+        out.push_str(&format!("[{section}]\n"));
+        for (k, val) in body.as_object().expect("section") {
+            if val.is_null() {
+                out.push_str(&format!("# {k} = (unset)\n"));
+            } else {
+                out.push_str(&format!("{k} = {val}\n"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}

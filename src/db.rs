@@ -1,0 +1,79 @@
+//! The Postgres connection pool (bb8 over diesel-async, no libpq) and the embedded migrations.
+
+use crate::configuration::DatabaseSettings;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::AsyncPgConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::time::Duration;
+
+pub type DbPool = Pool<AsyncPgConnection>;
+pub type DbConn<'a> = PooledConnection<'a, AsyncPgConnection>;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Builds the pool. Connections are opened lazily, so this succeeds even while the database is down; the first
+/// query then waits up to `connect_timeout_ms`.
+pub fn build_pool(settings: &DatabaseSettings) -> DbPool {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(settings.url.clone());
+    Pool::builder()
+        .max_size(settings.pool_size)
+        .min_idle(Some(settings.min_idle.min(settings.pool_size)))
+        .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .build_unchecked(manager)
+}
+
+/// Applies pending migrations; returns the versions applied. Blocking: the async migration harness panics inside an
+/// actix System, so call it before the System starts or through `run_migrations`.
+pub fn run_migrations_blocking(url: &str) -> anyhow::Result<Vec<String>> {
+    use diesel::Connection;
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
+        .map_err(|e| anyhow::anyhow!("cannot connect to the database for migrations: {e}"))?;
+    let applied = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    Ok(applied.into_iter().map(|v| v.to_string()).collect())
+}
+
+/// `run_migrations_blocking` on a blocking thread, for async callers.
+pub async fn run_migrations(url: &str) -> anyhow::Result<Vec<String>> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || run_migrations_blocking(&url)).await?
+}
+
+/// Creates an empty database `name` next to the one `base_url` points at, and returns its URL. Used by tests (one
+/// fresh database each) and benchmarks. `name` must be a plain identifier.
+pub async fn create_database(base_url: &str, name: &str) -> anyhow::Result<String> {
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "database name {name:?} must be lowercase letters, digits and '_'"
+    );
+    let mut conn = AsyncPgConnection::establish(base_url).await?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    let mut url = url::Url::parse(base_url)?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.to_string())
+}
+
+/// Drops a database made by `create_database`, disconnecting its sessions.
+pub async fn drop_database(base_url: &str, name: &str) -> anyhow::Result<()> {
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    anyhow::ensure!(name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+    let mut conn = AsyncPgConnection::establish(base_url).await?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}

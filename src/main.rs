@@ -1,0 +1,7 @@
+//! The `sqs-scheduler` command: see `sqs-scheduler --help`.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    sqs_scheduler::cli::main()
+}

@@ -1,0 +1,641 @@
+//! `TaskStore`: every state transition of a task, each one SQL statement over the bb8 pool.
+//!
+//! Rules this module keeps (see docs/ARCHITECTURE.md):
+//! - batch-first: each operation takes or returns many tasks per statement (arrays bound with `unnest`);
+//! - fenced: a result applies only to the (id, attempt) that is still `ACQUIRED`;
+//! - every time comes from the database clock (`now()`), never from this process.
+
+pub mod model;
+
+pub use model::*;
+
+use crate::db::{DbConn, DbPool};
+use crate::schema::tasks;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{
+    Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz,
+};
+use diesel_async::RunQueryDsl;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+
+/// JSON-RPC error code recorded on tasks rescued by the StaleReaper (server-defined range).
+pub const STALE_ERROR_CODE: i64 = -32001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("database pool: {0}")]
+    Pool(String),
+    #[error("database: {0}")]
+    Database(#[from] diesel::result::Error),
+}
+
+impl StoreError {
+    /// A serialization failure or deadlock: the statement may simply be run again.
+    fn is_retryable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        matches!(
+            self,
+            StoreError::Database(Error::DatabaseError(
+                DatabaseErrorKind::SerializationFailure,
+                _
+            ))
+        ) || matches!(self, StoreError::Database(Error::DatabaseError(_, info)) if info.message().contains("deadlock"))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The Postgres task store. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct TaskStore {
+    pool: DbPool,
+    backoff: Backoff,
+}
+
+impl TaskStore {
+    pub fn new(pool: DbPool, backoff: Backoff) -> Self {
+        Self { pool, backoff }
+    }
+
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    pub fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    async fn conn(&self) -> StoreResult<DbConn<'_>> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    /// Inserts new tasks as SCHEDULED. Idempotent: a duplicate (action, dedup key), in the table or earlier in the
+    /// same batch, returns the existing task's id with `created: false`. One result per input, in input order.
+    pub async fn submit_many(&self, tasks: &[NewTask]) -> StoreResult<Vec<Submitted>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut actions = Vec::with_capacity(tasks.len());
+        let mut payloads = Vec::with_capacity(tasks.len());
+        let mut keys = Vec::with_capacity(tasks.len());
+        let mut priorities = Vec::with_capacity(tasks.len());
+        let mut max_attempts = Vec::with_capacity(tasks.len());
+        let mut run_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(tasks.len());
+        let mut delays: Vec<Option<f64>> = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            actions.push(t.action.as_str().to_owned());
+            payloads.push(t.payload.clone().into_value());
+            keys.push(t.dedup_key.as_ref().map(|k| k.as_str().to_owned()));
+            priorities.push(t.priority.get());
+            max_attempts.push(t.max_attempts.get());
+            match t.run_at {
+                RunAt::Now => {
+                    run_ats.push(None);
+                    delays.push(None);
+                }
+                RunAt::At(at) => {
+                    run_ats.push(Some(at));
+                    delays.push(None);
+                }
+                RunAt::After(d) => {
+                    run_ats.push(None);
+                    delays.push(Some(d.as_secs_f64()));
+                }
+            }
+        }
+
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Nullable<BigInt>)]
+            id: Option<i64>,
+            #[diesel(sql_type = Bool)]
+            created: bool,
+        }
+
+        // A concurrent submitter may insert the same key after this statement's snapshot was taken: ON CONFLICT
+        // skips it, but the join cannot see it yet (id NULL). Running the statement again sees it committed.
+        for round in 0.. {
+            let mut conn = self.conn().await?;
+            let res: Result<Vec<Row>, _> = diesel::sql_query(SUBMIT_SQL)
+                .bind::<Array<Text>, _>(&actions)
+                .bind::<Array<Jsonb>, _>(&payloads)
+                .bind::<Array<Nullable<Text>>, _>(&keys)
+                .bind::<Array<SmallInt>, _>(&priorities)
+                .bind::<Array<Integer>, _>(&max_attempts)
+                .bind::<Array<Nullable<Timestamptz>>, _>(&run_ats)
+                .bind::<Array<Nullable<Double>>, _>(&delays)
+                .load(&mut conn)
+                .await;
+            let rows = match res.map_err(StoreError::from) {
+                Err(e) if e.is_retryable() && round < 5 => continue,
+                other => other?,
+            };
+            if rows.iter().all(|r| r.id.is_some()) || round >= 5 {
+                return rows
+                    .into_iter()
+                    .map(|r| {
+                        r.id.map(|id| Submitted {
+                            id,
+                            created: r.created,
+                        })
+                        .ok_or_else(|| {
+                            StoreError::Pool(
+                                "submit raced with a concurrent submitter 5 times".into(),
+                            )
+                        })
+                    })
+                    .collect();
+            }
+        }
+        unreachable!()
+    }
+
+    /// Claims up to `limit` due tasks (SCHEDULED, or ERROR whose run_at has come) by priority, then run_at, then id:
+    /// sets ACQUIRED, attempts + 1, acquired_at = now. Concurrent callers never get the same task (SKIP LOCKED).
+    pub async fn acquire_batch(&self, limit: i64) -> StoreResult<Vec<AcquiredTask>> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+            #[diesel(sql_type = Text)]
+            action: String,
+            #[diesel(sql_type = Jsonb)]
+            payload: Value,
+            #[diesel(sql_type = Integer)]
+            attempt: i32,
+            #[diesel(sql_type = SmallInt)]
+            priority: i16,
+            #[diesel(sql_type = Timestamptz)]
+            created_at: DateTime<Utc>,
+            #[diesel(sql_type = Double)]
+            wait_seconds: f64,
+        }
+        let mut conn = self.conn().await?;
+        let mut rows: Vec<Row> = diesel::sql_query(ACQUIRE_SQL)
+            .bind::<BigInt, _>(limit.max(0))
+            .load(&mut conn)
+            .await?;
+        // UPDATE ... RETURNING has no order: restore the acquisition order.
+        rows.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Ok(rows
+            .into_iter()
+            .map(|r| AcquiredTask {
+                id: r.id,
+                action: r.action,
+                payload: r.payload,
+                attempt: r.attempt,
+                priority: r.priority,
+                created_at: r.created_at,
+                wait_seconds: r.wait_seconds,
+            })
+            .collect())
+    }
+
+    /// Records results. Each applies only while its task is ACQUIRED with that same attempt (fencing); the others
+    /// come back as stale. Success: SUCCESS. Failure: ERROR with run_at = now + backoff, or CRITICAL_ERROR once
+    /// attempts reached max_attempts, or CANCELLED if cancel was requested meanwhile.
+    pub async fn complete_many(&self, results: &[TaskResult]) -> StoreResult<Completion> {
+        if results.is_empty() {
+            return Ok(Completion::default());
+        }
+        let ids: Vec<i64> = results.iter().map(|r| r.id).collect();
+        let attempts: Vec<i32> = results.iter().map(|r| r.attempt).collect();
+        let oks: Vec<bool> = results
+            .iter()
+            .map(|r| matches!(r.outcome, Outcome::Success(_)))
+            .collect();
+        let bodies: Vec<Value> = results
+            .iter()
+            .map(|r| match &r.outcome {
+                Outcome::Success(v) | Outcome::Failure(v) => v.clone(),
+            })
+            .collect();
+
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+            #[diesel(sql_type = Integer)]
+            attempt: i32,
+            #[diesel(sql_type = Text)]
+            state: String,
+            #[diesel(sql_type = Double)]
+            age_seconds: f64,
+        }
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> = diesel::sql_query(COMPLETE_SQL)
+            .bind::<Array<BigInt>, _>(&ids)
+            .bind::<Array<Integer>, _>(&attempts)
+            .bind::<Array<Bool>, _>(&oks)
+            .bind::<Array<Jsonb>, _>(&bodies)
+            .bind::<Double, _>(self.backoff.base_seconds)
+            .bind::<Double, _>(self.backoff.max_seconds)
+            .bind::<Double, _>(self.backoff.jitter)
+            .load(&mut conn)
+            .await?;
+
+        let mut applied_keys: HashSet<(i64, i32)> = HashSet::with_capacity(rows.len());
+        let mut applied = Vec::with_capacity(rows.len());
+        for r in rows {
+            applied_keys.insert((r.id, r.attempt));
+            applied.push(Applied {
+                id: r.id,
+                attempt: r.attempt,
+                state: TaskState::parse(&r.state)?,
+                age_seconds: r.age_seconds,
+            });
+        }
+        // A duplicate of an applied result in the same batch is stale too: only one can apply.
+        let mut stale = Vec::new();
+        for r in results {
+            if !applied_keys.remove(&(r.id, r.attempt)) {
+                stale.push((r.id, r.attempt));
+            }
+        }
+        Ok(Completion { applied, stale })
+    }
+
+    /// Hands acquired tasks back (their outbound send failed) without burning the attempt: ACQUIRED with that
+    /// attempt becomes SCHEDULED (first attempt) or ERROR (a retry), due now. Returns how many were released.
+    pub async fn release(&self, tasks: &[(i64, i32)]) -> StoreResult<usize> {
+        if tasks.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
+        let attempts: Vec<i32> = tasks.iter().map(|t| t.1).collect();
+        let mut conn = self.conn().await?;
+        let n = diesel::sql_query(RELEASE_SQL)
+            .bind::<Array<BigInt>, _>(&ids)
+            .bind::<Array<Integer>, _>(&attempts)
+            .execute(&mut conn)
+            .await?;
+        Ok(n)
+    }
+
+    /// Tasks ACQUIRED for longer than `timeout_secs` become ERROR (retried after backoff) or CRITICAL_ERROR,
+    /// with an error that says "stale". At most `batch` per call; returns the tasks rescued.
+    pub async fn rescue_stale(
+        &self,
+        timeout_secs: f64,
+        batch: i64,
+    ) -> StoreResult<Vec<(i64, TaskState)>> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+            #[diesel(sql_type = Text)]
+            state: String,
+        }
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> = diesel::sql_query(RESCUE_SQL)
+            .bind::<Double, _>(timeout_secs)
+            .bind::<BigInt, _>(batch)
+            .bind::<Double, _>(self.backoff.base_seconds)
+            .bind::<Double, _>(self.backoff.max_seconds)
+            .bind::<Double, _>(self.backoff.jitter)
+            .load(&mut conn)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.id, TaskState::parse(&r.state)?)))
+            .collect()
+    }
+
+    /// Deletes up to `batch` finished tasks in `states` whose finished_at is older than `retention_secs`.
+    pub async fn clean_finished(
+        &self,
+        retention_secs: f64,
+        states: &[TaskState],
+        batch: i64,
+    ) -> StoreResult<usize> {
+        let states: Vec<&str> = states
+            .iter()
+            .filter(|s| s.is_finished())
+            .map(|s| s.as_str())
+            .collect();
+        if states.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn().await?;
+        let n = diesel::sql_query(CLEAN_SQL)
+            .bind::<Array<Text>, _>(&states)
+            .bind::<Double, _>(retention_secs)
+            .bind::<BigInt, _>(batch)
+            .execute(&mut conn)
+            .await?;
+        Ok(n)
+    }
+
+    pub async fn get(&self, id: i64) -> StoreResult<Option<Task>> {
+        let mut conn = self.conn().await?;
+        let row: Option<TaskRow> = tasks::table
+            .find(id)
+            .select(TaskRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?;
+        row.map(Task::try_from).transpose()
+    }
+
+    pub async fn get_many(&self, ids: &[i64]) -> StoreResult<Vec<Task>> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<TaskRow> = tasks::table
+            .filter(tasks::id.eq_any(ids))
+            .order(tasks::id)
+            .select(TaskRow::as_select())
+            .load(&mut conn)
+            .await?;
+        rows.into_iter().map(Task::try_from).collect()
+    }
+
+    /// Tasks by id, filtered by state and action, `limit` (default 100, at most 1000) after `after_id`.
+    pub async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<Task>> {
+        let limit = filter.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ValidationError::new("limit", "must be between 1 and 1000").into());
+        }
+        let mut q = tasks::table
+            .select(TaskRow::as_select())
+            .order(tasks::id)
+            .limit(limit)
+            .into_boxed();
+        if let Some(state) = filter.state {
+            q = q.filter(tasks::state.eq(state.as_str()));
+        }
+        if let Some(action) = &filter.action {
+            q = q.filter(tasks::action.eq(action.as_str().to_owned()));
+        }
+        if let Some(after) = filter.after_id {
+            q = q.filter(tasks::id.gt(after));
+        }
+        let mut conn = self.conn().await?;
+        let rows: Vec<TaskRow> = q.load(&mut conn).await?;
+        rows.into_iter().map(Task::try_from).collect()
+    }
+
+    /// SCHEDULED or ERROR become CANCELLED; an ACQUIRED task is marked so that a failure is not retried.
+    pub async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Nullable<Text>)]
+            before: Option<String>,
+            #[diesel(sql_type = Nullable<Text>)]
+            after: Option<String>,
+        }
+        let mut conn = self.conn().await?;
+        let row: Row = diesel::sql_query(CANCEL_SQL)
+            .bind::<BigInt, _>(id)
+            .get_result(&mut conn)
+            .await?;
+        Ok(match (row.before.as_deref(), row.after.as_deref()) {
+            (None, _) => CancelOutcome::NotFound,
+            (Some(_), Some("CANCELLED")) => CancelOutcome::Cancelled,
+            (Some(_), Some("ACQUIRED")) => CancelOutcome::CancelRequested,
+            (Some(_), _) => CancelOutcome::AlreadyFinished,
+        })
+    }
+
+    /// CRITICAL_ERROR or CANCELLED back to SCHEDULED with `extra_attempts` more attempts. Attempt numbers keep
+    /// growing, so a late result of an earlier attempt still cannot apply. Returns false if the task was not in
+    /// one of those states.
+    pub async fn retry(&self, id: i64, extra_attempts: MaxAttempts) -> StoreResult<bool> {
+        let mut conn = self.conn().await?;
+        let n = diesel::sql_query(RETRY_SQL)
+            .bind::<BigInt, _>(id)
+            .bind::<Integer, _>(extra_attempts.get())
+            .execute(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Number of tasks in each state (every state present, zero if none).
+    pub async fn counts_by_state(&self) -> StoreResult<Vec<(TaskState, i64)>> {
+        let rows = self.counts_by_state_and_action().await?;
+        Ok(TaskState::ALL
+            .into_iter()
+            .map(|s| (s, rows.iter().filter(|r| r.0 == s).map(|r| r.2).sum()))
+            .collect())
+    }
+
+    /// Number of tasks per (state, action).
+    pub async fn counts_by_state_and_action(&self) -> StoreResult<Vec<(TaskState, String, i64)>> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<(String, String, i64)> = tasks::table
+            .group_by((tasks::state, tasks::action))
+            .select((tasks::state, tasks::action, diesel::dsl::count_star()))
+            .load(&mut conn)
+            .await?;
+        rows.into_iter()
+            .map(|(s, a, n)| Ok((TaskState::parse(&s)?, a, n)))
+            .collect()
+    }
+
+    /// The database clock, for tests and the load generator.
+    pub async fn db_now(&self) -> StoreResult<DateTime<Utc>> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Timestamptz)]
+            now: DateTime<Utc>,
+        }
+        let mut conn = self.conn().await?;
+        let r: Row = diesel::sql_query("SELECT now() AS now")
+            .get_result(&mut conn)
+            .await?;
+        Ok(r.now)
+    }
+}
+
+/// The error body a stale rescue records (also built in SQL; kept here for documentation and tests).
+pub fn stale_error(timeout_secs: f64, attempt: i32) -> Value {
+    json!({"code": STALE_ERROR_CODE, "message": format!("stale: acquired for longer than {timeout_secs} s without a result"), "attempt": attempt})
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = tasks, check_for_backend(diesel::pg::Pg))]
+struct TaskRow {
+    id: i64,
+    action: String,
+    payload: Value,
+    dedup_key: String,
+    state: String,
+    priority: i16,
+    attempts: i32,
+    max_attempts: i32,
+    run_at: DateTime<Utc>,
+    acquired_at: Option<DateTime<Utc>>,
+    cancel_requested: bool,
+    result: Option<Value>,
+    error: Option<Value>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<TaskRow> for Task {
+    type Error = StoreError;
+    fn try_from(r: TaskRow) -> StoreResult<Task> {
+        Ok(Task {
+            id: r.id,
+            action: r.action,
+            payload: r.payload,
+            dedup_key: r.dedup_key,
+            state: TaskState::parse(&r.state)?,
+            priority: r.priority,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            run_at: r.run_at,
+            acquired_at: r.acquired_at,
+            cancel_requested: r.cancel_requested,
+            result: r.result,
+            error: r.error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
+const SUBMIT_SQL: &str = r#"
+WITH input AS (
+    SELECT i.ord, i.action, i.payload,
+           COALESCE(i.dedup_key, md5(i.payload::text)) AS dedup_key,
+           i.priority, i.max_attempts,
+           COALESCE(i.run_at, now() + make_interval(secs => COALESCE(i.delay_secs, 0))) AS run_at
+    FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::int2[], $5::int4[], $6::timestamptz[], $7::float8[])
+         WITH ORDINALITY AS i(action, payload, dedup_key, priority, max_attempts, run_at, delay_secs, ord)
+),
+ins AS (
+    INSERT INTO tasks (action, payload, dedup_key, priority, max_attempts, run_at)
+    SELECT action, payload, dedup_key, priority, max_attempts, run_at FROM input
+    ORDER BY action, dedup_key
+    ON CONFLICT (action, dedup_key) DO NOTHING
+    RETURNING id, action, dedup_key
+)
+SELECT COALESCE(ins.id, existing.id) AS id,
+       (ins.id IS NOT NULL
+        AND input.ord = min(input.ord) OVER (PARTITION BY input.action, input.dedup_key)) AS created
+FROM input
+LEFT JOIN ins ON ins.action = input.action AND ins.dedup_key = input.dedup_key
+LEFT JOIN tasks existing ON existing.action = input.action AND existing.dedup_key = input.dedup_key
+ORDER BY input.ord
+"#;
+
+const ACQUIRE_SQL: &str = r#"
+WITH due AS (
+    SELECT id FROM tasks
+    WHERE state IN ('SCHEDULED', 'ERROR') AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET state = 'ACQUIRED', attempts = t.attempts + 1, acquired_at = now(), updated_at = now()
+FROM due
+WHERE t.id = due.id
+RETURNING t.id, t.action, t.payload, t.attempts AS attempt, t.priority, t.created_at,
+          GREATEST(0, EXTRACT(EPOCH FROM now() - t.run_at))::float8 AS wait_seconds
+"#;
+
+const COMPLETE_SQL: &str = r#"
+WITH r AS (
+    SELECT * FROM unnest($1::int8[], $2::int4[], $3::bool[], $4::jsonb[]) AS r(id, attempt, ok, body)
+)
+UPDATE tasks t SET
+    state = CASE WHEN r.ok THEN 'SUCCESS'
+                 WHEN t.cancel_requested THEN 'CANCELLED'
+                 WHEN t.attempts >= t.max_attempts THEN 'CRITICAL_ERROR'
+                 ELSE 'ERROR' END,
+    result = CASE WHEN r.ok THEN r.body END,
+    error = CASE WHEN r.ok THEN NULL ELSE r.body END,
+    run_at = CASE WHEN r.ok OR t.cancel_requested OR t.attempts >= t.max_attempts THEN t.run_at
+                  ELSE now() + tasks_retry_delay(t.attempts, $5, $6, $7) END,
+    acquired_at = NULL,
+    updated_at = now(),
+    finished_at = CASE WHEN r.ok OR t.cancel_requested OR t.attempts >= t.max_attempts THEN now() END
+FROM r
+WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
+RETURNING t.id, t.attempts AS attempt, t.state, EXTRACT(EPOCH FROM now() - t.created_at)::float8 AS age_seconds
+"#;
+
+const RELEASE_SQL: &str = r#"
+UPDATE tasks t SET
+    state = CASE WHEN t.cancel_requested THEN 'CANCELLED'
+                 WHEN t.attempts <= 1 THEN 'SCHEDULED'
+                 ELSE 'ERROR' END,
+    attempts = t.attempts - 1,
+    run_at = now(),
+    acquired_at = NULL,
+    updated_at = now(),
+    finished_at = CASE WHEN t.cancel_requested THEN now() END
+FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
+WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
+"#;
+
+const RESCUE_SQL: &str = r#"
+WITH stale AS (
+    SELECT id FROM tasks
+    WHERE state = 'ACQUIRED' AND acquired_at < now() - make_interval(secs => $1)
+    ORDER BY acquired_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t SET
+    state = CASE WHEN t.cancel_requested THEN 'CANCELLED'
+                 WHEN t.attempts >= t.max_attempts THEN 'CRITICAL_ERROR'
+                 ELSE 'ERROR' END,
+    error = jsonb_build_object(
+        'code', -32001,
+        'message', 'stale: acquired for longer than ' || $1::text || ' s without a result',
+        'attempt', t.attempts),
+    run_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN t.run_at
+                  ELSE now() + tasks_retry_delay(t.attempts, $3, $4, $5) END,
+    acquired_at = NULL,
+    updated_at = now(),
+    finished_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN now() END
+FROM stale
+WHERE t.id = stale.id
+RETURNING t.id, t.state
+"#;
+
+const CLEAN_SQL: &str = r#"
+DELETE FROM tasks WHERE id IN (
+    SELECT id FROM tasks
+    WHERE state = ANY($1::text[]) AND finished_at IS NOT NULL
+      AND finished_at < now() - make_interval(secs => $2)
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+"#;
+
+const CANCEL_SQL: &str = r#"
+WITH before AS (
+    SELECT state FROM tasks WHERE id = $1
+),
+upd AS (
+    UPDATE tasks SET
+        state = CASE WHEN state IN ('SCHEDULED', 'ERROR') THEN 'CANCELLED' ELSE state END,
+        cancel_requested = cancel_requested OR state = 'ACQUIRED',
+        finished_at = CASE WHEN state IN ('SCHEDULED', 'ERROR') THEN now() ELSE finished_at END,
+        updated_at = now()
+    WHERE id = $1 AND state IN ('SCHEDULED', 'ERROR', 'ACQUIRED')
+    RETURNING state
+)
+SELECT (SELECT state FROM before) AS before, (SELECT state FROM upd) AS after
+"#;
+
+const RETRY_SQL: &str = r#"
+UPDATE tasks SET
+    state = 'SCHEDULED',
+    max_attempts = attempts + $2,
+    run_at = now(),
+    cancel_requested = false,
+    finished_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND state IN ('CRITICAL_ERROR', 'CANCELLED')
+"#;
