@@ -42,6 +42,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 ############################ runtime ############################
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 
+# ca-certificates is left unpinned on purpose: it should track Debian's updates.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \

@@ -75,3 +75,5 @@ pub async fn exec(url: &str, sql: &str) {
     let mut conn = AsyncPgConnection::establish(url).await.unwrap();
     diesel::sql_query(sql).execute(&mut conn).await.unwrap();
 }
+
+pub mod pipeline;

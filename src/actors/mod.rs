@@ -1,0 +1,217 @@
+//! The pipeline's actors (actix, each under actix's Supervisor, restarted by the `Watchdog` after a panic):
+//!
+//! ```text
+//! inbound queue -> SqsPoller -> Persister -> Postgres (SCHEDULED)
+//! Postgres -> Acquirer -> outbound queue -> SqsPoller -> WorkerPool -> results queue
+//! results queue -> SqsPoller -> ResultSink -> Postgres (SUCCESS / ERROR / CRITICAL_ERROR)
+//! StaleReaper: rescues stale ACQUIRED tasks, deletes old finished ones. StatsCollector: gauges.
+//! ```
+
+pub mod acquirer;
+pub mod group_commit;
+pub mod persister;
+pub mod poller;
+pub mod reaper;
+pub mod result_sink;
+pub mod stats;
+pub mod watchdog;
+pub mod worker_pool;
+
+use crate::chaos::Chaos;
+use crate::configuration::Settings;
+use crate::handlers::HandlerRegistry;
+use crate::metrics::metrics;
+use crate::protocol::RpcError;
+use crate::store::{Applied, TaskStore};
+use crate::transport::{Message as QueueMessage, Queue, Transport};
+use actix::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{broadcast, watch, Notify};
+
+/// A batch of received messages handed to a stage. The stage answers with the receipts that may be deleted now
+/// (their effect is durable); the rest come back after the visibility timeout. A stage that deletes its messages
+/// itself later (the WorkerPool) answers with none.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct Deliver {
+    pub queue: Queue,
+    pub messages: Vec<QueueMessage>,
+}
+
+/// Test hook: makes the receiving actor panic inside a handler, to prove supervision restarts it.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+/// Where a poller sends its batches; replaced when the stage is restarted after a panic.
+pub type Slot<M> = Arc<RwLock<Option<Recipient<M>>>>;
+
+pub fn slot<M: actix::Message + Send>() -> Slot<M>
+where
+    M::Result: Send,
+{
+    Arc::new(RwLock::new(None))
+}
+
+/// Counts in-flight work of one shutdown phase; `wait_idle` resolves when none is left.
+#[derive(Clone, Default)]
+pub struct Tracker {
+    inner: Arc<(AtomicUsize, Notify)>,
+}
+
+pub struct TrackGuard(Arc<(AtomicUsize, Notify)>);
+
+impl Tracker {
+    pub fn guard(&self) -> TrackGuard {
+        self.inner.0.fetch_add(1, Ordering::SeqCst);
+        TrackGuard(self.inner.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inner.0.load(Ordering::SeqCst)
+    }
+
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.1.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        if self.0 .0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0 .1.notify_waiters();
+        }
+    }
+}
+
+/// A stop signal: `stop` once, `stopped` resolves for every waiter.
+#[derive(Clone)]
+pub struct StopSignal {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for StopSignal {
+    fn default() -> Self {
+        Self {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl StopSignal {
+    pub fn stop(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    pub async fn stopped(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+/// The shutdown phases, in order: take no new work, drain each queue's stage, then stop for good.
+#[derive(Clone, Default)]
+pub struct Phases {
+    /// Acquirer stops; inbound pollers drain their queue, then stop.
+    pub inbound: StopSignal,
+    /// Outbound pollers drain, workers finish in-flight tasks.
+    pub outbound: StopSignal,
+    /// Results pollers drain.
+    pub results: StopSignal,
+    /// Grace period over: everything stops now.
+    pub hard: StopSignal,
+    pub inbound_work: Tracker,
+    pub outbound_work: Tracker,
+    pub results_work: Tracker,
+}
+
+impl Phases {
+    pub fn signal(&self, queue: Queue) -> &StopSignal {
+        match queue {
+            Queue::Inbound | Queue::InboundDlq => &self.inbound,
+            Queue::Outbound | Queue::OutboundDlq => &self.outbound,
+            Queue::Results | Queue::ResultsDlq => &self.results,
+        }
+    }
+
+    pub fn tracker(&self, queue: Queue) -> &Tracker {
+        match queue {
+            Queue::Inbound | Queue::InboundDlq => &self.inbound_work,
+            Queue::Outbound | Queue::OutboundDlq => &self.outbound_work,
+            Queue::Results | Queue::ResultsDlq => &self.results_work,
+        }
+    }
+}
+
+/// What every actor shares: configuration, transport, handlers, chaos, shutdown phases.
+#[derive(Clone)]
+pub struct Shared {
+    pub settings: Arc<Settings>,
+    pub transport: Arc<dyn Transport>,
+    pub handlers: HandlerRegistry,
+    pub chaos: Chaos,
+    pub phases: Phases,
+    /// Every result the ResultSink applied (for in-process observers: load generator, benchmarks, tests).
+    pub completions: broadcast::Sender<Applied>,
+    /// Wakes the Acquirer (LISTEN/NOTIFY, or an in-process submit).
+    pub acquirer_wake: Arc<Notify>,
+}
+
+impl Shared {
+    /// A task store with its own pool. Call it on the arbiter that will use it: the pool's connection tasks live
+    /// on the arbiter that opens them.
+    pub fn new_store(&self, pool_size: u32) -> TaskStore {
+        let mut db = self.settings.database.clone();
+        db.pool_size = pool_size.min(db.pool_size).max(1);
+        db.min_idle = 0;
+        TaskStore::new(crate::db::build_pool(&db), self.settings.retry.backoff())
+    }
+
+    pub fn queue_label(&self, queue: Queue) -> String {
+        queue.name(&self.settings.sqs.queue_prefix)
+    }
+
+    /// Moves malformed messages to the queue's DLQ at once; returns the receipts that may now be deleted.
+    pub async fn dead_letter(
+        &self,
+        queue: Queue,
+        bad: Vec<(QueueMessage, RpcError)>,
+    ) -> Vec<String> {
+        if bad.is_empty() {
+            return Vec::new();
+        }
+        let dlq = self.queue_label(queue.dlq());
+        for (m, e) in &bad {
+            tracing::warn!(queue = %self.queue_label(queue), message_id = %m.id, code = e.code, error = %e.message,
+                "malformed message moved to the dead-letter queue");
+            metrics()
+                .messages_dead_lettered
+                .with_label_values(&[dlq.as_str(), e.reason()])
+                .inc();
+        }
+        let bodies: Vec<String> = bad.iter().map(|(m, _)| m.body.clone()).collect();
+        match self.transport.send(queue.dlq(), &bodies).await {
+            Ok(res) => bad
+                .into_iter()
+                .zip(res)
+                .filter(|(_, r)| r.is_ok())
+                .map(|((m, _), _)| m.receipt)
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "dead-letter send failed; the messages will be redelivered");
+                Vec::new()
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Persister: stores submissions from the inbound queue as SCHEDULED tasks (TaskStore::submit_many, one statement
+//! per group). Duplicates are harmless. Malformed submissions go to the inbound DLQ at once. Messages are deleted
+//! only after the commit.
+
+use super::group_commit::GroupCommit;
+use super::{Deliver, InjectPanic, Shared};
+use crate::chaos::Stage;
+use crate::metrics::metrics;
+use crate::protocol;
+use crate::store::{MaxAttempts, TaskStore};
+use crate::transport::Queue;
+use actix::prelude::*;
+use std::collections::HashSet;
+
+pub struct Persister {
+    shared: Shared,
+    commit: Option<GroupCommit>,
+}
+
+impl Persister {
+    pub fn new(shared: Shared) -> Self {
+        Self {
+            shared,
+            commit: None,
+        }
+    }
+}
+
+impl Actor for Persister {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let shared = self.shared.clone();
+        let store = shared.new_store(8);
+        let (commit, fut) = GroupCommit::new(shared.settings.persister.max_batch, move |msgs| {
+            persist(shared.clone(), store.clone(), msgs)
+        });
+        self.commit = Some(commit);
+        ctx.spawn(fut.into_actor(self));
+    }
+}
+
+impl Supervised for Persister {}
+
+impl Handler<Deliver> for Persister {
+    type Result = ResponseFuture<Vec<String>>;
+
+    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
+        let commit = self.commit.clone().expect("started");
+        Box::pin(async move { commit.submit(msg.messages).await })
+    }
+}
+
+impl Handler<InjectPanic> for Persister {
+    type Result = ();
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+        panic!("injected panic in Persister");
+    }
+}
+
+async fn persist(
+    shared: Shared,
+    store: TaskStore,
+    msgs: Vec<crate::transport::Message>,
+) -> HashSet<String> {
+    let settings = &shared.settings;
+    let default_max = MaxAttempts::parse(settings.retry.default_max_attempts).unwrap_or_default();
+    let mut tasks = Vec::with_capacity(msgs.len());
+    let mut receipts = Vec::with_capacity(msgs.len());
+    let mut bad = Vec::new();
+    for m in msgs {
+        match protocol::parse_submit(&m.body, settings.transport.max_message_bytes, default_max) {
+            Ok(t) => {
+                tasks.push(t);
+                receipts.push(m.receipt);
+            }
+            Err(e) => bad.push((m, e)),
+        }
+    }
+    let mut done: HashSet<String> = shared
+        .dead_letter(Queue::Inbound, bad)
+        .await
+        .into_iter()
+        .collect();
+    if tasks.is_empty() {
+        return done;
+    }
+    match store.submit_many(&tasks).await {
+        Ok(submitted) => {
+            let created = submitted.iter().filter(|s| s.created).count() as u64;
+            metrics().tasks_persisted.inc_by(created);
+            metrics()
+                .tasks_duplicate
+                .inc_by(submitted.len() as u64 - created);
+            if created > 0 {
+                shared.acquirer_wake.notify_one();
+            }
+            // Chaos: act as if the process died between commit and delete; redelivery must be a harmless duplicate.
+            if !shared.chaos.strike(Stage::Persister) {
+                done.extend(receipts);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, tasks = tasks.len(), "submit_many failed; the messages will be redelivered")
+        }
+    }
+    done
+}

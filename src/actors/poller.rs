@@ -1,0 +1,114 @@
+//! SqsPoller: long-polls one queue and hands each batch to its stage, then deletes what the stage says is
+//! durable (ack after commit). Works on any `Transport`. On shutdown it drains its queue (receives until one
+//! comes back empty) and stops; the grace deadline stops it regardless.
+
+use super::{Deliver, InjectPanic, Shared, Slot};
+use crate::metrics::metrics;
+use crate::transport::{Queue, MAX_BATCH};
+use actix::prelude::*;
+use std::time::Duration;
+
+pub struct SqsPoller {
+    shared: Shared,
+    queue: Queue,
+    downstream: Slot<Deliver>,
+}
+
+impl SqsPoller {
+    pub fn new(shared: Shared, queue: Queue, downstream: Slot<Deliver>) -> Self {
+        Self {
+            shared,
+            queue,
+            downstream,
+        }
+    }
+}
+
+impl Actor for SqsPoller {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let fut = poll_loop(self.shared.clone(), self.queue, self.downstream.clone());
+        ctx.spawn(fut.into_actor(self).map(|_, act, ctx| {
+            if !act.shared.phases.signal(act.queue).is_stopped() {
+                ctx.stop(); // ended without shutdown: the Supervisor restarts it
+            }
+        }));
+    }
+}
+
+impl Supervised for SqsPoller {}
+
+impl Handler<InjectPanic> for SqsPoller {
+    type Result = ();
+    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+        panic!("injected panic in SqsPoller({})", self.queue);
+    }
+}
+
+async fn poll_loop(shared: Shared, queue: Queue, downstream: Slot<Deliver>) {
+    let label = shared.queue_label(queue);
+    let stop = shared.phases.signal(queue).clone();
+    let hard = shared.phases.hard.clone();
+    let wait = Duration::from_secs(shared.settings.transport.wait_time_secs as u64);
+    let mut error_delay = Duration::from_millis(100);
+    loop {
+        if hard.is_stopped() {
+            break;
+        }
+        let draining = stop.is_stopped();
+        // While draining, do not long-poll: an empty answer means the queue is drained.
+        let res = tokio::select! {
+            r = shared.transport.receive(queue, MAX_BATCH, if draining { Duration::ZERO } else { wait }) => r,
+            _ = stop.stopped(), if !draining => continue,
+            _ = hard.stopped() => break,
+        };
+        let messages = match res {
+            Ok(m) => {
+                error_delay = Duration::from_millis(100);
+                m
+            }
+            Err(e) => {
+                tracing::warn!(queue = %label, error = %e, "receive failed; retrying");
+                tokio::select! { _ = tokio::time::sleep(error_delay) => {}, _ = hard.stopped() => break }
+                error_delay = (error_delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            if draining {
+                break;
+            }
+            continue;
+        }
+        let _guard = shared.phases.tracker(queue).guard();
+        metrics()
+            .messages_received
+            .with_label_values(&[label.as_str()])
+            .inc_by(messages.len() as u64);
+        let recipient = downstream.read().unwrap().clone();
+        let Some(recipient) = recipient else {
+            // Stage not up (being restarted): the messages come back after their visibility timeout.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        match recipient.send(Deliver { queue, messages }).await {
+            Ok(receipts) if !receipts.is_empty() => {
+                match shared.transport.delete(queue, &receipts).await {
+                    Ok(failed) if failed.is_empty() => {}
+                    Ok(failed) => {
+                        tracing::warn!(queue = %label, failed = failed.len(), "some deletes failed; redelivery is harmless")
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %label, error = %e, "delete failed; redelivery is harmless")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(queue = %label, error = %e, "stage unavailable; messages will be redelivered")
+            }
+        }
+    }
+    tracing::debug!(queue = %label, "poller stopped");
+}

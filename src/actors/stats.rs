@@ -1,0 +1,73 @@
+//! StatsCollector: refreshes the gauges that need a query (tasks by state, queue depths, DB pool) every 5 s.
+
+use super::Shared;
+use crate::metrics::metrics;
+use crate::store::TaskStore;
+use crate::transport::Queue;
+use actix::prelude::*;
+use std::time::Duration;
+
+pub struct StatsCollector {
+    shared: Shared,
+    store: Option<TaskStore>,
+    running: bool,
+}
+
+impl StatsCollector {
+    pub fn new(shared: Shared) -> Self {
+        Self {
+            shared,
+            store: None,
+            running: false,
+        }
+    }
+}
+
+impl Actor for StatsCollector {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.store = Some(self.shared.new_store(1));
+        ctx.run_interval(Duration::from_secs(5), |act, ctx| {
+            if act.running {
+                return; // the previous refresh is still running
+            }
+            act.running = true;
+            let shared = act.shared.clone();
+            let store = act.store.clone().expect("started");
+            ctx.spawn(
+                refresh(shared, store)
+                    .into_actor(act)
+                    .map(|_, act, _| act.running = false),
+            );
+        });
+    }
+}
+
+impl Supervised for StatsCollector {}
+
+pub async fn refresh(shared: Shared, store: TaskStore) {
+    let m = metrics();
+    match store.counts_by_state().await {
+        Ok(counts) => {
+            for (state, n) in counts {
+                m.tasks.with_label_values(&[state.as_str()]).set(n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "counting tasks failed"),
+    }
+    for q in Queue::ALL {
+        if let Ok(depth) = shared.transport.depth(q).await {
+            m.queue_depth
+                .with_label_values(&[shared.queue_label(q).as_str()])
+                .set(depth as i64);
+        }
+    }
+    let state = store.pool().state();
+    m.db_pool_connections
+        .with_label_values(&["in_use"])
+        .set((state.connections - state.idle_connections) as i64);
+    m.db_pool_connections
+        .with_label_values(&["idle"])
+        .set(state.idle_connections as i64);
+}

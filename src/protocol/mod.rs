@@ -1,0 +1,523 @@
+//! JSON-RPC 2.0, the one protocol on every queue and over HTTP.
+//!
+//! - inbound (submit): `{"jsonrpc":"2.0","method":"submit:export","params":{"objectID":23}}`. `params` is the
+//!   payload, or, to pass options, `{"payload":{...},"priority":5,"dedup_key":"k","run_at":"<RFC 3339>",
+//!   "delay_secs":30,"max_attempts":3}` (the structured form is recognised by its `payload` member).
+//! - outbound (task): `{"jsonrpc":"2.0","method":"export","params":{"objectID":23,"_meta":{"attempt":1}},"id":42}`
+//!   where the id is the task id; `_meta` is reserved in payloads.
+//! - results: `{"jsonrpc":"2.0","result":{"result":<handler output>,"attempt":1},"id":42}` or
+//!   `{"jsonrpc":"2.0","error":{"code":-1234,"message":"...","attempt":1,"data":...},"id":42}`.
+
+use crate::store::{
+    Action, DedupKey, MaxAttempts, NewTask, Outcome, Payload, Priority, RunAt, TaskResult,
+    ValidationError,
+};
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
+/// A handler failed without its own code.
+pub const HANDLER_ERROR: i64 = -32000;
+
+/// Reserved payload key carrying task metadata on the outbound queue.
+pub const META_KEY: &str = "_meta";
+pub const SUBMIT_PREFIX: &str = "submit:";
+
+/// A JSON-RPC error object; `id` is the request's id where it could be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("JSON-RPC error {code}: {message}")]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    pub fn invalid_params(e: ValidationError) -> Self {
+        Self {
+            code: INVALID_PARAMS,
+            message: e.to_string(),
+            data: Some(json!({"field": e.field})),
+        }
+    }
+
+    /// Short label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self.code {
+            PARSE_ERROR => "parse_error",
+            INVALID_REQUEST => "invalid_request",
+            METHOD_NOT_FOUND => "method_not_found",
+            INVALID_PARAMS => "invalid_params",
+            INTERNAL_ERROR => "internal_error",
+            _ => "other",
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        let mut o = json!({"code": self.code, "message": self.message});
+        if let Some(d) = &self.data {
+            o["data"] = d.clone();
+        }
+        o
+    }
+}
+
+/// A request or notification (no `id`) after the envelope was checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub method: String,
+    pub params: Option<Value>,
+    /// None: a notification. Some(Value::Null) is a request with a null id.
+    pub id: Option<Value>,
+}
+
+/// Checks a JSON-RPC 2.0 request envelope. The error carries what can be known of the id.
+pub fn parse_request(v: Value) -> Result<Request, (RpcError, Value)> {
+    let Value::Object(mut o) = v else {
+        return Err((
+            RpcError::new(INVALID_REQUEST, "invalid request: not a JSON object"),
+            Value::Null,
+        ));
+    };
+    let id = o.remove("id");
+    let id_for_err = match &id {
+        Some(v @ (Value::Number(_) | Value::String(_))) => v.clone(),
+        _ => Value::Null,
+    };
+    let bad = |m: &str| {
+        Err((
+            RpcError::new(INVALID_REQUEST, format!("invalid request: {m}")),
+            id_for_err.clone(),
+        ))
+    };
+    if !matches!(
+        &id,
+        None | Some(Value::Null | Value::Number(_) | Value::String(_))
+    ) {
+        return bad("id must be a string, a number or null");
+    }
+    if o.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+        return bad("jsonrpc must be \"2.0\"");
+    }
+    let method = match o.remove("method") {
+        Some(Value::String(m)) if !m.is_empty() => m,
+        _ => return bad("method must be a non-empty string"),
+    };
+    let params = o.remove("params");
+    if !matches!(params, None | Some(Value::Object(_) | Value::Array(_))) {
+        return bad("params must be an object or an array");
+    }
+    Ok(Request { method, params, id })
+}
+
+/// Parses a message body: size limit, then JSON.
+pub fn parse_body(body: &str, max_bytes: usize) -> Result<Value, RpcError> {
+    if body.len() > max_bytes {
+        return Err(RpcError::new(
+            INVALID_REQUEST,
+            format!(
+                "message of {} bytes exceeds the limit of {max_bytes}",
+                body.len()
+            ),
+        ));
+    }
+    serde_json::from_str(body).map_err(|e| RpcError::new(PARSE_ERROR, format!("parse error: {e}")))
+}
+
+/// The action of a `submit:<action>` method.
+pub fn submit_action(method: &str) -> Result<Action, RpcError> {
+    let Some(action) = method.strip_prefix(SUBMIT_PREFIX) else {
+        return Err(RpcError::new(
+            METHOD_NOT_FOUND,
+            format!("method not found: {method:?} (expected submit:<action>)"),
+        ));
+    };
+    Action::parse(action)
+        .map_err(|e| RpcError::new(METHOD_NOT_FOUND, format!("method not found: {e}")))
+}
+
+/// Builds a task from a submit's params (the payload, or the structured form with options).
+pub fn submit_task(
+    action: Action,
+    params: Option<Value>,
+    default_max_attempts: MaxAttempts,
+) -> Result<NewTask, RpcError> {
+    let params = match params {
+        None => Value::Object(Map::new()),
+        Some(p) => p,
+    };
+    let inv = RpcError::invalid_params;
+    let Value::Object(mut obj) = params else {
+        return Err(inv(ValidationError::new(
+            "params",
+            "must be an object (the payload)",
+        )));
+    };
+    let structured = matches!(obj.get("payload"), Some(Value::Object(_)));
+    let mut task = if structured {
+        let payload = Payload::parse(obj.remove("payload").unwrap()).map_err(inv)?;
+        let mut t = NewTask::new(action, payload);
+        t.max_attempts = default_max_attempts;
+        for (k, v) in obj {
+            match k.as_str() {
+                "priority" => {
+                    t.priority = Priority::parse(int_field("priority", &v)?).map_err(inv)?
+                }
+                "max_attempts" => {
+                    t.max_attempts =
+                        MaxAttempts::parse(int_field("max_attempts", &v)?).map_err(inv)?
+                }
+                "dedup_key" => {
+                    let s = v.as_str().ok_or_else(|| {
+                        inv(ValidationError::new("dedup_key", "must be a string"))
+                    })?;
+                    t.dedup_key = Some(DedupKey::parse(s).map_err(inv)?);
+                }
+                "run_at" => {
+                    let s = v.as_str().ok_or_else(|| {
+                        inv(ValidationError::new("run_at", "must be an RFC 3339 string"))
+                    })?;
+                    let at = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
+                        inv(ValidationError::new(
+                            "run_at",
+                            format!("must be an RFC 3339 time: {e}"),
+                        ))
+                    })?;
+                    t.run_at = RunAt::At(at.with_timezone(&chrono::Utc));
+                }
+                "delay_secs" => {
+                    let d = v
+                        .as_f64()
+                        .filter(|d| d.is_finite() && *d >= 0.0 && *d <= 365.0 * 86400.0)
+                        .ok_or_else(|| {
+                            inv(ValidationError::new(
+                                "delay_secs",
+                                "must be a number of seconds between 0 and 31536000",
+                            ))
+                        })?;
+                    t.run_at = RunAt::After(Duration::from_secs_f64(d));
+                }
+                other => {
+                    return Err(inv(ValidationError::new(
+                        "params",
+                        format!("unknown member {other:?} next to payload"),
+                    )));
+                }
+            }
+        }
+        t
+    } else {
+        let mut t = NewTask::new(action, Payload::parse(Value::Object(obj)).map_err(inv)?);
+        t.max_attempts = default_max_attempts;
+        t
+    };
+    if task.payload.as_map().contains_key(META_KEY) {
+        return Err(inv(ValidationError::new(
+            "payload",
+            format!("{META_KEY} is a reserved key"),
+        )));
+    }
+    if task.run_at == RunAt::After(Duration::ZERO) {
+        task.run_at = RunAt::Now;
+    }
+    Ok(task)
+}
+
+fn int_field(field: &'static str, v: &Value) -> Result<i64, RpcError> {
+    v.as_i64()
+        .ok_or_else(|| RpcError::invalid_params(ValidationError::new(field, "must be an integer")))
+}
+
+/// An inbound message body -> a task to persist.
+pub fn parse_submit(
+    body: &str,
+    max_bytes: usize,
+    default_max_attempts: MaxAttempts,
+) -> Result<NewTask, RpcError> {
+    let v = parse_body(body, max_bytes)?;
+    let req = parse_request(v).map_err(|(e, _)| e)?;
+    let action = submit_action(&req.method)?;
+    submit_task(action, req.params, default_max_attempts)
+}
+
+/// A submit notification, as a client sends it.
+pub fn submit_message(action: &str, payload: &Value) -> String {
+    json!({"jsonrpc": "2.0", "method": format!("{SUBMIT_PREFIX}{action}"), "params": payload})
+        .to_string()
+}
+
+/// A task as it travels on the outbound queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRequest {
+    pub id: i64,
+    pub attempt: i32,
+    pub action: String,
+    pub payload: Value,
+}
+
+impl TaskRequest {
+    pub fn to_body(&self) -> String {
+        let mut params = match &self.payload {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        params.insert(META_KEY.into(), json!({"attempt": self.attempt}));
+        json!({"jsonrpc": "2.0", "method": self.action, "params": params, "id": self.id})
+            .to_string()
+    }
+
+    pub fn parse(body: &str, max_bytes: usize) -> Result<TaskRequest, RpcError> {
+        let req = parse_request(parse_body(body, max_bytes)?).map_err(|(e, _)| e)?;
+        let id = req
+            .id
+            .as_ref()
+            .and_then(Value::as_i64)
+            .ok_or_else(|| RpcError::new(INVALID_REQUEST, "task id must be an integer"))?;
+        let Some(Value::Object(mut params)) = req.params else {
+            return Err(RpcError::new(INVALID_PARAMS, "params must be an object"));
+        };
+        let attempt = params
+            .remove(META_KEY)
+            .and_then(|m| m.get("attempt").and_then(Value::as_i64))
+            .filter(|a| *a >= 1 && *a <= i32::MAX as i64)
+            .ok_or_else(|| {
+                RpcError::new(
+                    INVALID_PARAMS,
+                    "params._meta.attempt must be a positive integer",
+                )
+            })?;
+        Ok(TaskRequest {
+            id,
+            attempt: attempt as i32,
+            action: req.method,
+            payload: Value::Object(params),
+        })
+    }
+}
+
+/// A worker's answer for one (task id, attempt).
+pub fn result_body(r: &TaskResult) -> String {
+    match &r.outcome {
+        Outcome::Success(v) => {
+            json!({"jsonrpc": "2.0", "result": {"result": v, "attempt": r.attempt}, "id": r.id})
+        }
+        Outcome::Failure(e) => {
+            let mut err = match e {
+                Value::Object(m) => m.clone(),
+                other => {
+                    let mut m = Map::new();
+                    m.insert("message".into(), Value::String(other.to_string()));
+                    m
+                }
+            };
+            err.entry("code").or_insert(json!(HANDLER_ERROR));
+            err.entry("message").or_insert(json!("handler error"));
+            err.insert("attempt".into(), json!(r.attempt));
+            json!({"jsonrpc": "2.0", "error": err, "id": r.id})
+        }
+    }
+    .to_string()
+}
+
+/// A results-queue body -> the result to record. Success stores the handler output; failure the error object.
+pub fn parse_result(body: &str, max_bytes: usize) -> Result<TaskResult, RpcError> {
+    let v = parse_body(body, max_bytes)?;
+    let Value::Object(mut o) = v else {
+        return Err(RpcError::new(
+            INVALID_REQUEST,
+            "a result must be a JSON object",
+        ));
+    };
+    if o.get("jsonrpc") != Some(&json!("2.0")) {
+        return Err(RpcError::new(INVALID_REQUEST, "jsonrpc must be \"2.0\""));
+    }
+    let id = o
+        .get("id")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| RpcError::new(INVALID_REQUEST, "id must be the integer task id"))?;
+    let attempt_of = |v: &Value| {
+        v.get("attempt")
+            .and_then(Value::as_i64)
+            .filter(|a| *a >= 1 && *a <= i32::MAX as i64)
+            .map(|a| a as i32)
+            .ok_or_else(|| RpcError::new(INVALID_PARAMS, "attempt must be a positive integer"))
+    };
+    match (o.remove("result"), o.remove("error")) {
+        (Some(res), None) => {
+            let attempt = attempt_of(&res)?;
+            let output = res.get("result").cloned().unwrap_or(Value::Null);
+            Ok(TaskResult {
+                id,
+                attempt,
+                outcome: Outcome::Success(output),
+            })
+        }
+        (None, Some(err)) => {
+            let attempt = attempt_of(&err)?;
+            if !err.get("code").is_some_and(Value::is_i64)
+                || !err.get("message").is_some_and(Value::is_string)
+            {
+                return Err(RpcError::new(
+                    INVALID_PARAMS,
+                    "error must have an integer code and a string message",
+                ));
+            }
+            Ok(TaskResult {
+                id,
+                attempt,
+                outcome: Outcome::Failure(err),
+            })
+        }
+        _ => Err(RpcError::new(
+            INVALID_REQUEST,
+            "a result must have exactly one of result and error",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d() -> MaxAttempts {
+        MaxAttempts::default()
+    }
+
+    #[test]
+    fn submit_in_the_original_form() {
+        let t = parse_submit(
+            r#"{"jsonrpc":"2.0","method":"submit:export","params":{"objectID":23}}"#,
+            1024,
+            d(),
+        )
+        .unwrap();
+        assert_eq!(t.action.as_str(), "export");
+        assert_eq!(t.payload.clone().into_value(), json!({"objectID": 23}));
+        assert_eq!(t.max_attempts, d());
+    }
+
+    #[test]
+    fn submit_with_options() {
+        let body = r#"{"jsonrpc":"2.0","method":"submit:export","params":{"payload":{"objectID":1},"priority":7,"dedup_key":"x","delay_secs":5,"max_attempts":3}}"#;
+        let t = parse_submit(body, 1024, d()).unwrap();
+        assert_eq!(t.priority.get(), 7);
+        assert_eq!(t.max_attempts.get(), 3);
+        assert_eq!(t.dedup_key.unwrap().as_str(), "x");
+        assert_eq!(t.run_at, RunAt::After(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn bad_submits_get_the_right_code() {
+        let cases = [
+            ("{not json", PARSE_ERROR),
+            ("[1]", INVALID_REQUEST),
+            (r#"{"jsonrpc":"1.0","method":"submit:x"}"#, INVALID_REQUEST),
+            (
+                r#"{"jsonrpc":"2.0","method":"export","params":{}}"#,
+                METHOD_NOT_FOUND,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"submit:","params":{}}"#,
+                METHOD_NOT_FOUND,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"submit:x","params":[1]}"#,
+                INVALID_PARAMS,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"priority":1000}}"#,
+                INVALID_PARAMS,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"priority":"high"}}"#,
+                INVALID_PARAMS,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"bogus":1}}"#,
+                INVALID_PARAMS,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"submit:x","params":{"_meta":{}}}"#,
+                INVALID_PARAMS,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"max_attempts":-1}}"#,
+                INVALID_PARAMS,
+            ),
+        ];
+        for (body, code) in cases {
+            assert_eq!(
+                parse_submit(body, 1024, d()).unwrap_err().code,
+                code,
+                "{body}"
+            );
+        }
+        let big = format!(
+            r#"{{"jsonrpc":"2.0","method":"submit:x","params":{{"s":"{}"}}}}"#,
+            "a".repeat(2000)
+        );
+        assert_eq!(
+            parse_submit(&big, 1024, d()).unwrap_err().code,
+            INVALID_REQUEST
+        );
+    }
+
+    #[test]
+    fn task_request_round_trip_keeps_payload_and_attempt() {
+        let t = TaskRequest {
+            id: 42,
+            attempt: 3,
+            action: "export".into(),
+            payload: json!({"objectID": 23}),
+        };
+        let body = t.to_body();
+        assert_eq!(TaskRequest::parse(&body, 1024).unwrap(), t);
+        assert!(TaskRequest::parse(
+            r#"{"jsonrpc":"2.0","method":"export","params":{"objectID":1},"id":1}"#,
+            1024
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn results_round_trip() {
+        let ok = TaskResult {
+            id: 1,
+            attempt: 2,
+            outcome: Outcome::Success(json!({"rows": 1})),
+        };
+        assert_eq!(parse_result(&result_body(&ok), 1024).unwrap(), ok);
+        let original = r#"{"jsonrpc": "2.0", "error": {"code": -1234, "message": "something bad happened", "attempt": 1}, "id": 1}"#;
+        let r = parse_result(original, 1024).unwrap();
+        assert_eq!(r.attempt, 1);
+        assert!(matches!(r.outcome, Outcome::Failure(ref e) if e["code"] == -1234));
+        let fail = TaskResult {
+            id: 5,
+            attempt: 1,
+            outcome: Outcome::Failure(json!({"message": "boom"})),
+        };
+        let back = parse_result(&result_body(&fail), 1024).unwrap();
+        assert!(
+            matches!(back.outcome, Outcome::Failure(ref e) if e["code"] == HANDLER_ERROR && e["message"] == "boom")
+        );
+        for bad in [
+            r#"{"jsonrpc":"2.0","result":{"result":1},"id":1}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","result":{"attempt":1},"id":"x"}"#,
+        ] {
+            assert!(parse_result(bad, 1024).is_err(), "{bad}");
+        }
+    }
+}

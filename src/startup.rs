@@ -1,0 +1,388 @@
+//! Startup: builds the actor tree for the selected roles on several Arbiters (both cores), wires pollers to
+//! stages, and shuts it down gracefully in phases. Must be called inside a running actix System.
+
+use crate::actors::acquirer::Acquirer;
+use crate::actors::persister::Persister;
+use crate::actors::poller::SqsPoller;
+use crate::actors::reaper::StaleReaper;
+use crate::actors::result_sink::ResultSink;
+use crate::actors::stats::StatsCollector;
+use crate::actors::watchdog::{StopWatching, Watchdog, Watched, WatchedActor};
+use crate::actors::worker_pool::WorkerPool;
+use crate::actors::{slot, Deliver, InjectPanic, Phases, Shared, Slot};
+use crate::chaos::Chaos;
+use crate::configuration::{Settings, TransportKind};
+use crate::handlers::HandlerRegistry;
+use crate::metrics::metrics;
+use crate::store::Applied;
+use crate::transport::memory::MemoryTransport;
+use crate::transport::sqs::SqsTransport;
+use crate::transport::{Queue, Transport};
+use actix::prelude::*;
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, Notify};
+
+/// A part of the system that can run in its own process (the original's five services).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Role {
+    /// Inbound queue -> Persister -> Postgres.
+    Submitter,
+    /// Acquirer: Postgres -> outbound queue.
+    Scheduler,
+    /// WorkerPool: outbound queue -> handlers -> results queue.
+    Worker,
+    /// ResultSink: results queue -> Postgres.
+    Resulter,
+    /// StaleReaper and gauges.
+    Supervisor,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Submitter,
+        Role::Scheduler,
+        Role::Worker,
+        Role::Resulter,
+        Role::Supervisor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Submitter => "submitter",
+            Role::Scheduler => "scheduler",
+            Role::Worker => "worker",
+            Role::Resulter => "resulter",
+            Role::Supervisor => "supervisor",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?}"))
+    }
+}
+
+/// Connects the configured transport.
+pub async fn connect_transport(settings: &Settings) -> anyhow::Result<Arc<dyn Transport>> {
+    Ok(match settings.transport.kind {
+        TransportKind::Memory => Arc::new(MemoryTransport::new(Duration::from_secs(
+            settings.transport.visibility_timeout_secs as u64,
+        ))),
+        TransportKind::Sqs => {
+            Arc::new(SqsTransport::connect(&settings.sqs, &settings.transport).await?)
+        }
+    })
+}
+
+/// Labels every metric family the dashboards query has, so they exist in /metrics from the start.
+fn init_metric_labels(settings: &Settings) {
+    let m = metrics();
+    for q in Queue::ALL {
+        let name = q.name(&settings.sqs.queue_prefix);
+        m.messages_received.with_label_values(&[name.as_str()]);
+        m.queue_depth.with_label_values(&[name.as_str()]);
+        if q.is_dlq() {
+            m.messages_dead_lettered
+                .with_label_values(&[name.as_str(), "parse_error"]);
+        }
+    }
+    for o in ["success", "error", "critical_error", "cancelled"] {
+        m.results_applied.with_label_values(&[o]);
+    }
+    for s in ["persister", "acquirer", "worker", "result_sink"] {
+        m.chaos_injected.with_label_values(&[s]);
+    }
+    for a in ["noop", "export"] {
+        m.handler_duration.with_label_values(&[a]);
+    }
+    for s in crate::store::TaskState::ALL {
+        m.tasks.with_label_values(&[s.as_str()]);
+    }
+    for s in ["in_use", "idle"] {
+        m.db_pool_connections.with_label_values(&[s]);
+    }
+    for a in [
+        "persister",
+        "acquirer",
+        "worker_pool",
+        "result_sink",
+        "stale_reaper",
+        "stats",
+    ] {
+        m.actor_restarts.with_label_values(&[a]);
+    }
+    m.http_requests.with_label_values(&["/rpc", "200"]);
+    m.rpc_errors.with_label_values(&["-32600"]);
+}
+
+/// The running actor tree of one process.
+pub struct App {
+    pub shared: Shared,
+    roles: BTreeSet<Role>,
+    arbiters: Vec<Arbiter>,
+    watchdog: Addr<Watchdog>,
+    persister: Option<Addr<Persister>>,
+    acquirer: Option<Addr<Acquirer>>,
+    worker_pool: Option<Addr<WorkerPool>>,
+    result_sink: Option<Addr<ResultSink>>,
+}
+
+impl App {
+    /// Starts the actors of `roles`. Migrations must already be applied (see `db::run_migrations`).
+    pub fn start(
+        settings: Settings,
+        roles: &[Role],
+        transport: Arc<dyn Transport>,
+        handlers: HandlerRegistry,
+    ) -> App {
+        init_metric_labels(&settings);
+        let roles: BTreeSet<Role> = if roles.is_empty() {
+            Role::ALL.into_iter().collect()
+        } else {
+            roles.iter().copied().collect()
+        };
+        let shared = Shared {
+            chaos: Chaos::new(settings.chaos.clone()),
+            settings: Arc::new(settings),
+            transport,
+            handlers,
+            phases: Phases::default(),
+            completions: broadcast::channel(65_536).0,
+            acquirer_wake: Arc::new(Notify::new()),
+        };
+        // One Arbiter (thread) per stage, so the stages use both cores.
+        let arbiters: Vec<Arbiter> = (0..4).map(|_| Arbiter::new()).collect();
+        let (inbound_arb, acquirer_arb, worker_arb, results_arb) = (
+            arbiters[0].handle(),
+            arbiters[1].handle(),
+            arbiters[2].handle(),
+            arbiters[3].handle(),
+        );
+        let mut watched: Vec<Box<dyn Watched>> = Vec::new();
+        let persister_slot = slot::<Deliver>();
+        let worker_slot = slot::<Deliver>();
+        let results_slot = slot::<Deliver>();
+        let mut app_persister = None;
+        let mut app_acquirer = None;
+        let mut app_worker = None;
+        let mut app_results = None;
+
+        let stage = |name: &str,
+                     arb: &actix::ArbiterHandle,
+                     queue: Queue,
+                     pollers: usize,
+                     slot: &Slot<Deliver>,
+                     watched: &mut Vec<Box<dyn Watched>>| {
+            for i in 0..pollers.max(1) {
+                let (s, sl) = (shared.clone(), slot.clone());
+                watched.push(Box::new(WatchedActor::start(
+                    format!("{name}_poller_{i}"),
+                    arb,
+                    move || SqsPoller::new(s.clone(), queue, sl.clone()),
+                    |_| {},
+                )));
+            }
+        };
+
+        if roles.contains(&Role::Submitter) {
+            let s = shared.clone();
+            let sl = persister_slot.clone();
+            let w = WatchedActor::start(
+                "persister",
+                &inbound_arb,
+                move || Persister::new(s.clone()),
+                move |a| {
+                    *sl.write().unwrap() = Some(a.clone().recipient());
+                },
+            );
+            app_persister = Some(w.addr());
+            watched.push(Box::new(w));
+            stage(
+                "inbound",
+                &inbound_arb,
+                Queue::Inbound,
+                shared.settings.persister.pollers,
+                &persister_slot,
+                &mut watched,
+            );
+        }
+        if roles.contains(&Role::Scheduler) {
+            let s = shared.clone();
+            let w = WatchedActor::start(
+                "acquirer",
+                &acquirer_arb,
+                move || Acquirer::new(s.clone()),
+                |_| {},
+            );
+            app_acquirer = Some(w.addr());
+            watched.push(Box::new(w));
+        }
+        if roles.contains(&Role::Worker) {
+            let s = shared.clone();
+            let sl = worker_slot.clone();
+            let w = WatchedActor::start(
+                "worker_pool",
+                &worker_arb,
+                move || WorkerPool::new(s.clone()),
+                move |a| {
+                    *sl.write().unwrap() = Some(a.clone().recipient());
+                },
+            );
+            app_worker = Some(w.addr());
+            watched.push(Box::new(w));
+            stage(
+                "outbound",
+                &worker_arb,
+                Queue::Outbound,
+                shared.settings.worker.pollers,
+                &worker_slot,
+                &mut watched,
+            );
+        }
+        if roles.contains(&Role::Resulter) {
+            let s = shared.clone();
+            let sl = results_slot.clone();
+            let w = WatchedActor::start(
+                "result_sink",
+                &results_arb,
+                move || ResultSink::new(s.clone()),
+                move |a| {
+                    *sl.write().unwrap() = Some(a.clone().recipient());
+                },
+            );
+            app_results = Some(w.addr());
+            watched.push(Box::new(w));
+            stage(
+                "results",
+                &results_arb,
+                Queue::Results,
+                shared.settings.result_sink.pollers,
+                &results_slot,
+                &mut watched,
+            );
+        }
+        if roles.contains(&Role::Supervisor) {
+            let s = shared.clone();
+            watched.push(Box::new(WatchedActor::start(
+                "stale_reaper",
+                &acquirer_arb,
+                move || StaleReaper::new(s.clone()),
+                |_| {},
+            )));
+            let s = shared.clone();
+            watched.push(Box::new(WatchedActor::start(
+                "stats",
+                &acquirer_arb,
+                move || StatsCollector::new(s.clone()),
+                |_| {},
+            )));
+        }
+        let watchdog = Watchdog::new(watched).start();
+        tracing::info!(roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), transport = shared.transport.kind(), "scheduler started");
+        App {
+            shared,
+            roles,
+            arbiters,
+            watchdog,
+            persister: app_persister,
+            acquirer: app_acquirer,
+            worker_pool: app_worker,
+            result_sink: app_results,
+        }
+    }
+
+    pub fn roles(&self) -> &BTreeSet<Role> {
+        &self.roles
+    }
+
+    /// Every result applied by this process's ResultSink.
+    pub fn completions(&self) -> broadcast::Receiver<Applied> {
+        self.shared.completions.subscribe()
+    }
+
+    /// Test hook: panics the named stage ("persister", "acquirer", "worker_pool", "result_sink") inside a handler.
+    pub fn inject_panic(&self, stage: &str) -> bool {
+        // The first Addr of each stage: after a restart it is dead, so a second call finds nothing to panic.
+        match stage {
+            "persister" => self
+                .persister
+                .as_ref()
+                .map(|a| a.do_send(InjectPanic))
+                .is_some(),
+            "acquirer" => self
+                .acquirer
+                .as_ref()
+                .map(|a| a.do_send(InjectPanic))
+                .is_some(),
+            "worker_pool" => self
+                .worker_pool
+                .as_ref()
+                .map(|a| a.do_send(InjectPanic))
+                .is_some(),
+            "result_sink" => self
+                .result_sink
+                .as_ref()
+                .map(|a| a.do_send(InjectPanic))
+                .is_some(),
+            _ => false,
+        }
+    }
+
+    /// Graceful shutdown: stop taking work, drain each stage in pipeline order within `grace`, then stop.
+    pub async fn shutdown(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let p = self.shared.phases.clone();
+        self.watchdog.do_send(StopWatching);
+        let wait = |t: crate::actors::Tracker| async move {
+            let _ = tokio::time::timeout_at(deadline.into(), t.wait_idle()).await;
+        };
+        tracing::info!(
+            grace_secs = grace.as_secs_f64(),
+            "shutting down: draining inbound, stopping the acquirer"
+        );
+        p.inbound.stop();
+        wait(p.inbound_work.clone()).await;
+        // Let the inbound pollers finish their drain (each exits on an empty receive).
+        settle(&p.inbound_work, deadline).await;
+        tracing::info!("shutting down: finishing in-flight tasks");
+        p.outbound.stop();
+        settle(&p.outbound_work, deadline).await;
+        tracing::info!("shutting down: flushing results");
+        p.results.stop();
+        settle(&p.results_work, deadline).await;
+        p.hard.stop();
+        let left = p.outbound_work.in_flight();
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "grace period over with tasks still running; they will be redelivered or rescued"
+            );
+        }
+        for a in self.arbiters {
+            a.stop();
+        }
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// Waits until the tracker has been idle for a moment (pollers finishing an empty receive), or the deadline.
+async fn settle(t: &crate::actors::Tracker, deadline: Instant) {
+    loop {
+        let _ = tokio::time::timeout_at(deadline.into(), t.wait_idle()).await;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if t.in_flight() == 0 {
+            return;
+        }
+    }
+}

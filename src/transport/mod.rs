@@ -1,0 +1,143 @@
+//! Transports: the queues that carry JSON-RPC messages between stages. Queues are transport only: any message may
+//! be lost, duplicated or redelivered, and Postgres stays the source of truth.
+//!
+//! Semantics every implementation keeps (at-least-once, like SQS):
+//! - a received message is invisible for the visibility timeout, then comes back unless deleted;
+//! - `delete` and `change_visibility` take receipt handles from `receive`;
+//! - batch calls report failures entry by entry.
+
+pub mod memory;
+pub mod sqs;
+
+use async_trait::async_trait;
+use std::fmt;
+use std::time::Duration;
+
+/// The scheduler's queues. Each main queue has a dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Queue {
+    /// Submissions from clients (`submit:<action>` notifications).
+    Inbound,
+    /// Acquired tasks to workers (requests with task id and attempt).
+    Outbound,
+    /// Results and errors from workers.
+    Results,
+    InboundDlq,
+    OutboundDlq,
+    ResultsDlq,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 6] = [
+        Queue::Inbound,
+        Queue::Outbound,
+        Queue::Results,
+        Queue::InboundDlq,
+        Queue::OutboundDlq,
+        Queue::ResultsDlq,
+    ];
+
+    /// The dead-letter queue of a main queue (a DLQ is its own).
+    pub fn dlq(self) -> Queue {
+        match self {
+            Queue::Inbound | Queue::InboundDlq => Queue::InboundDlq,
+            Queue::Outbound | Queue::OutboundDlq => Queue::OutboundDlq,
+            Queue::Results | Queue::ResultsDlq => Queue::ResultsDlq,
+        }
+    }
+
+    /// Suffix of the queue name after the configured prefix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Queue::Inbound => "inbound",
+            Queue::Outbound => "outbound",
+            Queue::Results => "results",
+            Queue::InboundDlq => "inbound-dlq",
+            Queue::OutboundDlq => "outbound-dlq",
+            Queue::ResultsDlq => "results-dlq",
+        }
+    }
+
+    pub fn name(self, prefix: &str) -> String {
+        format!("{prefix}-{}", self.suffix())
+    }
+
+    pub fn is_dlq(self) -> bool {
+        self.dlq() == self
+    }
+}
+
+impl fmt::Display for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.suffix())
+    }
+}
+
+/// A received message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The transport's message id (stable across redeliveries), for logs.
+    pub id: String,
+    /// Handle for delete / change_visibility of this delivery.
+    pub receipt: String,
+    pub body: String,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{queue} transport: {message}")]
+pub struct TransportError {
+    pub queue: Queue,
+    pub message: String,
+}
+
+impl TransportError {
+    pub fn new(queue: Queue, message: impl Into<String>) -> Self {
+        Self {
+            queue,
+            message: message.into(),
+        }
+    }
+}
+
+pub type TransportResult<T> = Result<T, TransportError>;
+
+/// One transport; every stage uses it through this trait.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Up to `max` (1..=10) messages, waiting up to `wait` for the first one (long poll).
+    async fn receive(
+        &self,
+        queue: Queue,
+        max: usize,
+        wait: Duration,
+    ) -> TransportResult<Vec<Message>>;
+
+    /// Sends bodies, in batches of up to 10 per call. One result per body, in order: Err is that entry's failure.
+    async fn send(
+        &self,
+        queue: Queue,
+        bodies: &[String],
+    ) -> TransportResult<Vec<Result<(), String>>>;
+
+    /// Deletes by receipt, in batches of up to 10. Returns the receipts that could not be deleted.
+    async fn delete(&self, queue: Queue, receipts: &[String]) -> TransportResult<Vec<String>>;
+
+    /// Makes the messages invisible for `timeout` from now (heartbeat for long handlers).
+    async fn change_visibility(
+        &self,
+        queue: Queue,
+        receipts: &[String],
+        timeout: Duration,
+    ) -> TransportResult<()>;
+
+    /// Approximate number of visible messages.
+    async fn depth(&self, queue: Queue) -> TransportResult<u64>;
+
+    /// A short name for logs and metrics ("sqs", "memory").
+    fn kind(&self) -> &'static str;
+}
+
+/// Maximum entries per batch call (the SQS limit, kept by every transport).
+pub const MAX_BATCH: usize = 10;
