@@ -49,10 +49,7 @@ impl Chaos {
         let rate = self.rate(stage);
         let hit = rate > 0.0 && rand::random::<f64>() < rate;
         if hit {
-            metrics()
-                .chaos_injected
-                .with_label_values(&[stage.as_str()])
-                .inc();
+            metrics().chaos_injected.with_label_values(&[stage.as_str()]).inc();
         }
         hit
     }

@@ -1,12 +1,16 @@
 //! Command-line interface: parses arguments, loads the configuration, dispatches to a command.
 //! Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 
-use crate::configuration::Settings;
+use crate::configuration::{Settings, TransportKind};
 use crate::db;
+use crate::handlers::HandlerRegistry;
+use crate::load::{LoadOptions, Via};
+use crate::startup::{connect_transport, App, Role};
 use crate::store::TaskStore;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +36,42 @@ pub enum Command {
     Migrate,
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+    /// Run the scheduler: every role in this process, or the ones given with --role.
+    Run {
+        /// Roles to run (repeatable); all of them when none is given.
+        #[arg(long = "role", value_enum)]
+        roles: Vec<Role>,
+        /// Do not apply pending migrations at start.
+        #[arg(long)]
+        no_migrate: bool,
+        /// Seconds to finish in-flight work after SIGINT/SIGTERM.
+        #[arg(long, default_value_t = 30.0)]
+        grace_secs: f64,
+    },
+    /// Load generator: insert random t_object rows and submit an export task for each; print a summary.
+    Load {
+        /// How many objects (and export tasks).
+        #[arg(long, default_value_t = 1000)]
+        objects: usize,
+        /// Submissions per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Where submissions go.
+        #[arg(long, value_enum, default_value = "sqs")]
+        via: Via,
+        /// Also run the whole pipeline in this process (always on with --via local).
+        #[arg(long)]
+        with_pipeline: bool,
+        /// Give up waiting for the tasks after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        /// API address for --via http (default: http.bind).
+        #[arg(long)]
+        url: Option<String>,
+        /// Bearer token for --via http.
+        #[arg(long, env = "SCHEDULER_API_TOKEN")]
+        token: Option<String>,
+    },
     /// Benchmarks; use a release build (`--profile perf` or `--release`).
     Bench {
         #[command(subcommand)]
@@ -52,6 +92,16 @@ pub enum BenchCommand {
         /// Rows in the table for the last acquire-latency measurement.
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
+    },
+    /// Drain pre-submitted noop tasks through the pipeline; idle single-task latency.
+    Pipeline {
+        /// Transport to measure (sqs: the configured endpoint; a fresh queue set is created).
+        #[arg(long, value_enum, default_value = "memory")]
+        transport: TransportKind,
+        #[arg(long, default_value_t = 20_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 200)]
+        latency_samples: usize,
     },
 }
 
@@ -86,17 +136,59 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             tracing::info!(applied = applied.len(), versions = ?applied, "migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench {
-            which:
-                BenchCommand::Store {
-                    tasks,
-                    batch_sizes,
-                    rows,
-                },
-        } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+        Command::Run { roles, no_migrate, grace_secs } => {
+            if !no_migrate {
+                db::run_migrations_blocking(&settings.database.url)?;
+            }
+            if settings.transport.kind == TransportKind::Memory && !roles.is_empty() && roles.len() < Role::ALL.len() {
+                eprintln!("configuration error: transport.kind: memory needs every role in one process (drop --role)");
+                return Ok(ExitCode::from(2));
+            }
+            actix_rt::System::new().block_on(async move {
+                let transport = connect_transport(&settings).await?;
+                let app = App::start(settings, &roles, transport, HandlerRegistry::builtin());
+                wait_for_signal().await;
+                app.shutdown(Duration::from_secs_f64(grace_secs)).await;
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Load { objects, rate, via, with_pipeline, timeout_secs, url, token } => {
+            db::run_migrations_blocking(&settings.database.url)?;
+            let opts = LoadOptions {
+                objects,
+                rate,
+                via,
+                with_pipeline,
+                timeout: Duration::from_secs(timeout_secs),
+                http_url: url,
+                http_token: token,
+            };
+            let summary = actix_rt::System::new().block_on(crate::load::run(settings, opts))?;
+            let unfinished = objects as i64 - summary.finished;
+            Ok(if unfinished > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Bench { which: BenchCommand::Pipeline { transport, tasks, latency_samples } } => {
+            let name = format!("scheduler_bench_{}", std::process::id());
+            let base = settings.database.url.clone();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let url = rt.block_on(db::create_database(&base, &name))?;
+            db::run_migrations_blocking(&url)?;
+            let mut s = settings;
+            s.database.url = url;
+            s.transport.kind = transport;
+            s.sqs.queue_prefix = format!("bench{}", std::process::id());
+            s.http.bind = String::new();
+            let res = actix_rt::System::new().block_on(crate::bench::pipeline::run(
+                s,
+                crate::bench::pipeline::PipelineBenchOptions { tasks, latency_samples },
+            ));
+            rt.block_on(db::drop_database(&base, &name))?;
+            res?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { which: BenchCommand::Store { tasks, batch_sizes, rows } } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let name = format!("scheduler_bench_{}", std::process::id());
                 let url = db::create_database(&settings.database.url, &name).await?;
@@ -106,11 +198,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 let store = TaskStore::new(db::build_pool(&dbs), settings.retry.backoff());
                 let res = crate::bench::store::run(
                     &store,
-                    &crate::bench::store::StoreBenchOptions {
-                        tasks,
-                        batch_sizes,
-                        big_table_rows: rows,
-                    },
+                    &crate::bench::store::StoreBenchOptions { tasks, batch_sizes, big_table_rows: rows },
                 )
                 .await;
                 drop(store);
@@ -119,5 +207,15 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
     }
 }

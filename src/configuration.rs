@@ -86,14 +86,11 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Logfmt,
-        }
+        Self { level: "info".into(), format: LogFormat::Logfmt }
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     /// Amazon SQS (or a local emulator through `sqs.endpoint_url`).
@@ -113,6 +110,8 @@ pub struct TransportSettings {
     pub visibility_timeout_secs: u32,
     /// Long-poll wait for receives (seconds, at most 20).
     pub wait_time_secs: u32,
+    /// Received batches a poller hands on before it waits for their commit (pipelining).
+    pub in_flight_batches: usize,
 }
 
 impl Default for TransportSettings {
@@ -122,6 +121,7 @@ impl Default for TransportSettings {
             max_message_bytes: 256 * 1024,
             visibility_timeout_secs: 30,
             wait_time_secs: 20,
+            in_flight_batches: 8,
         }
     }
 }
@@ -166,10 +166,7 @@ pub struct PersisterSettings {
 
 impl Default for PersisterSettings {
     fn default() -> Self {
-        Self {
-            pollers: 2,
-            max_batch: 500,
-        }
+        Self { pollers: 2, max_batch: 500 }
     }
 }
 
@@ -178,6 +175,8 @@ impl Default for PersisterSettings {
 pub struct AcquirerSettings {
     /// Tasks claimed per acquire_batch.
     pub batch_size: i64,
+    /// acquire_batch calls in flight at once (each is a commit; concurrent ones do not wait for each other).
+    pub concurrency: usize,
     /// Wake-up when no notification came (ms): retries that became due are found at least this often.
     pub idle_wakeup_ms: u64,
     /// Stop acquiring while the outbound queue holds more than this many messages (0: no limit).
@@ -186,11 +185,7 @@ pub struct AcquirerSettings {
 
 impl Default for AcquirerSettings {
     fn default() -> Self {
-        Self {
-            batch_size: 100,
-            idle_wakeup_ms: 1_000,
-            max_outbound_depth: 10_000,
-        }
+        Self { batch_size: 200, concurrency: 2, idle_wakeup_ms: 1_000, max_outbound_depth: 10_000 }
     }
 }
 
@@ -205,10 +200,7 @@ pub struct WorkerSettings {
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self {
-            concurrency: 64,
-            pollers: 2,
-        }
+        Self { concurrency: 64, pollers: 2 }
     }
 }
 
@@ -252,11 +244,7 @@ impl Default for RetrySettings {
 
 impl RetrySettings {
     pub fn backoff(&self) -> Backoff {
-        Backoff {
-            base_seconds: self.base_delay_secs,
-            max_seconds: self.max_delay_secs,
-            jitter: self.jitter,
-        }
+        Backoff { base_seconds: self.base_delay_secs, max_seconds: self.max_delay_secs, jitter: self.jitter }
     }
 }
 
@@ -308,7 +296,9 @@ pub struct ChaosSettings {
 pub struct HttpSettings {
     /// Address of the HTTP server (API, /metrics, /healthz, /readyz). Empty string: no server.
     pub bind: String,
-    /// Bearer tokens accepted by /rpc. With none, only loopback clients are served. Redacted by `config`.
+    /// Bearer tokens accepted by /rpc (a list, or one comma-separated string in the environment). With none, only
+    /// loopback clients are served. Redacted by `config`.
+    #[serde(deserialize_with = "string_or_list")]
     pub api_tokens: Vec<String>,
     /// Largest request body (bytes); larger gets 413.
     pub body_limit_bytes: usize,
@@ -316,11 +306,7 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self {
-            bind: "127.0.0.1:8080".into(),
-            api_tokens: Vec::new(),
-            body_limit_bytes: 1024 * 1024,
-        }
+        Self { bind: "127.0.0.1:8080".into(), api_tokens: Vec::new(), body_limit_bytes: 1024 * 1024 }
     }
 }
 
@@ -339,10 +325,7 @@ impl Settings {
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(p) = &path {
             if !p.exists() {
-                return Err(ConfigError(format!(
-                    "config file {} does not exist",
-                    p.display()
-                )));
+                return Err(ConfigError(format!("config file {} does not exist", p.display())));
             }
             fig = fig.merge(Toml::file(p));
         }
@@ -369,9 +352,7 @@ impl Settings {
         fn err(key: &str, msg: impl std::fmt::Display) -> Result<(), ConfigError> {
             Err(ConfigError(format!("{key}: {msg}")))
         }
-        if url::Url::parse(&self.database.url)
-            .map(|u| !matches!(u.scheme(), "postgres" | "postgresql"))
-            .unwrap_or(true)
+        if url::Url::parse(&self.database.url).map(|u| !matches!(u.scheme(), "postgres" | "postgresql")).unwrap_or(true)
         {
             return err("database.url", "must be a postgres:// URL");
         }
@@ -379,40 +360,30 @@ impl Settings {
             return err("database.pool_size", "must be at least 1");
         }
         if self.transport.wait_time_secs > 20 {
-            return err(
-                "transport.wait_time_secs",
-                "must be at most 20 (the SQS limit)",
-            );
+            return err("transport.wait_time_secs", "must be at most 20 (the SQS limit)");
         }
         if !(1..=43_200).contains(&self.transport.visibility_timeout_secs) {
-            return err(
-                "transport.visibility_timeout_secs",
-                "must be between 1 and 43200",
-            );
+            return err("transport.visibility_timeout_secs", "must be between 1 and 43200");
         }
         if !(1024..=1024 * 1024).contains(&self.transport.max_message_bytes) {
-            return err(
-                "transport.max_message_bytes",
-                "must be between 1024 and 1048576",
-            );
+            return err("transport.max_message_bytes", "must be between 1024 and 1048576");
         }
         if self.sqs.queue_prefix.is_empty()
-            || !self
-                .sqs
-                .queue_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !self.sqs.queue_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return err(
-                "sqs.queue_prefix",
-                "must be non-empty and use only letters, digits, '-' and '_'",
-            );
+            return err("sqs.queue_prefix", "must be non-empty and use only letters, digits, '-' and '_'");
         }
         if self.persister.max_batch == 0 {
             return err("persister.max_batch", "must be at least 1");
         }
         if !(1..=10_000).contains(&self.acquirer.batch_size) {
             return err("acquirer.batch_size", "must be between 1 and 10000");
+        }
+        if !(1..=16).contains(&self.acquirer.concurrency) {
+            return err("acquirer.concurrency", "must be between 1 and 16");
+        }
+        if !(1..=64).contains(&self.transport.in_flight_batches) {
+            return err("transport.in_flight_batches", "must be between 1 and 64");
         }
         if self.acquirer.idle_wakeup_ms == 0 {
             return err("acquirer.idle_wakeup_ms", "must be at least 1");
@@ -423,13 +394,8 @@ impl Settings {
         if !(1..=1000).contains(&self.retry.default_max_attempts) {
             return err("retry.default_max_attempts", "must be between 1 and 1000");
         }
-        if !(self.retry.base_delay_secs >= 0.0)
-            || !(self.retry.max_delay_secs >= self.retry.base_delay_secs)
-        {
-            return err(
-                "retry.max_delay_secs",
-                "must be at least retry.base_delay_secs, and both non-negative",
-            );
+        if !(self.retry.base_delay_secs >= 0.0) || !(self.retry.max_delay_secs >= self.retry.base_delay_secs) {
+            return err("retry.max_delay_secs", "must be at least retry.base_delay_secs, and both non-negative");
         }
         if !(0.0..=1.0).contains(&self.retry.jitter) {
             return err("retry.jitter", "must be between 0.0 and 1.0");
@@ -437,10 +403,7 @@ impl Settings {
         for (key, v) in [
             ("reaper.interval_secs", self.reaper.interval_secs),
             ("reaper.stale_timeout_secs", self.reaper.stale_timeout_secs),
-            (
-                "reaper.clean_interval_secs",
-                self.reaper.clean_interval_secs,
-            ),
+            ("reaper.clean_interval_secs", self.reaper.clean_interval_secs),
         ] {
             if !(v > 0.0) {
                 return err(key, "must be greater than 0");
@@ -453,10 +416,7 @@ impl Settings {
             return err("reaper.batch_size", "must be at least 1");
         }
         if let Some(s) = self.reaper.clean_states.iter().find(|s| !s.is_finished()) {
-            return err(
-                "reaper.clean_states",
-                format!("{s} is not a finished state"),
-            );
+            return err("reaper.clean_states", format!("{s} is not a finished state"));
         }
         for (key, v) in [
             ("chaos.error_rate", Some(self.chaos.error_rate)),
@@ -472,10 +432,7 @@ impl Settings {
             }
         }
         if !self.http.bind.is_empty() && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
-            return err(
-                "http.bind",
-                "must be host:port with an IP address, e.g. 127.0.0.1:8080, or empty",
-            );
+            return err("http.bind", "must be host:port with an IP address, e.g. 127.0.0.1:8080, or empty");
         }
         Ok(())
     }
@@ -492,12 +449,7 @@ impl Settings {
         if s.sqs.secret_access_key.is_some() {
             s.sqs.secret_access_key = Some("[redacted]".into());
         }
-        s.http.api_tokens = s
-            .http
-            .api_tokens
-            .iter()
-            .map(|_| "[redacted]".to_string())
-            .collect();
+        s.http.api_tokens = s.http.api_tokens.iter().map(|_| "[redacted]".to_string()).collect();
         toml_string(&s)
     }
 }
@@ -519,4 +471,18 @@ fn toml_string(s: &Settings) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Accepts `["a", "b"]` or `"a,b"` (environment variables are strings).
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+        OneOrMany::Many(v) => v,
+    })
 }

@@ -30,9 +30,9 @@ pub fn run_migrations_blocking(url: &str) -> anyhow::Result<Vec<String>> {
     use diesel::Connection;
     let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
         .map_err(|e| anyhow::anyhow!("cannot connect to the database for migrations: {e}"))?;
-    let applied = conn
-        .run_pending_migrations(MIGRATIONS)
-        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    // Several processes may start at once: one migrates, the others wait and then find nothing pending.
+    diesel::RunQueryDsl::execute(diesel::sql_query("SELECT pg_advisory_lock(7261737)"), &mut conn)?;
+    let applied = conn.run_pending_migrations(MIGRATIONS).map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
     Ok(applied.into_iter().map(|v| v.to_string()).collect())
 }
 
@@ -47,19 +47,12 @@ pub async fn run_migrations(url: &str) -> anyhow::Result<Vec<String>> {
 pub async fn create_database(base_url: &str, name: &str) -> anyhow::Result<String> {
     use diesel_async::{AsyncConnection, RunQueryDsl};
     anyhow::ensure!(
-        !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
         "database name {name:?} must be lowercase letters, digits and '_'"
     );
     let mut conn = AsyncPgConnection::establish(base_url).await?;
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
     let mut url = url::Url::parse(base_url)?;
     url.set_path(&format!("/{name}"));
     Ok(url.to_string())
@@ -68,12 +61,8 @@ pub async fn create_database(base_url: &str, name: &str) -> anyhow::Result<Strin
 /// Drops a database made by `create_database`, disconnecting its sessions.
 pub async fn drop_database(base_url: &str, name: &str) -> anyhow::Result<()> {
     use diesel_async::{AsyncConnection, RunQueryDsl};
-    anyhow::ensure!(name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+    anyhow::ensure!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
     let mut conn = AsyncPgConnection::establish(base_url).await?;
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
     Ok(())
 }

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod configuration;
 pub mod db;
 pub mod handlers;
+pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod protocol;
 pub mod schema;

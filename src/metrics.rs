@@ -2,8 +2,8 @@
 //! (`_total` counters, `_seconds` histograms); the Grafana dashboards query exactly these.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::sync::OnceLock;
 
@@ -32,37 +32,24 @@ pub struct Metrics {
     pub db_pool_connections: IntGaugeVec,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0, 1800.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
 
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
         fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-            r.register(Box::new(c.clone()))
-                .expect("metric registers once");
+            r.register(Box::new(c.clone())).expect("metric registers once");
             c
         }
         let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).unwrap());
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &r,
-                IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
-            )
+            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
         };
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntGaugeVec::new(Opts::new(name, help), labels).unwrap())
-        };
+        let gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(name, help), labels).unwrap());
         let hist = |name: &str, help: &str| {
-            reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                )
-                .unwrap(),
-            )
+            reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())).unwrap())
         };
         let m = Metrics {
             messages_received: counter_vec(
@@ -70,22 +57,10 @@ impl Metrics {
                 "Messages received from a queue.",
                 &["queue"],
             ),
-            tasks_persisted: counter(
-                "scheduler_tasks_persisted_total",
-                "Submissions stored as new tasks.",
-            ),
-            tasks_duplicate: counter(
-                "scheduler_tasks_duplicate_total",
-                "Submissions that matched an existing task.",
-            ),
-            tasks_acquired: counter(
-                "scheduler_tasks_acquired_total",
-                "Tasks claimed by the Acquirer.",
-            ),
-            tasks_sent: counter(
-                "scheduler_tasks_sent_total",
-                "Tasks sent to the outbound queue.",
-            ),
+            tasks_persisted: counter("scheduler_tasks_persisted_total", "Submissions stored as new tasks."),
+            tasks_duplicate: counter("scheduler_tasks_duplicate_total", "Submissions that matched an existing task."),
+            tasks_acquired: counter("scheduler_tasks_acquired_total", "Tasks claimed by the Acquirer."),
+            tasks_sent: counter("scheduler_tasks_sent_total", "Tasks sent to the outbound queue."),
             tasks_released: counter(
                 "scheduler_tasks_released_total",
                 "Acquired tasks handed back after a failed send.",
@@ -95,18 +70,9 @@ impl Metrics {
                 "Results that changed a task's state, by the state reached.",
                 &["outcome"],
             ),
-            results_stale: counter(
-                "scheduler_results_stale_total",
-                "Results for an (id, attempt) no longer ACQUIRED.",
-            ),
-            tasks_rescued: counter(
-                "scheduler_tasks_rescued_total",
-                "ACQUIRED tasks rescued by the StaleReaper.",
-            ),
-            tasks_cleaned: counter(
-                "scheduler_tasks_cleaned_total",
-                "Finished tasks deleted by the cleaner.",
-            ),
+            results_stale: counter("scheduler_results_stale_total", "Results for an (id, attempt) no longer ACQUIRED."),
+            tasks_rescued: counter("scheduler_tasks_rescued_total", "ACQUIRED tasks rescued by the StaleReaper."),
+            tasks_cleaned: counter("scheduler_tasks_cleaned_total", "Finished tasks deleted by the cleaner."),
             messages_dead_lettered: counter_vec(
                 "scheduler_messages_dead_lettered_total",
                 "Messages moved to a dead-letter queue, by queue and reason.",
@@ -127,11 +93,7 @@ impl Metrics {
                 "HTTP requests, by path and status.",
                 &["path", "status"],
             ),
-            rpc_errors: counter_vec(
-                "scheduler_rpc_errors_total",
-                "JSON-RPC error responses, by code.",
-                &["code"],
-            ),
+            rpc_errors: counter_vec("scheduler_rpc_errors_total", "JSON-RPC error responses, by code.", &["code"]),
             handler_duration: reg(
                 &r,
                 HistogramVec::new(
@@ -145,21 +107,10 @@ impl Metrics {
                 "scheduler_submit_to_acquire_seconds",
                 "Time from due (submission or retry) to acquisition.",
             ),
-            end_to_end: hist(
-                "scheduler_end_to_end_seconds",
-                "Time from submission to a final state.",
-            ),
+            end_to_end: hist("scheduler_end_to_end_seconds", "Time from submission to a final state."),
             tasks: gauge_vec("scheduler_tasks", "Tasks by state.", &["state"]),
-            queue_depth: gauge_vec(
-                "scheduler_queue_depth",
-                "Approximate visible messages per queue.",
-                &["queue"],
-            ),
-            db_pool_connections: gauge_vec(
-                "scheduler_db_pool_connections",
-                "Database pool connections.",
-                &["state"],
-            ),
+            queue_depth: gauge_vec("scheduler_queue_depth", "Approximate visible messages per queue.", &["queue"]),
+            db_pool_connections: gauge_vec("scheduler_db_pool_connections", "Database pool connections.", &["state"]),
             registry: r,
         };
         m
@@ -168,9 +119,7 @@ impl Metrics {
     /// Text exposition format for `/metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("encode metrics");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
         String::from_utf8(buf).expect("utf8")
     }
 }

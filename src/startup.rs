@@ -41,13 +41,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
-        Role::Submitter,
-        Role::Scheduler,
-        Role::Worker,
-        Role::Resulter,
-        Role::Supervisor,
-    ];
+    pub const ALL: [Role; 5] = [Role::Submitter, Role::Scheduler, Role::Worker, Role::Resulter, Role::Supervisor];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,22 +57,17 @@ impl Role {
 impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}"))
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| format!("unknown role {s:?}"))
     }
 }
 
 /// Connects the configured transport.
 pub async fn connect_transport(settings: &Settings) -> anyhow::Result<Arc<dyn Transport>> {
     Ok(match settings.transport.kind {
-        TransportKind::Memory => Arc::new(MemoryTransport::new(Duration::from_secs(
-            settings.transport.visibility_timeout_secs as u64,
-        ))),
-        TransportKind::Sqs => {
-            Arc::new(SqsTransport::connect(&settings.sqs, &settings.transport).await?)
+        TransportKind::Memory => {
+            Arc::new(MemoryTransport::new(Duration::from_secs(settings.transport.visibility_timeout_secs as u64)))
         }
+        TransportKind::Sqs => Arc::new(SqsTransport::connect(&settings.sqs, &settings.transport).await?),
     })
 }
 
@@ -90,8 +79,7 @@ fn init_metric_labels(settings: &Settings) {
         m.messages_received.with_label_values(&[name.as_str()]);
         m.queue_depth.with_label_values(&[name.as_str()]);
         if q.is_dlq() {
-            m.messages_dead_lettered
-                .with_label_values(&[name.as_str(), "parse_error"]);
+            m.messages_dead_lettered.with_label_values(&[name.as_str(), "parse_error"]);
         }
     }
     for o in ["success", "error", "critical_error", "cancelled"] {
@@ -109,14 +97,7 @@ fn init_metric_labels(settings: &Settings) {
     for s in ["in_use", "idle"] {
         m.db_pool_connections.with_label_values(&[s]);
     }
-    for a in [
-        "persister",
-        "acquirer",
-        "worker_pool",
-        "result_sink",
-        "stale_reaper",
-        "stats",
-    ] {
+    for a in ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper", "stats"] {
         m.actor_restarts.with_label_values(&[a]);
     }
     m.http_requests.with_label_values(&["/rpc", "200"]);
@@ -137,18 +118,10 @@ pub struct App {
 
 impl App {
     /// Starts the actors of `roles`. Migrations must already be applied (see `db::run_migrations`).
-    pub fn start(
-        settings: Settings,
-        roles: &[Role],
-        transport: Arc<dyn Transport>,
-        handlers: HandlerRegistry,
-    ) -> App {
+    pub fn start(settings: Settings, roles: &[Role], transport: Arc<dyn Transport>, handlers: HandlerRegistry) -> App {
         init_metric_labels(&settings);
-        let roles: BTreeSet<Role> = if roles.is_empty() {
-            Role::ALL.into_iter().collect()
-        } else {
-            roles.iter().copied().collect()
-        };
+        let roles: BTreeSet<Role> =
+            if roles.is_empty() { Role::ALL.into_iter().collect() } else { roles.iter().copied().collect() };
         let shared = Shared {
             chaos: Chaos::new(settings.chaos.clone()),
             settings: Arc::new(settings),
@@ -160,12 +133,8 @@ impl App {
         };
         // One Arbiter (thread) per stage, so the stages use both cores.
         let arbiters: Vec<Arbiter> = (0..4).map(|_| Arbiter::new()).collect();
-        let (inbound_arb, acquirer_arb, worker_arb, results_arb) = (
-            arbiters[0].handle(),
-            arbiters[1].handle(),
-            arbiters[2].handle(),
-            arbiters[3].handle(),
-        );
+        let (inbound_arb, acquirer_arb, worker_arb, results_arb) =
+            (arbiters[0].handle(), arbiters[1].handle(), arbiters[2].handle(), arbiters[3].handle());
         let mut watched: Vec<Box<dyn Watched>> = Vec::new();
         let persister_slot = slot::<Deliver>();
         let worker_slot = slot::<Deliver>();
@@ -216,12 +185,7 @@ impl App {
         }
         if roles.contains(&Role::Scheduler) {
             let s = shared.clone();
-            let w = WatchedActor::start(
-                "acquirer",
-                &acquirer_arb,
-                move || Acquirer::new(s.clone()),
-                |_| {},
-            );
+            let w = WatchedActor::start("acquirer", &acquirer_arb, move || Acquirer::new(s.clone()), |_| {});
             app_acquirer = Some(w.addr());
             watched.push(Box::new(w));
         }
@@ -238,14 +202,7 @@ impl App {
             );
             app_worker = Some(w.addr());
             watched.push(Box::new(w));
-            stage(
-                "outbound",
-                &worker_arb,
-                Queue::Outbound,
-                shared.settings.worker.pollers,
-                &worker_slot,
-                &mut watched,
-            );
+            stage("outbound", &worker_arb, Queue::Outbound, shared.settings.worker.pollers, &worker_slot, &mut watched);
         }
         if roles.contains(&Role::Resulter) {
             let s = shared.clone();
@@ -312,26 +269,10 @@ impl App {
     pub fn inject_panic(&self, stage: &str) -> bool {
         // The first Addr of each stage: after a restart it is dead, so a second call finds nothing to panic.
         match stage {
-            "persister" => self
-                .persister
-                .as_ref()
-                .map(|a| a.do_send(InjectPanic))
-                .is_some(),
-            "acquirer" => self
-                .acquirer
-                .as_ref()
-                .map(|a| a.do_send(InjectPanic))
-                .is_some(),
-            "worker_pool" => self
-                .worker_pool
-                .as_ref()
-                .map(|a| a.do_send(InjectPanic))
-                .is_some(),
-            "result_sink" => self
-                .result_sink
-                .as_ref()
-                .map(|a| a.do_send(InjectPanic))
-                .is_some(),
+            "persister" => self.persister.as_ref().map(|a| a.do_send(InjectPanic)).is_some(),
+            "acquirer" => self.acquirer.as_ref().map(|a| a.do_send(InjectPanic)).is_some(),
+            "worker_pool" => self.worker_pool.as_ref().map(|a| a.do_send(InjectPanic)).is_some(),
+            "result_sink" => self.result_sink.as_ref().map(|a| a.do_send(InjectPanic)).is_some(),
             _ => false,
         }
     }
@@ -344,10 +285,7 @@ impl App {
         let wait = |t: crate::actors::Tracker| async move {
             let _ = tokio::time::timeout_at(deadline.into(), t.wait_idle()).await;
         };
-        tracing::info!(
-            grace_secs = grace.as_secs_f64(),
-            "shutting down: draining inbound, stopping the acquirer"
-        );
+        tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: draining inbound, stopping the acquirer");
         p.inbound.stop();
         wait(p.inbound_work.clone()).await;
         // Let the inbound pollers finish their drain (each exits on an empty receive).

@@ -13,16 +13,9 @@ pub fn init(settings: &LogSettings) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let res = match settings.format {
-        LogFormat::Logfmt => registry
-            .with(tracing_logfmt::builder().with_target(true).layer())
-            .try_init(),
+        LogFormat::Logfmt => registry.with(tracing_logfmt::builder().with_target(true).layer()).try_init(),
         LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr)
-                    .with_current_span(false),
-            )
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_current_span(false))
             .try_init(),
     };
     if res.is_ok() {
@@ -33,10 +26,7 @@ pub fn init(settings: &LogSettings) {
 fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         let msg = info
             .payload()
             .downcast_ref::<&str>()

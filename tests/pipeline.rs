@@ -19,28 +19,13 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
     let settings = test_settings(&db, kind);
     let transport = transport(&settings).await;
     insert_objects(&db, 1000).await;
-    let app = start(
-        &settings,
-        &[],
-        transport.clone(),
-        HandlerRegistry::builtin(),
-    );
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
     submit_exports(transport.as_ref(), 1000).await;
     let store = db.store();
-    let c = wait_for_counts(&store, Duration::from_secs(120), |c| {
-        c.get(&TaskState::Success) == Some(&1000)
-    })
-    .await;
+    let c = wait_for_counts(&store, Duration::from_secs(120), |c| c.get(&TaskState::Success) == Some(&1000)).await;
     assert_eq!(c.values().sum::<i64>(), 1000, "{c:?}");
     assert_eq!(count_rows(&db, "t_exported_object").await, 1000);
-    assert_eq!(
-        count_rows(
-            &db,
-            "t_exported_object e JOIN t_object o USING (id) WHERE e.data = o.data"
-        )
-        .await,
-        1000
-    );
+    assert_eq!(count_rows(&db, "t_exported_object e JOIN t_object o USING (id) WHERE e.data = o.data").await, 1000);
     app.shutdown(Duration::from_secs(10)).await;
 }
 
@@ -51,30 +36,28 @@ async fn chaos_on_every_stage_keeps_exports_exactly_once(kind: Kind) {
     let n = if kind == Kind::Memory { 1000 } else { 300 };
     let transport = transport(&settings).await;
     insert_objects(&db, n).await;
-    let app = start(
-        &settings,
-        &[],
-        transport.clone(),
-        HandlerRegistry::builtin(),
-    );
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
     submit_exports(transport.as_ref(), n).await;
     let store = db.store();
     let c = wait_for_counts(&store, Duration::from_secs(180), |c| {
-        c.get(&TaskState::Success).unwrap_or(&0) + c.get(&TaskState::CriticalError).unwrap_or(&0)
-            == n as i64
+        c.get(&TaskState::Success).unwrap_or(&0) + c.get(&TaskState::CriticalError).unwrap_or(&0) == n as i64
     })
     .await;
     let success = c[&TaskState::Success];
     let exported = count_rows(&db, "t_exported_object").await;
     // Every successful export has exactly one row (the primary key makes a second impossible; a run that failed
     // after exporting and was retried must have counted the existing row as success).
-    assert_eq!(count_rows(&db, "tasks t JOIN t_exported_object e ON e.id = (t.payload->>'objectID')::bigint WHERE t.state = 'SUCCESS'").await, success);
+    assert_eq!(
+        count_rows(
+            &db,
+            "tasks t JOIN t_exported_object e ON e.id = (t.payload->>'objectID')::bigint WHERE t.state = 'SUCCESS'"
+        )
+        .await,
+        success
+    );
     assert!(exported >= success && exported <= n as i64);
     for stage in ["persister", "acquirer", "worker", "result_sink"] {
-        assert!(
-            metrics().chaos_injected.with_label_values(&[stage]).get() > 0,
-            "chaos never hit {stage}"
-        );
+        assert!(metrics().chaos_injected.with_label_values(&[stage]).get() > 0, "chaos never hit {stage}");
     }
     app.shutdown(Duration::from_secs(10)).await;
 }
@@ -84,11 +67,7 @@ struct RecordingFail(Arc<Mutex<Vec<(i32, Instant)>>>);
 
 #[async_trait::async_trait]
 impl Handler for RecordingFail {
-    async fn handle(
-        &self,
-        ctx: &HandlerContext,
-        _: &serde_json::Value,
-    ) -> Result<serde_json::Value, HandlerError> {
+    async fn handle(&self, ctx: &HandlerContext, _: &serde_json::Value) -> Result<serde_json::Value, HandlerError> {
         self.0.lock().unwrap().push((ctx.attempt, Instant::now()));
         Err(HandlerError::with_code(-1234, "something bad happened"))
     }
@@ -104,16 +83,11 @@ async fn always_failing_handler_ends_critical_with_backoff(kind: Kind) {
     let runs = Arc::new(Mutex::new(Vec::new()));
     let handlers = HandlerRegistry::builtin().with("always_fail", RecordingFail(runs.clone()));
     let app = start(&settings, &[], transport.clone(), handlers);
-    let body = json!({"jsonrpc": "2.0", "method": "submit:always_fail", "params": {"payload": {"x": 1}, "max_attempts": 4}});
-    transport
-        .send(Queue::Inbound, &[body.to_string()])
-        .await
-        .unwrap();
+    let body =
+        json!({"jsonrpc": "2.0", "method": "submit:always_fail", "params": {"payload": {"x": 1}, "max_attempts": 4}});
+    transport.send(Queue::Inbound, &[body.to_string()]).await.unwrap();
     let store = db.store();
-    wait_for_counts(&store, Duration::from_secs(60), |c| {
-        c.get(&TaskState::CriticalError) == Some(&1)
-    })
-    .await;
+    wait_for_counts(&store, Duration::from_secs(60), |c| c.get(&TaskState::CriticalError) == Some(&1)).await;
     let task = store.list(&Default::default()).await.unwrap().remove(0);
     assert_eq!(task.attempts, 4);
     assert_eq!(task.error.as_ref().unwrap()["code"], json!(-1234));
@@ -139,12 +113,7 @@ async fn malformed_messages_end_in_the_dlqs(kind: Kind) {
     let settings = test_settings(&db, kind);
     let transport = transport(&settings).await;
     insert_objects(&db, 50).await;
-    let app = start(
-        &settings,
-        &[],
-        transport.clone(),
-        HandlerRegistry::builtin(),
-    );
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
     let garbage = |i: usize| match i % 5 {
         0 => format!("not json {i}"),
         1 => format!(r#"{{"jsonrpc":"2.0","method":"bogus{i}","params":{{}}}}"#),
@@ -162,24 +131,12 @@ async fn malformed_messages_end_in_the_dlqs(kind: Kind) {
     }
     submit_exports(transport.as_ref(), 50).await;
     let store = db.store();
-    wait_for_counts(&store, Duration::from_secs(120), |c| {
-        c.get(&TaskState::Success) == Some(&50)
-    })
-    .await;
+    wait_for_counts(&store, Duration::from_secs(120), |c| c.get(&TaskState::Success) == Some(&50)).await;
     for q in [Queue::InboundDlq, Queue::OutboundDlq, Queue::ResultsDlq] {
         let got = peek_all(transport.as_ref(), q, 100, Duration::from_secs(60)).await;
-        assert_eq!(
-            got.len(),
-            100,
-            "{q}: {} of 100 malformed messages in the DLQ",
-            got.len()
-        );
+        assert_eq!(got.len(), 100, "{q}: {} of 100 malformed messages in the DLQ", got.len());
     }
-    assert_eq!(
-        count_rows(&db, "tasks").await,
-        50,
-        "nothing malformed was stored"
-    );
+    assert_eq!(count_rows(&db, "tasks").await, 50, "nothing malformed was stored");
     app.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -188,12 +145,7 @@ async fn a_panicking_actor_is_restarted_and_the_work_completes(kind: Kind) {
     let settings = test_settings(&db, kind);
     let transport = transport(&settings).await;
     insert_objects(&db, 200).await;
-    let app = start(
-        &settings,
-        &[],
-        transport.clone(),
-        HandlerRegistry::builtin(),
-    );
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
     let before: u64 = ["persister", "acquirer", "worker_pool", "result_sink"]
         .iter()
         .map(|a| metrics().actor_restarts.with_label_values(&[a]).get())
@@ -203,10 +155,7 @@ async fn a_panicking_actor_is_restarted_and_the_work_completes(kind: Kind) {
     }
     submit_exports(transport.as_ref(), 200).await;
     let store = db.store();
-    wait_for_counts(&store, Duration::from_secs(120), |c| {
-        c.get(&TaskState::Success) == Some(&200)
-    })
-    .await;
+    wait_for_counts(&store, Duration::from_secs(120), |c| c.get(&TaskState::Success) == Some(&200)).await;
     let after: u64 = ["persister", "acquirer", "worker_pool", "result_sink"]
         .iter()
         .map(|a| metrics().actor_restarts.with_label_values(&[a]).get())
@@ -222,33 +171,20 @@ async fn graceful_shutdown_leaves_nothing_acquired(kind: Kind) {
     let transport = transport(&settings).await;
     let app = start(
         &settings,
-        &[
-            Role::Submitter,
-            Role::Scheduler,
-            Role::Worker,
-            Role::Resulter,
-        ],
+        &[Role::Submitter, Role::Scheduler, Role::Worker, Role::Resulter],
         transport.clone(),
         HandlerRegistry::builtin(),
     );
-    let bodies: Vec<String> = (0..100)
-        .map(|i| sqs_scheduler::protocol::submit_message("sleep", &json!({"ms": 200, "i": i})))
-        .collect();
+    let bodies: Vec<String> =
+        (0..100).map(|i| sqs_scheduler::protocol::submit_message("sleep", &json!({"ms": 200, "i": i}))).collect();
     for c in bodies.chunks(10) {
         transport.send(Queue::Inbound, c).await.unwrap();
     }
     let store = db.store();
-    wait_for_counts(&store, Duration::from_secs(60), |c| {
-        c.get(&TaskState::Acquired).unwrap_or(&0) > &0
-    })
-    .await;
+    wait_for_counts(&store, Duration::from_secs(60), |c| c.get(&TaskState::Acquired).unwrap_or(&0) > &0).await;
     app.shutdown(Duration::from_secs(30)).await;
     let c = counts(&store).await;
-    assert_eq!(
-        c.get(&TaskState::Acquired),
-        Some(&0),
-        "nothing left ACQUIRED: {c:?}"
-    );
+    assert_eq!(c.get(&TaskState::Acquired), Some(&0), "nothing left ACQUIRED: {c:?}");
     assert!(c[&TaskState::Success] > 0);
 }
 

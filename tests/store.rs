@@ -9,26 +9,15 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 fn task(action: &str, payload: serde_json::Value) -> NewTask {
-    NewTask::new(
-        Action::parse(action).unwrap(),
-        Payload::parse(payload).unwrap(),
-    )
+    NewTask::new(Action::parse(action).unwrap(), Payload::parse(payload).unwrap())
 }
 
 fn ok(a: &AcquiredTask) -> TaskResult {
-    TaskResult {
-        id: a.id,
-        attempt: a.attempt,
-        outcome: Outcome::Success(json!({"result": "success"})),
-    }
+    TaskResult { id: a.id, attempt: a.attempt, outcome: Outcome::Success(json!({"result": "success"})) }
 }
 
 fn fail(a: &AcquiredTask) -> TaskResult {
-    TaskResult {
-        id: a.id,
-        attempt: a.attempt,
-        outcome: Outcome::Failure(json!({"code": -1234, "message": "bad"})),
-    }
+    TaskResult { id: a.id, attempt: a.attempt, outcome: Outcome::Failure(json!({"code": -1234, "message": "bad"})) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -59,11 +48,7 @@ async fn concurrent_acquirers_never_share_an_attempt_and_get_every_task() {
         all.extend(h.await.unwrap());
     }
     let unique: HashSet<_> = all.iter().copied().collect();
-    assert_eq!(
-        all.len(),
-        unique.len(),
-        "an (id, attempt) was acquired twice"
-    );
+    assert_eq!(all.len(), unique.len(), "an (id, attempt) was acquired twice");
     let ids: HashSet<i64> = all.iter().map(|x| x.0).collect();
     let expected: HashSet<i64> = submitted.iter().map(|s| s.id).collect();
     assert_eq!(ids, expected, "every task is acquired");
@@ -76,36 +61,15 @@ async fn concurrent_acquirers_never_share_an_attempt_and_get_every_task() {
 async fn duplicate_submit_gives_one_row() {
     let db = TestDb::new().await;
     let store = db.store();
-    let a = store
-        .submit_many(&[task("export", json!({"objectID": 23}))])
-        .await
-        .unwrap();
+    let a = store.submit_many(&[task("export", json!({"objectID": 23}))]).await.unwrap();
     let b = store
-        .submit_many(&[
-            task("export", json!({"objectID": 23})),
-            task("export", json!({"objectID": 23})),
-        ])
+        .submit_many(&[task("export", json!({"objectID": 23})), task("export", json!({"objectID": 23}))])
         .await
         .unwrap();
     assert!(a[0].created);
-    assert_eq!(
-        b,
-        vec![
-            Submitted {
-                id: a[0].id,
-                created: false
-            },
-            Submitted {
-                id: a[0].id,
-                created: false
-            }
-        ]
-    );
+    assert_eq!(b, vec![Submitted { id: a[0].id, created: false }, Submitted { id: a[0].id, created: false }]);
     // Same payload, other action: another task. Explicit dedup keys override the payload.
-    let c = store
-        .submit_many(&[task("noop", json!({"objectID": 23}))])
-        .await
-        .unwrap();
+    let c = store.submit_many(&[task("noop", json!({"objectID": 23}))]).await.unwrap();
     assert!(c[0].created && c[0].id != a[0].id);
     let mut k1 = task("export", json!({"objectID": 1}));
     k1.dedup_key = Some(DedupKey::parse("k").unwrap());
@@ -125,9 +89,7 @@ async fn concurrent_duplicate_submits_return_the_same_id() {
     for _ in 0..8 {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
-            let tasks: Vec<NewTask> = (0..200)
-                .map(|i| task("export", json!({"objectID": i})))
-                .collect();
+            let tasks: Vec<NewTask> = (0..200).map(|i| task("export", json!({"objectID": i}))).collect();
             store.submit_many(&tasks).await.unwrap()
         }));
     }
@@ -138,11 +100,7 @@ async fn concurrent_duplicate_submits_return_the_same_id() {
     for i in 0..200 {
         let ids: HashSet<i64> = results.iter().map(|r| r[i].id).collect();
         assert_eq!(ids.len(), 1, "one id per object");
-        assert_eq!(
-            results.iter().filter(|r| r[i].created).count(),
-            1,
-            "exactly one creator"
-        );
+        assert_eq!(results.iter().filter(|r| r[i].created).count(), 1, "exactly one creator");
     }
     let counts = store.counts_by_state().await.unwrap();
     assert!(counts.contains(&(TaskState::Scheduled, 200)));
@@ -155,11 +113,7 @@ async fn stale_or_late_results_are_rejected() {
     store.submit_many(&[task("noop", json!({}))]).await.unwrap();
     let a = store.acquire_batch(10).await.unwrap().remove(0);
     // A result for an attempt that never ran: stale.
-    let wrong = TaskResult {
-        id: a.id,
-        attempt: a.attempt + 1,
-        outcome: Outcome::Success(json!({})),
-    };
+    let wrong = TaskResult { id: a.id, attempt: a.attempt + 1, outcome: Outcome::Success(json!({})) };
     let c = store.complete_many(&[wrong]).await.unwrap();
     assert!(c.applied.is_empty());
     assert_eq!(c.stale, vec![(a.id, a.attempt + 1)]);
@@ -182,37 +136,23 @@ async fn a_result_after_stale_rescue_does_not_apply() {
     let store = db.store();
     store.submit_many(&[task("noop", json!({}))]).await.unwrap();
     let a = store.acquire_batch(1).await.unwrap().remove(0);
-    exec(
-        &db.url,
-        "UPDATE tasks SET acquired_at = now() - interval '10 minutes'",
-    )
-    .await;
+    exec(&db.url, "UPDATE tasks SET acquired_at = now() - interval '10 minutes'").await;
     let rescued = store.rescue_stale(120.0, 100).await.unwrap();
     assert_eq!(rescued, vec![(a.id, TaskState::Error)]);
     let t = store.get(a.id).await.unwrap().unwrap();
     assert_eq!(t.error.as_ref().unwrap()["code"], json!(STALE_ERROR_CODE));
-    assert!(t.error.as_ref().unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("stale"));
+    assert!(t.error.as_ref().unwrap()["message"].as_str().unwrap().starts_with("stale"));
     assert_eq!(t.acquired_at, None);
     // The old worker finally answers: fenced out.
     let c = store.complete_many(&[ok(&a)]).await.unwrap();
     assert!(c.applied.is_empty());
-    assert_eq!(
-        store.get(a.id).await.unwrap().unwrap().state,
-        TaskState::Error
-    );
+    assert_eq!(store.get(a.id).await.unwrap().unwrap().state, TaskState::Error);
 }
 
 #[tokio::test]
 async fn backoff_grows_exponentially_within_jitter_bounds() {
     let db = TestDb::new().await;
-    let backoff = Backoff {
-        base_seconds: 10.0,
-        max_seconds: 100.0,
-        jitter: 0.2,
-    };
+    let backoff = Backoff { base_seconds: 10.0, max_seconds: 100.0, jitter: 0.2 };
     let store = db.store_with(backoff);
     let tasks: Vec<NewTask> = (0..20).map(|i| task("noop", json!({"i": i}))).collect();
     store.submit_many(&tasks).await.unwrap();
@@ -221,19 +161,12 @@ async fn backoff_grows_exponentially_within_jitter_bounds() {
         assert_eq!(acquired.len(), 20, "attempt {attempt}: all due");
         assert!(acquired.iter().all(|a| a.attempt == attempt));
         let before = store.db_now().await.unwrap();
-        store
-            .complete_many(&acquired.iter().map(fail).collect::<Vec<_>>())
-            .await
-            .unwrap();
+        store.complete_many(&acquired.iter().map(fail).collect::<Vec<_>>()).await.unwrap();
         let after = store.db_now().await.unwrap();
         let nominal = backoff.nominal_seconds(attempt);
         assert_eq!(nominal, (10.0 * 2f64.powi(attempt - 1)).min(100.0));
         let mut delays = Vec::new();
-        for t in store
-            .get_many(&acquired.iter().map(|a| a.id).collect::<Vec<_>>())
-            .await
-            .unwrap()
-        {
+        for t in store.get_many(&acquired.iter().map(|a| a.id).collect::<Vec<_>>()).await.unwrap() {
             assert_eq!(t.state, TaskState::Error);
             let lo = (t.run_at - after).as_seconds_f64();
             let hi = (t.run_at - before).as_seconds_f64();
@@ -244,39 +177,24 @@ async fn backoff_grows_exponentially_within_jitter_bounds() {
             delays.push(hi);
         }
         // Jitter spreads the delays: not all equal.
-        assert!(
-            delays.iter().any(|d| (d - delays[0]).abs() > 1e-3),
-            "jitter missing: {delays:?}"
-        );
+        assert!(delays.iter().any(|d| (d - delays[0]).abs() > 1e-3), "jitter missing: {delays:?}");
         // Not due yet: nothing is acquired early.
         assert!(store.acquire_batch(100).await.unwrap().is_empty());
-        exec(
-            &db.url,
-            "UPDATE tasks SET run_at = now() - interval '1 second' WHERE state = 'ERROR'",
-        )
-        .await;
+        exec(&db.url, "UPDATE tasks SET run_at = now() - interval '1 second' WHERE state = 'ERROR'").await;
     }
 }
 
 #[tokio::test]
 async fn a_task_failing_max_attempts_times_ends_critical_error() {
     let db = TestDb::new().await;
-    let store = db.store_with(Backoff {
-        base_seconds: 0.0,
-        max_seconds: 0.0,
-        jitter: 0.0,
-    });
+    let store = db.store_with(Backoff { base_seconds: 0.0, max_seconds: 0.0, jitter: 0.0 });
     let ids = store.submit_many(&[task("noop", json!({}))]).await.unwrap();
     for attempt in 1..=10 {
         let a = store.acquire_batch(1).await.unwrap();
         assert_eq!(a.len(), 1, "attempt {attempt} acquired");
         assert_eq!(a[0].attempt, attempt);
         let c = store.complete_many(&[fail(&a[0])]).await.unwrap();
-        let want = if attempt == 10 {
-            TaskState::CriticalError
-        } else {
-            TaskState::Error
-        };
+        let want = if attempt == 10 { TaskState::CriticalError } else { TaskState::Error };
         assert_eq!(c.applied[0].state, want);
     }
     assert!(store.acquire_batch(1).await.unwrap().is_empty());
@@ -284,10 +202,7 @@ async fn a_task_failing_max_attempts_times_ends_critical_error() {
     assert_eq!((t.state, t.attempts), (TaskState::CriticalError, 10));
     assert_eq!(t.error, Some(json!({"code": -1234, "message": "bad"})));
     // Retry gives it more attempts; numbers keep growing.
-    assert!(store
-        .retry(t.id, MaxAttempts::parse(2).unwrap())
-        .await
-        .unwrap());
+    assert!(store.retry(t.id, MaxAttempts::parse(2).unwrap()).await.unwrap());
     let a = store.acquire_batch(1).await.unwrap();
     assert_eq!(a[0].attempt, 11);
 }
@@ -298,34 +213,21 @@ async fn stale_rescue_ends_critical_on_the_last_attempt() {
     let store = db.store();
     let mut t = task("noop", json!({}));
     t.max_attempts = MaxAttempts::parse(1).unwrap();
-    store
-        .submit_many(&[t, task("noop", json!({"other": 1}))])
-        .await
-        .unwrap();
+    store.submit_many(&[t, task("noop", json!({"other": 1}))]).await.unwrap();
     let acquired = store.acquire_batch(10).await.unwrap();
     assert_eq!(acquired.len(), 2);
     // Only one is old enough.
     exec(
         &db.url,
-        &format!(
-            "UPDATE tasks SET acquired_at = now() - interval '200 seconds' WHERE id = {}",
-            acquired[0].id
-        ),
+        &format!("UPDATE tasks SET acquired_at = now() - interval '200 seconds' WHERE id = {}", acquired[0].id),
     )
     .await;
     let rescued = store.rescue_stale(120.0, 100).await.unwrap();
     assert_eq!(rescued.len(), 1);
     let t0 = store.get(acquired[0].id).await.unwrap().unwrap();
-    let expected = if t0.max_attempts == 1 {
-        TaskState::CriticalError
-    } else {
-        TaskState::Error
-    };
+    let expected = if t0.max_attempts == 1 { TaskState::CriticalError } else { TaskState::Error };
     assert_eq!(rescued[0], (acquired[0].id, expected));
-    assert_eq!(
-        store.get(acquired[1].id).await.unwrap().unwrap().state,
-        TaskState::Acquired
-    );
+    assert_eq!(store.get(acquired[1].id).await.unwrap().unwrap().state, TaskState::Acquired);
 }
 
 #[tokio::test]
@@ -335,35 +237,13 @@ async fn cleaner_deletes_only_old_finished_tasks_in_batches() {
     let tasks: Vec<NewTask> = (0..30).map(|i| task("noop", json!({"i": i}))).collect();
     store.submit_many(&tasks).await.unwrap();
     let a = store.acquire_batch(25).await.unwrap();
-    store
-        .complete_many(&a[..20].iter().map(ok).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    store.complete_many(&a[..20].iter().map(ok).collect::<Vec<_>>()).await.unwrap();
     // 20 SUCCESS (15 of them old), 5 ACQUIRED, 5 SCHEDULED.
     exec(&db.url, "UPDATE tasks SET finished_at = now() - interval '2 hours' WHERE id IN (SELECT id FROM tasks WHERE state = 'SUCCESS' ORDER BY id LIMIT 15)").await;
-    assert_eq!(
-        store
-            .clean_finished(3600.0, &[TaskState::Success], 10)
-            .await
-            .unwrap(),
-        10
-    );
-    assert_eq!(
-        store
-            .clean_finished(3600.0, &[TaskState::Success], 10)
-            .await
-            .unwrap(),
-        5
-    );
-    assert_eq!(
-        store
-            .clean_finished(3600.0, &[TaskState::Success], 10)
-            .await
-            .unwrap(),
-        0
-    );
-    let counts: std::collections::HashMap<_, _> =
-        store.counts_by_state().await.unwrap().into_iter().collect();
+    assert_eq!(store.clean_finished(3600.0, &[TaskState::Success], 10).await.unwrap(), 10);
+    assert_eq!(store.clean_finished(3600.0, &[TaskState::Success], 10).await.unwrap(), 5);
+    assert_eq!(store.clean_finished(3600.0, &[TaskState::Success], 10).await.unwrap(), 0);
+    let counts: std::collections::HashMap<_, _> = store.counts_by_state().await.unwrap().into_iter().collect();
     assert_eq!(counts[&TaskState::Success], 5);
     assert_eq!(counts[&TaskState::Acquired], 5);
     assert_eq!(counts[&TaskState::Scheduled], 5);
@@ -403,42 +283,20 @@ async fn a_future_run_at_is_not_acquired_early() {
 #[tokio::test]
 async fn cancel_scheduled_and_acquired_tasks() {
     let db = TestDb::new().await;
-    let store = db.store_with(Backoff {
-        base_seconds: 0.0,
-        max_seconds: 0.0,
-        jitter: 0.0,
-    });
-    let ids = store
-        .submit_many(&[task("noop", json!({"a": 1})), task("noop", json!({"a": 2}))])
-        .await
-        .unwrap();
-    assert_eq!(
-        store.cancel(ids[0].id).await.unwrap(),
-        CancelOutcome::Cancelled
-    );
-    assert_eq!(
-        store.cancel(ids[0].id).await.unwrap(),
-        CancelOutcome::AlreadyFinished
-    );
-    assert_eq!(
-        store.cancel(999_999).await.unwrap(),
-        CancelOutcome::NotFound
-    );
+    let store = db.store_with(Backoff { base_seconds: 0.0, max_seconds: 0.0, jitter: 0.0 });
+    let ids = store.submit_many(&[task("noop", json!({"a": 1})), task("noop", json!({"a": 2}))]).await.unwrap();
+    assert_eq!(store.cancel(ids[0].id).await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(store.cancel(ids[0].id).await.unwrap(), CancelOutcome::AlreadyFinished);
+    assert_eq!(store.cancel(999_999).await.unwrap(), CancelOutcome::NotFound);
     let a = store.acquire_batch(10).await.unwrap();
     assert_eq!(a.len(), 1, "a cancelled task is never acquired");
-    assert_eq!(
-        store.cancel(a[0].id).await.unwrap(),
-        CancelOutcome::CancelRequested
-    );
+    assert_eq!(store.cancel(a[0].id).await.unwrap(), CancelOutcome::CancelRequested);
     // Its failure is not retried.
     let c = store.complete_many(&[fail(&a[0])]).await.unwrap();
     assert_eq!(c.applied[0].state, TaskState::Cancelled);
     assert!(store.acquire_batch(10).await.unwrap().is_empty());
     // Retry brings a cancelled task back.
-    assert!(store
-        .retry(ids[0].id, MaxAttempts::default())
-        .await
-        .unwrap());
+    assert!(store.retry(ids[0].id, MaxAttempts::default()).await.unwrap());
     assert_eq!(store.acquire_batch(10).await.unwrap()[0].id, ids[0].id);
 }
 
@@ -448,13 +306,7 @@ async fn release_hands_tasks_back_without_burning_the_attempt() {
     let store = db.store();
     store.submit_many(&[task("noop", json!({}))]).await.unwrap();
     let a = store.acquire_batch(1).await.unwrap().remove(0);
-    assert_eq!(
-        store
-            .release(&[(a.id, a.attempt), (a.id, a.attempt + 5)])
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(store.release(&[(a.id, a.attempt), (a.id, a.attempt + 5)]).await.unwrap(), 1);
     let t = store.get(a.id).await.unwrap().unwrap();
     assert_eq!((t.state, t.attempts), (TaskState::Scheduled, 0));
     let again = store.acquire_batch(1).await.unwrap().remove(0);
@@ -465,48 +317,22 @@ async fn release_hands_tasks_back_without_burning_the_attempt() {
 async fn list_filters_and_pages() {
     let db = TestDb::new().await;
     let store = db.store();
-    let tasks: Vec<NewTask> = (0..10)
-        .map(|i| task(if i % 2 == 0 { "export" } else { "noop" }, json!({"i": i})))
-        .collect();
+    let tasks: Vec<NewTask> =
+        (0..10).map(|i| task(if i % 2 == 0 { "export" } else { "noop" }, json!({"i": i}))).collect();
     store.submit_many(&tasks).await.unwrap();
     let export = Action::parse("export").unwrap();
-    let page1 = store
-        .list(&ListFilter {
-            action: Some(export.clone()),
-            limit: Some(3),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let page1 =
+        store.list(&ListFilter { action: Some(export.clone()), limit: Some(3), ..Default::default() }).await.unwrap();
     assert_eq!(page1.len(), 3);
     let page2 = store
-        .list(&ListFilter {
-            action: Some(export),
-            after_id: Some(page1[2].id),
-            limit: Some(3),
-            ..Default::default()
-        })
+        .list(&ListFilter { action: Some(export), after_id: Some(page1[2].id), limit: Some(3), ..Default::default() })
         .await
         .unwrap();
     assert_eq!(page2.len(), 2);
-    assert!(page2
-        .iter()
-        .all(|t| t.action == "export" && t.id > page1[2].id));
-    let sched = store
-        .list(&ListFilter {
-            state: Some(TaskState::Scheduled),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    assert!(page2.iter().all(|t| t.action == "export" && t.id > page1[2].id));
+    let sched = store.list(&ListFilter { state: Some(TaskState::Scheduled), ..Default::default() }).await.unwrap();
     assert_eq!(sched.len(), 10);
-    assert!(store
-        .list(&ListFilter {
-            limit: Some(0),
-            ..Default::default()
-        })
-        .await
-        .is_err());
+    assert!(store.list(&ListFilter { limit: Some(0), ..Default::default() }).await.is_err());
 }
 
 #[tokio::test]
@@ -520,21 +346,9 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     assert_eq!(MaxAttempts::parse(-1).unwrap_err().field, "max_attempts");
     assert_eq!(MaxAttempts::parse(0).unwrap_err().field, "max_attempts");
     let e = Priority::parse(1000).unwrap_err();
-    assert!(
-        e.to_string().contains("priority") && e.to_string().contains("1000"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("priority") && e.to_string().contains("1000"), "{e}");
     let db = TestDb::new().await;
     let store = db.store();
     assert!(store.submit_many(&[]).await.unwrap().is_empty());
-    assert_eq!(
-        store
-            .counts_by_state()
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| c.1)
-            .sum::<i64>(),
-        0
-    );
+    assert_eq!(store.counts_by_state().await.unwrap().iter().map(|c| c.1).sum::<i64>(), 0);
 }

@@ -23,8 +23,7 @@ fn memory() -> MemoryTransport {
 fn sqs_settings(prefix: &str) -> (SqsSettings, TransportSettings) {
     let sqs = SqsSettings {
         endpoint_url: Some(
-            std::env::var("SCHEDULER_SQS__ENDPOINT_URL")
-                .unwrap_or_else(|_| "http://127.0.0.1:4566".into()),
+            std::env::var("SCHEDULER_SQS__ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into()),
         ),
         region: Some("us-east-1".into()),
         access_key_id: Some("test".into()),
@@ -32,10 +31,7 @@ fn sqs_settings(prefix: &str) -> (SqsSettings, TransportSettings) {
         queue_prefix: prefix.into(),
         create_queues: false,
     };
-    let transport = TransportSettings {
-        visibility_timeout_secs: VISIBILITY.as_secs() as u32,
-        ..Default::default()
-    };
+    let transport = TransportSettings { visibility_timeout_secs: VISIBILITY.as_secs() as u32, ..Default::default() };
     (sqs, transport)
 }
 
@@ -52,9 +48,7 @@ async fn sqs() -> SqsTransport {
 }
 
 fn bodies(n: usize, tag: &str) -> Vec<String> {
-    (0..n)
-        .map(|i| format!(r#"{{"tag":"{tag}","i":{i}}}"#))
-        .collect()
+    (0..n).map(|i| format!(r#"{{"tag":"{tag}","i":{i}}}"#)).collect()
 }
 
 /// Long-polls until something arrives or `until` has passed; empty if nothing came.
@@ -69,19 +63,11 @@ async fn receive_until(t: &dyn Transport, queue: Queue, until: Instant) -> Vec<M
 
 /// Receives until `n` distinct bodies arrived (a body may be delivered twice: SQS is at-least-once).
 /// Returns the messages by body and every receipt seen, duplicates included.
-async fn receive_distinct(
-    t: &dyn Transport,
-    queue: Queue,
-    n: usize,
-) -> (HashMap<String, Message>, Vec<String>) {
+async fn receive_distinct(t: &dyn Transport, queue: Queue, n: usize) -> (HashMap<String, Message>, Vec<String>) {
     let until = Instant::now() + PATIENCE;
     let (mut by_body, mut receipts) = (HashMap::new(), Vec::new());
     while by_body.len() < n {
-        assert!(
-            Instant::now() < until,
-            "only {} of {n} bodies arrived within {PATIENCE:?}",
-            by_body.len()
-        );
+        assert!(Instant::now() < until, "only {} of {n} bodies arrived within {PATIENCE:?}", by_body.len());
         for m in t.receive(queue, 10, POLL).await.expect("receive") {
             receipts.push(m.receipt.clone());
             by_body.insert(m.body.clone(), m);
@@ -93,10 +79,7 @@ async fn receive_distinct(
 async fn send_all(t: &dyn Transport, queue: Queue, bodies: &[String]) {
     let results = t.send(queue, bodies).await.expect("send");
     assert_eq!(results.len(), bodies.len());
-    assert!(
-        results.iter().all(Result::is_ok),
-        "send failures: {results:?}"
-    );
+    assert!(results.iter().all(Result::is_ok), "send failures: {results:?}");
 }
 
 // ---------------------------------------------------------------- contract, run on both transports
@@ -111,9 +94,7 @@ async fn send_receive_delete(t: &dyn Transport) {
     let mut want: Vec<&String> = sent.iter().collect();
     want.sort();
     assert_eq!(got_bodies, want);
-    assert!(got
-        .values()
-        .all(|m| m.receive_count >= 1 && !m.id.is_empty()));
+    assert!(got.values().all(|m| m.receive_count >= 1 && !m.id.is_empty()));
 
     let failed = t.delete(Queue::Inbound, &receipts).await.expect("delete");
     assert!(failed.is_empty(), "delete failures: {failed:?}");
@@ -138,19 +119,10 @@ async fn undeleted_message_comes_back(t: &dyn Transport) {
     let again = receive_until(t, Queue::Outbound, received_at + PATIENCE).await;
     assert_eq!(again.len(), 1, "the message did not come back");
     let elapsed = received_at.elapsed();
-    assert!(
-        elapsed >= VISIBILITY - Duration::from_millis(200),
-        "came back after {elapsed:?}, before the timeout"
-    );
+    assert!(elapsed >= VISIBILITY - Duration::from_millis(200), "came back after {elapsed:?}, before the timeout");
     assert_eq!(again[0].receive_count, 2);
-    assert_eq!(
-        (&again[0].id, &again[0].body),
-        (&first[0].id, &first[0].body)
-    );
-    assert_ne!(
-        again[0].receipt, first[0].receipt,
-        "a new delivery has a new receipt"
-    );
+    assert_eq!((&again[0].id, &again[0].body), (&first[0].id, &first[0].body));
+    assert_ne!(again[0].receipt, first[0].receipt, "a new delivery has a new receipt");
 }
 
 async fn change_visibility_extends(t: &dyn Transport) {
@@ -159,26 +131,16 @@ async fn change_visibility_extends(t: &dyn Transport) {
     let received_at = Instant::now();
     assert_eq!(first.len(), 1);
     let extended = Duration::from_secs(5);
-    t.change_visibility(Queue::Results, &[first[0].receipt.clone()], extended)
-        .await
-        .expect("change_visibility");
+    t.change_visibility(Queue::Results, &[first[0].receipt.clone()], extended).await.expect("change_visibility");
 
     // Well past the original 2 s timeout (the last poll ends before the extended one runs out).
     let early = receive_until(t, Queue::Results, received_at + VISIBILITY + POLL).await;
-    assert!(
-        early.is_empty(),
-        "came back after {:?} despite the extension",
-        received_at.elapsed()
-    );
+    assert!(early.is_empty(), "came back after {:?} despite the extension", received_at.elapsed());
 
     // It was extended, not lost: it comes back once the extension runs out.
     let late = receive_until(t, Queue::Results, received_at + extended + PATIENCE).await;
     assert_eq!(late.len(), 1, "the message never came back");
-    assert!(
-        received_at.elapsed() >= extended - Duration::from_millis(500),
-        "back after {:?}",
-        received_at.elapsed()
-    );
+    assert!(received_at.elapsed() >= extended - Duration::from_millis(500), "back after {:?}", received_at.elapsed());
     assert_eq!(late[0].receive_count, 2);
 }
 
@@ -187,14 +149,8 @@ async fn long_poll_waits_and_wakes(t: &dyn Transport) {
     let got = t.receive(Queue::Inbound, 10, POLL).await.expect("receive");
     let elapsed = start.elapsed();
     assert!(got.is_empty());
-    assert!(
-        elapsed >= Duration::from_millis(900),
-        "returned after {elapsed:?}, without waiting"
-    );
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "returned after {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(900), "returned after {elapsed:?}, without waiting");
+    assert!(elapsed < Duration::from_secs(5), "returned after {elapsed:?}");
 
     // A send during the wait ends it early. The delay only makes sure the receive is already waiting.
     let wait = Duration::from_secs(3);
@@ -206,14 +162,8 @@ async fn long_poll_waits_and_wakes(t: &dyn Transport) {
     });
     let elapsed = start.elapsed();
     let got = got.expect("receive");
-    assert_eq!(
-        got.iter().map(|m| &m.body).collect::<Vec<_>>(),
-        vec![&sent[0]]
-    );
-    assert!(
-        elapsed < wait - Duration::from_millis(500),
-        "returned after {elapsed:?}, not when the message came"
-    );
+    assert_eq!(got.iter().map(|m| &m.body).collect::<Vec<_>>(), vec![&sent[0]]);
+    assert!(elapsed < wait - Duration::from_millis(500), "returned after {elapsed:?}, not when the message came");
 }
 
 async fn send_reports_each_entry_in_order(t: &dyn Transport) {
@@ -226,14 +176,8 @@ async fn send_reports_each_entry_in_order(t: &dyn Transport) {
 
 async fn empty_batches_are_no_ops(t: &dyn Transport) {
     assert!(t.send(Queue::Inbound, &[]).await.expect("send").is_empty());
-    assert!(t
-        .delete(Queue::Inbound, &[])
-        .await
-        .expect("delete")
-        .is_empty());
-    t.change_visibility(Queue::Inbound, &[], VISIBILITY)
-        .await
-        .expect("change_visibility");
+    assert!(t.delete(Queue::Inbound, &[]).await.expect("delete").is_empty());
+    t.change_visibility(Queue::Inbound, &[], VISIBILITY).await.expect("change_visibility");
 }
 
 async fn redrive_after_max_receives(t: &dyn Transport) {
@@ -244,37 +188,24 @@ async fn redrive_after_max_receives(t: &dyn Transport) {
         let got = receive_until(t, Queue::Inbound, Instant::now() + PATIENCE).await;
         assert_eq!(got.len(), 1, "receive {n}");
         assert_eq!(got[0].receive_count, n);
-        t.change_visibility(Queue::Inbound, &[got[0].receipt.clone()], Duration::ZERO)
-            .await
-            .expect("release");
+        t.change_visibility(Queue::Inbound, &[got[0].receipt.clone()], Duration::ZERO).await.expect("release");
     }
     // The move happens when a receive on the main queue finds the message over the limit (SQS and memory alike),
     // so poll both; the main queue must never deliver it a sixth time.
     let until = Instant::now() + PATIENCE;
     let dead = loop {
-        let main = t
-            .receive(Queue::Inbound, 10, Duration::ZERO)
-            .await
-            .expect("receive");
-        assert!(
-            main.is_empty(),
-            "delivered again after {MAX_RECEIVE_COUNT} receives: {main:?}"
-        );
-        let dead = t
-            .receive(Queue::InboundDlq, 10, POLL)
-            .await
-            .expect("receive dlq");
+        let main = t.receive(Queue::Inbound, 10, Duration::ZERO).await.expect("receive");
+        assert!(main.is_empty(), "delivered again after {MAX_RECEIVE_COUNT} receives: {main:?}");
+        let dead = t.receive(Queue::InboundDlq, 10, POLL).await.expect("receive dlq");
         if !dead.is_empty() || Instant::now() >= until {
             break dead;
         }
     };
-    assert_eq!(
-        dead.iter().map(|m| &m.body).collect::<Vec<_>>(),
-        vec![&sent[0]]
-    );
+    assert_eq!(dead.iter().map(|m| &m.body).collect::<Vec<_>>(), vec![&sent[0]]);
 }
 
-/// One test per transport for each contract function: `memory::<name>` and `sqs::<name>`.
+/// One test per transport for each contract function: `memory::<name>` and `sqs::<name>`. SQS tests delete their
+/// queues when they pass (a failed test leaves them for inspection).
 macro_rules! contract_tests {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -286,7 +217,9 @@ macro_rules! contract_tests {
         mod sqs {
             $(#[tokio::test]
             async fn $name() {
-                super::$name(&super::sqs().await).await;
+                let t = super::sqs().await;
+                super::$name(&t).await;
+                t.delete_queues().await.expect("delete queues");
             })*
         }
     };
@@ -305,10 +238,7 @@ contract_tests!(
 // ---------------------------------------------------------------- SQS only
 
 fn calls_of(t: &SqsTransport, op: &str) -> u64 {
-    t.api_calls_by_op()
-        .into_iter()
-        .find(|(name, _)| *name == op)
-        .map_or(0, |(_, n)| n)
+    t.api_calls_by_op().into_iter().find(|(name, _)| *name == op).map_or(0, |(_, n)| n)
 }
 
 #[tokio::test]
@@ -322,6 +252,7 @@ async fn sqs_send_of_23_bodies_is_3_calls() {
     let clone = t.clone();
     clone.depth(Queue::Outbound).await.expect("depth");
     assert_eq!(t.api_calls() - before, 4);
+    t.delete_queues().await.expect("delete queues");
 }
 
 #[tokio::test]
@@ -330,6 +261,7 @@ async fn sqs_empty_batches_make_no_calls() {
     let before = t.api_calls();
     empty_batches_are_no_ops(&t).await;
     assert_eq!(t.api_calls(), before);
+    t.delete_queues().await.expect("delete queues");
 }
 
 #[tokio::test]
@@ -343,14 +275,8 @@ async fn sqs_oversized_body_fails_alone_in_its_position() {
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r.is_err(), i == 12, "entry {i}: {r:?}");
     }
-    assert!(
-        results[12]
-            .as_ref()
-            .unwrap_err()
-            .contains("SendMessageBatch"),
-        "{:?}",
-        results[12]
-    );
+    assert!(results[12].as_ref().unwrap_err().contains("SendMessageBatch"), "{:?}", results[12]);
+    t.delete_queues().await.expect("delete queues");
 }
 
 #[tokio::test]
@@ -359,60 +285,40 @@ async fn sqs_delete_returns_rejected_receipts() {
     send_all(&t, Queue::Inbound, &bodies(1, "reject")).await;
     let got = receive_until(&t, Queue::Inbound, Instant::now() + PATIENCE).await;
     assert_eq!(got.len(), 1);
-    let receipts = vec![
-        "not-a-receipt".to_string(),
-        got[0].receipt.clone(),
-        got[0].receipt.clone(),
-    ];
+    let receipts = vec!["not-a-receipt".to_string(), got[0].receipt.clone(), got[0].receipt.clone()];
     let failed = t.delete(Queue::Inbound, &receipts).await.expect("delete");
     assert_eq!(failed, vec!["not-a-receipt".to_string()]);
+    t.delete_queues().await.expect("delete queues");
 }
 
 #[tokio::test]
 async fn sqs_connect_to_missing_queues_names_them() {
     let prefix = fresh_prefix();
     let (sqs, transport) = sqs_settings(&prefix);
-    let err = SqsTransport::connect(&sqs, &transport)
-        .await
-        .expect_err("no queues exist under a fresh prefix");
+    let err = SqsTransport::connect(&sqs, &transport).await.expect_err("no queues exist under a fresh prefix");
     let msg = format!("{err:#}");
     for q in Queue::ALL {
-        assert!(
-            msg.contains(&q.name(&prefix)),
-            "error does not name {}: {msg}",
-            q.name(&prefix)
-        );
+        assert!(msg.contains(&q.name(&prefix)), "error does not name {}: {msg}", q.name(&prefix));
     }
-    assert!(
-        msg.contains("create_queues"),
-        "error does not say how to fix it: {msg}"
-    );
+    assert!(msg.contains("create_queues"), "error does not say how to fix it: {msg}");
 }
 
 #[tokio::test]
 async fn sqs_connect_finds_created_queues() {
     let prefix = fresh_prefix();
     let (sqs, transport) = sqs_settings(&prefix);
-    let created = SqsTransport::create_queues(&sqs, &transport)
-        .await
-        .expect("create");
+    let created = SqsTransport::create_queues(&sqs, &transport).await.expect("create");
     assert_eq!(calls_of(&created, "CreateQueue"), 6);
     // Creating again is a no-op, and plain connect now finds them.
-    let again = SqsTransport::create_queues(&sqs, &transport)
-        .await
-        .expect("create again");
+    let again = SqsTransport::create_queues(&sqs, &transport).await.expect("create again");
     assert_eq!(calls_of(&again, "CreateQueue"), 0);
-    let connected = SqsTransport::connect(&sqs, &transport)
-        .await
-        .expect("connect");
-    assert_eq!(
-        connected.api_calls(),
-        6,
-        "one GetQueueUrl per queue: {:?}",
-        connected.api_calls_by_op()
-    );
+    let connected = SqsTransport::connect(&sqs, &transport).await.expect("connect");
+    assert_eq!(connected.api_calls(), 6, "one GetQueueUrl per queue: {:?}", connected.api_calls_by_op());
     for q in Queue::ALL {
         assert_eq!(connected.queue_url(q), created.queue_url(q));
     }
     assert_eq!(connected.kind(), "sqs");
+    connected.delete_queues().await.expect("delete queues");
+    let gone = SqsTransport::connect(&sqs, &transport).await;
+    assert!(gone.is_err(), "queues still there after delete_queues");
 }

@@ -29,23 +29,19 @@ impl Actor for Acquirer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let store = self.shared.new_store(2);
+        let loops = self.shared.settings.acquirer.concurrency.max(1);
+        let store = self.shared.new_store(loops as u32 + 1);
         ctx.spawn(
-            listen(
-                self.shared.settings.database.url.clone(),
-                self.shared.acquirer_wake.clone(),
-            )
-            .into_actor(self),
+            listen(self.shared.settings.database.url.clone(), self.shared.acquirer_wake.clone()).into_actor(self),
         );
-        ctx.spawn(
-            acquire_loop(self.shared.clone(), store)
-                .into_actor(self)
-                .map(|_, act, ctx| {
-                    if !act.shared.phases.inbound.is_stopped() {
-                        ctx.stop();
-                    }
-                }),
-        );
+        // Several loops: each acquire is a commit, and concurrent commits share the WAL flush.
+        for _ in 0..loops {
+            ctx.spawn(acquire_loop(self.shared.clone(), store.clone()).into_actor(self).map(|_, act, ctx| {
+                if !act.shared.phases.inbound.is_stopped() {
+                    ctx.stop();
+                }
+            }));
+        }
     }
 }
 
@@ -97,36 +93,22 @@ async fn acquire_loop(shared: Shared, store: TaskStore) {
             let bodies: Vec<String> = tasks
                 .iter()
                 .map(|t| {
-                    TaskRequest {
-                        id: t.id,
-                        attempt: t.attempt,
-                        action: t.action.clone(),
-                        payload: t.payload.clone(),
-                    }
-                    .to_body()
+                    TaskRequest { id: t.id, attempt: t.attempt, action: t.action.clone(), payload: t.payload.clone() }
+                        .to_body()
                 })
                 .collect();
             // Chaos: the whole send fails, so the batch must be released and acquired again.
             let sent = if shared.chaos.strike(Stage::Acquirer) {
-                bodies
-                    .iter()
-                    .map(|_| Err("chaos: injected send failure".to_string()))
-                    .collect()
+                bodies.iter().map(|_| Err("chaos: injected send failure".to_string())).collect()
             } else {
                 match shared.transport.send(Queue::Outbound, &bodies).await {
                     Ok(r) => r,
                     Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
                 }
             };
-            let failed: Vec<(i64, i32)> = tasks
-                .iter()
-                .zip(&sent)
-                .filter(|(_, r)| r.is_err())
-                .map(|(t, _)| (t.id, t.attempt))
-                .collect();
-            metrics()
-                .tasks_sent
-                .inc_by((tasks.len() - failed.len()) as u64);
+            let failed: Vec<(i64, i32)> =
+                tasks.iter().zip(&sent).filter(|(_, r)| r.is_err()).map(|(t, _)| (t.id, t.attempt)).collect();
+            metrics().tasks_sent.inc_by((tasks.len() - failed.len()) as u64);
             if !failed.is_empty() {
                 tracing::warn!(failed = failed.len(), error = ?sent.iter().find_map(|r| r.as_ref().err()), "outbound send failed; releasing");
                 match store.release(&failed).await {
@@ -155,8 +137,8 @@ async fn listen(url: String, wake: Arc<Notify>) {
         match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
             Ok((client, mut conn)) => {
                 let (tx, mut rx) = futures::channel::mpsc::unbounded();
-                let stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx))
-                    .map(|r| r.map_err(|e| e.to_string()));
+                let stream =
+                    futures::stream::poll_fn(move |cx| conn.poll_message(cx)).map(|r| r.map_err(|e| e.to_string()));
                 let driver = stream.forward(futures::SinkExt::sink_map_err(tx, |e| e.to_string()));
                 let listen = async {
                     client.batch_execute("LISTEN tasks_due").await?;

@@ -39,18 +39,11 @@ impl GroupCommit {
                         Err(_) => break,
                     }
                 }
-                let all: Vec<QueueMessage> = group
-                    .iter()
-                    .flat_map(|p| p.messages.iter().cloned())
-                    .collect();
+                let all: Vec<QueueMessage> = group.iter().flat_map(|p| p.messages.iter().cloned()).collect();
                 let done = process(all).await;
                 for p in group {
-                    let mine = p
-                        .messages
-                        .iter()
-                        .filter(|m| done.contains(&m.receipt))
-                        .map(|m| m.receipt.clone())
-                        .collect();
+                    let mine =
+                        p.messages.iter().filter(|m| done.contains(&m.receipt)).map(|m| m.receipt.clone()).collect();
                     let _ = p.reply.send(mine);
                 }
             }

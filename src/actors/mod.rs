@@ -99,9 +99,7 @@ pub struct StopSignal {
 
 impl Default for StopSignal {
     fn default() -> Self {
-        Self {
-            tx: Arc::new(watch::channel(false).0),
-        }
+        Self { tx: Arc::new(watch::channel(false).0) }
     }
 }
 
@@ -183,11 +181,7 @@ impl Shared {
     }
 
     /// Moves malformed messages to the queue's DLQ at once; returns the receipts that may now be deleted.
-    pub async fn dead_letter(
-        &self,
-        queue: Queue,
-        bad: Vec<(QueueMessage, RpcError)>,
-    ) -> Vec<String> {
+    pub async fn dead_letter(&self, queue: Queue, bad: Vec<(QueueMessage, RpcError)>) -> Vec<String> {
         if bad.is_empty() {
             return Vec::new();
         }
@@ -195,19 +189,11 @@ impl Shared {
         for (m, e) in &bad {
             tracing::warn!(queue = %self.queue_label(queue), message_id = %m.id, code = e.code, error = %e.message,
                 "malformed message moved to the dead-letter queue");
-            metrics()
-                .messages_dead_lettered
-                .with_label_values(&[dlq.as_str(), e.reason()])
-                .inc();
+            metrics().messages_dead_lettered.with_label_values(&[dlq.as_str(), e.reason()]).inc();
         }
         let bodies: Vec<String> = bad.iter().map(|(m, _)| m.body.clone()).collect();
         match self.transport.send(queue.dlq(), &bodies).await {
-            Ok(res) => bad
-                .into_iter()
-                .zip(res)
-                .filter(|(_, r)| r.is_ok())
-                .map(|((m, _), _)| m.receipt)
-                .collect(),
+            Ok(res) => bad.into_iter().zip(res).filter(|(_, r)| r.is_ok()).map(|((m, _), _)| m.receipt).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "dead-letter send failed; the messages will be redelivered");
                 Vec::new()

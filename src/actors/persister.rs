@@ -19,10 +19,7 @@ pub struct Persister {
 
 impl Persister {
     pub fn new(shared: Shared) -> Self {
-        Self {
-            shared,
-            commit: None,
-        }
+        Self { shared, commit: None }
     }
 }
 
@@ -58,11 +55,7 @@ impl Handler<InjectPanic> for Persister {
     }
 }
 
-async fn persist(
-    shared: Shared,
-    store: TaskStore,
-    msgs: Vec<crate::transport::Message>,
-) -> HashSet<String> {
+async fn persist(shared: Shared, store: TaskStore, msgs: Vec<crate::transport::Message>) -> HashSet<String> {
     let settings = &shared.settings;
     let default_max = MaxAttempts::parse(settings.retry.default_max_attempts).unwrap_or_default();
     let mut tasks = Vec::with_capacity(msgs.len());
@@ -77,11 +70,7 @@ async fn persist(
             Err(e) => bad.push((m, e)),
         }
     }
-    let mut done: HashSet<String> = shared
-        .dead_letter(Queue::Inbound, bad)
-        .await
-        .into_iter()
-        .collect();
+    let mut done: HashSet<String> = shared.dead_letter(Queue::Inbound, bad).await.into_iter().collect();
     if tasks.is_empty() {
         return done;
     }
@@ -89,9 +78,7 @@ async fn persist(
         Ok(submitted) => {
             let created = submitted.iter().filter(|s| s.created).count() as u64;
             metrics().tasks_persisted.inc_by(created);
-            metrics()
-                .tasks_duplicate
-                .inc_by(submitted.len() as u64 - created);
+            metrics().tasks_duplicate.inc_by(submitted.len() as u64 - created);
             if created > 0 {
                 shared.acquirer_wake.notify_one();
             }

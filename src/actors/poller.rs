@@ -16,11 +16,7 @@ pub struct SqsPoller {
 
 impl SqsPoller {
     pub fn new(shared: Shared, queue: Queue, downstream: Slot<Deliver>) -> Self {
-        Self {
-            shared,
-            queue,
-            downstream,
-        }
+        Self { shared, queue, downstream }
     }
 }
 
@@ -52,6 +48,8 @@ async fn poll_loop(shared: Shared, queue: Queue, downstream: Slot<Deliver>) {
     let hard = shared.phases.hard.clone();
     let wait = Duration::from_secs(shared.settings.transport.wait_time_secs as u64);
     let mut error_delay = Duration::from_millis(100);
+    let in_flight_max = shared.settings.transport.in_flight_batches.max(1);
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight_max));
     loop {
         if hard.is_stopped() {
             break;
@@ -81,34 +79,34 @@ async fn poll_loop(shared: Shared, queue: Queue, downstream: Slot<Deliver>) {
             }
             continue;
         }
-        let _guard = shared.phases.tracker(queue).guard();
-        metrics()
-            .messages_received
-            .with_label_values(&[label.as_str()])
-            .inc_by(messages.len() as u64);
+        // Pipelined: up to `in_flight_batches` batches are handed on before the poller waits for their commits, so
+        // a stage's group commit sees many batches at once.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let guard = shared.phases.tracker(queue).guard();
+        metrics().messages_received.with_label_values(&[label.as_str()]).inc_by(messages.len() as u64);
         let recipient = downstream.read().unwrap().clone();
         let Some(recipient) = recipient else {
             // Stage not up (being restarted): the messages come back after their visibility timeout.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        match recipient.send(Deliver { queue, messages }).await {
-            Ok(receipts) if !receipts.is_empty() => {
-                match shared.transport.delete(queue, &receipts).await {
+        let (shared, label) = (shared.clone(), label.clone());
+        actix_rt::spawn(async move {
+            match recipient.send(Deliver { queue, messages }).await {
+                Ok(receipts) if !receipts.is_empty() => match shared.transport.delete(queue, &receipts).await {
                     Ok(failed) if failed.is_empty() => {}
                     Ok(failed) => {
                         tracing::warn!(queue = %label, failed = failed.len(), "some deletes failed; redelivery is harmless")
                     }
-                    Err(e) => {
-                        tracing::warn!(queue = %label, error = %e, "delete failed; redelivery is harmless")
-                    }
-                }
+                    Err(e) => tracing::warn!(queue = %label, error = %e, "delete failed; redelivery is harmless"),
+                },
+                Ok(_) => {}
+                Err(e) => tracing::warn!(queue = %label, error = %e, "stage unavailable; messages will be redelivered"),
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(queue = %label, error = %e, "stage unavailable; messages will be redelivered")
-            }
-        }
+            drop((permit, guard));
+        });
     }
+    // Wait for the batches still being committed before reporting the poller stopped.
+    let _ = in_flight.acquire_many(in_flight_max as u32).await;
     tracing::debug!(queue = %label, "poller stopped");
 }

@@ -42,10 +42,7 @@ pub async fn rescue_once(shared: &Shared, store: &TaskStore) -> usize {
     let cfg = &shared.settings.reaper;
     let mut total = 0;
     loop {
-        match store
-            .rescue_stale(cfg.stale_timeout_secs, cfg.batch_size)
-            .await
-        {
+        match store.rescue_stale(cfg.stale_timeout_secs, cfg.batch_size).await {
             Ok(rescued) => {
                 total += rescued.len();
                 metrics().tasks_rescued.inc_by(rescued.len() as u64);
@@ -73,10 +70,7 @@ pub async fn clean_once(shared: &Shared, store: &TaskStore) -> usize {
     let cfg = &shared.settings.reaper;
     let mut total = 0;
     loop {
-        match store
-            .clean_finished(cfg.retention_secs, &cfg.clean_states, cfg.batch_size)
-            .await
-        {
+        match store.clean_finished(cfg.retention_secs, &cfg.clean_states, cfg.batch_size).await {
             Ok(n) => {
                 total += n;
                 metrics().tasks_cleaned.inc_by(n as u64);

@@ -19,10 +19,7 @@ pub struct ResultSink {
 
 impl ResultSink {
     pub fn new(shared: Shared) -> Self {
-        Self {
-            shared,
-            commit: None,
-        }
+        Self { shared, commit: None }
     }
 }
 
@@ -58,11 +55,7 @@ impl Handler<InjectPanic> for ResultSink {
     }
 }
 
-async fn record(
-    shared: Shared,
-    store: TaskStore,
-    msgs: Vec<crate::transport::Message>,
-) -> HashSet<String> {
+async fn record(shared: Shared, store: TaskStore, msgs: Vec<crate::transport::Message>) -> HashSet<String> {
     let max = shared.settings.transport.max_message_bytes;
     let mut results = Vec::with_capacity(msgs.len());
     let mut receipts = Vec::with_capacity(msgs.len());
@@ -76,11 +69,7 @@ async fn record(
             Err(e) => bad.push((m, e)),
         }
     }
-    let mut done: HashSet<String> = shared
-        .dead_letter(Queue::Results, bad)
-        .await
-        .into_iter()
-        .collect();
+    let mut done: HashSet<String> = shared.dead_letter(Queue::Results, bad).await.into_iter().collect();
     if results.is_empty() {
         return done;
     }

@@ -15,11 +15,7 @@ pub struct StatsCollector {
 
 impl StatsCollector {
     pub fn new(shared: Shared) -> Self {
-        Self {
-            shared,
-            store: None,
-            running: false,
-        }
+        Self { shared, store: None, running: false }
     }
 }
 
@@ -35,11 +31,7 @@ impl Actor for StatsCollector {
             act.running = true;
             let shared = act.shared.clone();
             let store = act.store.clone().expect("started");
-            ctx.spawn(
-                refresh(shared, store)
-                    .into_actor(act)
-                    .map(|_, act, _| act.running = false),
-            );
+            ctx.spawn(refresh(shared, store).into_actor(act).map(|_, act, _| act.running = false));
         });
     }
 }
@@ -58,16 +50,10 @@ pub async fn refresh(shared: Shared, store: TaskStore) {
     }
     for q in Queue::ALL {
         if let Ok(depth) = shared.transport.depth(q).await {
-            m.queue_depth
-                .with_label_values(&[shared.queue_label(q).as_str()])
-                .set(depth as i64);
+            m.queue_depth.with_label_values(&[shared.queue_label(q).as_str()]).set(depth as i64);
         }
     }
     let state = store.pool().state();
-    m.db_pool_connections
-        .with_label_values(&["in_use"])
-        .set((state.connections - state.idle_connections) as i64);
-    m.db_pool_connections
-        .with_label_values(&["idle"])
-        .set(state.idle_connections as i64);
+    m.db_pool_connections.with_label_values(&["in_use"]).set((state.connections - state.idle_connections) as i64);
+    m.db_pool_connections.with_label_values(&["idle"]).set(state.idle_connections as i64);
 }

@@ -32,13 +32,7 @@ impl<A: Actor<Context = Context<A>> + Supervised + Send> WatchedActor<A> {
         let make: Box<dyn Fn() -> A + Send + Sync> = Box::new(make);
         let addr = spawn(arbiter, &make);
         on_start(&addr);
-        Self {
-            name: name.into(),
-            arbiter: arbiter.clone(),
-            make,
-            on_start: Box::new(on_start),
-            addr,
-        }
+        Self { name: name.into(), arbiter: arbiter.clone(), make, on_start: Box::new(on_start), addr }
     }
 
     pub fn addr(&self) -> Addr<A> {
@@ -88,10 +82,7 @@ impl Actor for Watchdog {
             for w in act.watched.iter_mut() {
                 if !w.alive() {
                     tracing::error!(actor = w.name(), "actor died (panic); restarting it");
-                    metrics()
-                        .actor_restarts
-                        .with_label_values(&[w.name()])
-                        .inc();
+                    metrics().actor_restarts.with_label_values(&[w.name()]).inc();
                     w.restart();
                 }
             }

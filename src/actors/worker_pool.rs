@@ -34,12 +34,7 @@ pub struct WorkerPool {
 impl WorkerPool {
     pub fn new(shared: Shared) -> Self {
         let permits = Arc::new(Semaphore::new(shared.settings.worker.concurrency));
-        Self {
-            shared,
-            permits,
-            done_tx: None,
-            db: None,
-        }
+        Self { shared, permits, done_tx: None, db: None }
     }
 }
 
@@ -85,15 +80,7 @@ impl Handler<Deliver> for WorkerPool {
                     Ok(req) => {
                         let permit = batch_permit.split(1).expect("one permit per message");
                         let guard = shared.phases.outbound_work.guard();
-                        let run = run_task(
-                            shared.clone(),
-                            db.clone(),
-                            req,
-                            m,
-                            permit,
-                            guard,
-                            done_tx.clone(),
-                        );
+                        let run = run_task(shared.clone(), db.clone(), req, m, permit, guard, done_tx.clone());
                         // spawn_local: handlers run on this arbiter, outside the actor, so a handler's panic is
                         // contained (caught in run_task) and never takes the pool down.
                         actix_rt::spawn(run);
@@ -115,17 +102,12 @@ async fn run_task(
     guard: TrackGuard,
     done_tx: mpsc::UnboundedSender<Done>,
 ) {
-    let ctx = HandlerContext {
-        task_id: req.id,
-        attempt: req.attempt,
-        db,
-    };
+    let ctx = HandlerContext { task_id: req.id, attempt: req.attempt, db };
     let started = Instant::now();
     let outcome = match shared.handlers.get(&req.action) {
-        None => Err(HandlerError::with_code(
-            protocol::METHOD_NOT_FOUND,
-            format!("no handler for action {:?}", req.action),
-        )),
+        None => {
+            Err(HandlerError::with_code(protocol::METHOD_NOT_FOUND, format!("no handler for action {:?}", req.action)))
+        }
         Some(handler) => {
             let run = AssertUnwindSafe(handler.handle(&ctx, &req.payload)).catch_unwind();
             let heartbeat = extend_visibility(&shared, &msg.receipt);
@@ -139,10 +121,7 @@ async fn run_task(
             }
         }
     };
-    metrics()
-        .handler_duration
-        .with_label_values(&[req.action.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    metrics().handler_duration.with_label_values(&[req.action.as_str()]).observe(started.elapsed().as_secs_f64());
     let mut outcome = match outcome {
         Ok(v) => Outcome::Success(v),
         Err(e) => {
@@ -155,16 +134,8 @@ async fn run_task(
         outcome = Outcome::Failure(HandlerError::new("chaos: injected failure").to_value());
     }
     drop(permit);
-    let body = protocol::result_body(&TaskResult {
-        id: req.id,
-        attempt: req.attempt,
-        outcome,
-    });
-    let _ = done_tx.send(Done {
-        body,
-        receipt: msg.receipt,
-        _guard: guard,
-    });
+    let body = protocol::result_body(&TaskResult { id: req.id, attempt: req.attempt, outcome });
+    let _ = done_tx.send(Done { body, receipt: msg.receipt, _guard: guard });
 }
 
 /// Every half visibility timeout, extends the message's visibility by a full timeout. Never returns.
@@ -173,11 +144,7 @@ async fn extend_visibility(shared: &Shared, receipt: &str) {
     let receipts = [receipt.to_owned()];
     loop {
         tokio::time::sleep(vis / 2).await;
-        if let Err(e) = shared
-            .transport
-            .change_visibility(Queue::Outbound, &receipts, vis)
-            .await
-        {
+        if let Err(e) = shared.transport.change_visibility(Queue::Outbound, &receipts, vis).await {
             tracing::warn!(error = %e, "visibility heartbeat failed");
         }
     }
@@ -198,17 +165,10 @@ async fn send_results(shared: Shared, mut rx: mpsc::UnboundedReceiver<Done>) {
             Ok(r) => r,
             Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
         };
-        let receipts: Vec<String> = batch
-            .iter()
-            .zip(&sent)
-            .filter(|(_, r)| r.is_ok())
-            .map(|(d, _)| d.receipt.clone())
-            .collect();
+        let receipts: Vec<String> =
+            batch.iter().zip(&sent).filter(|(_, r)| r.is_ok()).map(|(d, _)| d.receipt.clone()).collect();
         if receipts.len() < batch.len() {
-            tracing::warn!(
-                failed = batch.len() - receipts.len(),
-                "result send failed; those tasks will run again"
-            );
+            tracing::warn!(failed = batch.len() - receipts.len(), "result send failed; those tasks will run again");
         }
         if let Err(e) = shared.transport.delete(Queue::Outbound, &receipts).await {
             tracing::warn!(error = %e, "outbound delete failed; the tasks' results will be stale duplicates");

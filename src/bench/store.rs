@@ -14,18 +14,11 @@ pub struct StoreBenchOptions {
 /// Runs the store benchmark on a fresh database at `db_url` (it must be empty and migrated).
 pub async fn run(store: &TaskStore, opts: &StoreBenchOptions) -> anyhow::Result<()> {
     println!("store benchmark: {} tasks per batch size", opts.tasks);
-    println!(
-        "{:>8} {:>14} {:>12} {:>12} {:>12}",
-        "batch", "tasks/s", "submit s", "acquire s", "complete s"
-    );
+    println!("{:>8} {:>14} {:>12} {:>12} {:>12}", "batch", "tasks/s", "submit s", "acquire s", "complete s");
     let mut seq = 0u64;
     for &batch in &opts.batch_sizes {
         // Fewer tasks at batch 1: it is the per-task round trip baseline.
-        let n = if batch == 1 {
-            opts.tasks.min(5_000)
-        } else {
-            opts.tasks
-        };
+        let n = if batch == 1 { opts.tasks.min(5_000) } else { opts.tasks };
         let (mut ts, mut ta, mut tc) = (0.0, 0.0, 0.0);
         let start = Instant::now();
         let mut done = 0;
@@ -34,10 +27,7 @@ pub async fn run(store: &TaskStore, opts: &StoreBenchOptions) -> anyhow::Result<
             let tasks: Vec<NewTask> = (0..b)
                 .map(|_| {
                     seq += 1;
-                    NewTask::new(
-                        Action::parse("noop").unwrap(),
-                        Payload::parse(json!({"n": seq})).unwrap(),
-                    )
+                    NewTask::new(Action::parse("noop").unwrap(), Payload::parse(json!({"n": seq})).unwrap())
                 })
                 .collect();
             let t = Instant::now();
@@ -48,11 +38,7 @@ pub async fn run(store: &TaskStore, opts: &StoreBenchOptions) -> anyhow::Result<
             ta += t.elapsed().as_secs_f64();
             let results: Vec<TaskResult> = acquired
                 .iter()
-                .map(|a| TaskResult {
-                    id: a.id,
-                    attempt: a.attempt,
-                    outcome: Outcome::Success(json!({"ok": true})),
-                })
+                .map(|a| TaskResult { id: a.id, attempt: a.attempt, outcome: Outcome::Success(json!({"ok": true})) })
                 .collect();
             let t = Instant::now();
             store.complete_many(&results).await?;
@@ -60,22 +46,12 @@ pub async fn run(store: &TaskStore, opts: &StoreBenchOptions) -> anyhow::Result<
             done += b;
         }
         let secs = start.elapsed().as_secs_f64();
-        println!(
-            "{:>8} {:>14.0} {:>12.3} {:>12.3} {:>12.3}",
-            batch,
-            n as f64 / secs,
-            ts,
-            ta,
-            tc
-        );
+        println!("{:>8} {:>14.0} {:>12.3} {:>12.3} {:>12.3}", batch, n as f64 / secs, ts, ta, tc);
     }
 
     println!();
     println!("acquire_batch(100) latency as the table grows (finished rows + 10,000 due rows):");
-    println!(
-        "{:>12} {:>12} {:>12} {:>12}",
-        "rows", "p50 ms", "p99 ms", "max ms"
-    );
+    println!("{:>12} {:>12} {:>12} {:>12}", "rows", "p50 ms", "p99 ms", "max ms");
     let mut rows = count_rows(store).await?;
     let marks = [100_000usize, 300_000, opts.big_table_rows];
     for &mark in marks.iter().filter(|&&m| m <= opts.big_table_rows) {
@@ -85,21 +61,13 @@ pub async fn run(store: &TaskStore, opts: &StoreBenchOptions) -> anyhow::Result<
             rows += b;
         }
         let lat = measure_acquire(store, &mut seq).await?;
-        println!(
-            "{:>12} {:>12.2} {:>12.2} {:>12.2}",
-            rows, lat.0, lat.1, lat.2
-        );
+        println!("{:>12} {:>12.2} {:>12.2} {:>12.2}", rows, lat.0, lat.1, lat.2);
     }
     Ok(())
 }
 
 async fn count_rows(store: &TaskStore) -> anyhow::Result<usize> {
-    Ok(store
-        .counts_by_state()
-        .await?
-        .iter()
-        .map(|c| c.1 as usize)
-        .sum())
+    Ok(store.counts_by_state().await?.iter().map(|c| c.1 as usize).sum())
 }
 
 /// Inserts `n` tasks and runs them to SUCCESS, so the table grows with finished rows.
@@ -107,10 +75,7 @@ async fn fill_finished(store: &TaskStore, seq: &mut u64, n: usize) -> anyhow::Re
     let tasks: Vec<NewTask> = (0..n)
         .map(|_| {
             *seq += 1;
-            NewTask::new(
-                Action::parse("noop").unwrap(),
-                Payload::parse(json!({"n": *seq})).unwrap(),
-            )
+            NewTask::new(Action::parse("noop").unwrap(), Payload::parse(json!({"n": *seq})).unwrap())
         })
         .collect();
     store.submit_many(&tasks).await?;
@@ -121,11 +86,7 @@ async fn fill_finished(store: &TaskStore, seq: &mut u64, n: usize) -> anyhow::Re
         }
         let results: Vec<TaskResult> = acquired
             .iter()
-            .map(|a| TaskResult {
-                id: a.id,
-                attempt: a.attempt,
-                outcome: Outcome::Success(json!({})),
-            })
+            .map(|a| TaskResult { id: a.id, attempt: a.attempt, outcome: Outcome::Success(json!({})) })
             .collect();
         store.complete_many(&results).await?;
     }
@@ -138,10 +99,7 @@ async fn measure_acquire(store: &TaskStore, seq: &mut u64) -> anyhow::Result<(f6
         let tasks: Vec<NewTask> = (0..1000)
             .map(|_| {
                 *seq += 1;
-                NewTask::new(
-                    Action::parse("noop").unwrap(),
-                    Payload::parse(json!({"n": *seq})).unwrap(),
-                )
+                NewTask::new(Action::parse("noop").unwrap(), Payload::parse(json!({"n": *seq})).unwrap())
             })
             .collect();
         store.submit_many(&tasks).await?;
@@ -160,11 +118,7 @@ async fn measure_acquire(store: &TaskStore, seq: &mut u64) -> anyhow::Result<(f6
     for chunk in all.chunks(1000) {
         let results: Vec<TaskResult> = chunk
             .iter()
-            .map(|a| TaskResult {
-                id: a.id,
-                attempt: a.attempt,
-                outcome: Outcome::Success(json!({})),
-            })
+            .map(|a| TaskResult { id: a.id, attempt: a.attempt, outcome: Outcome::Success(json!({})) })
             .collect();
         store.complete_many(&results).await?;
     }

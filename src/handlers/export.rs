@@ -35,27 +35,15 @@ impl Handler for ExportHandler {
         let object_id = payload
             .get("objectID")
             .and_then(Value::as_i64)
-            .ok_or_else(|| {
-                HandlerError::with_code(
-                    crate::protocol::INVALID_PARAMS,
-                    "objectID must be an integer",
-                )
-            })?;
-        let mut conn = ctx
-            .db
-            .get()
-            .await
-            .map_err(|e| HandlerError::new(format!("database pool: {e}")))?;
+            .ok_or_else(|| HandlerError::with_code(crate::protocol::INVALID_PARAMS, "objectID must be an integer"))?;
+        let mut conn = ctx.db.get().await.map_err(|e| HandlerError::new(format!("database pool: {e}")))?;
         let row: Row = diesel::sql_query(EXPORT_SQL)
             .bind::<BigInt, _>(object_id)
             .get_result(&mut conn)
             .await
             .map_err(|e| HandlerError::new(format!("export of object {object_id} failed: {e}")))?;
         if !row.found {
-            return Err(HandlerError::with_code(
-                -32004,
-                format!("object {object_id} not found in t_object"),
-            ));
+            return Err(HandlerError::with_code(-32004, format!("object {object_id} not found in t_object")));
         }
         Ok(json!({"result": "success", "objectID": object_id, "already_exported": !row.inserted}))
     }

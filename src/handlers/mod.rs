@@ -32,19 +32,11 @@ pub struct HandlerError {
 
 impl HandlerError {
     pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            code: crate::protocol::HANDLER_ERROR,
-            message: message.into(),
-            data: None,
-        }
+        Self { code: crate::protocol::HANDLER_ERROR, message: message.into(), data: None }
     }
 
     pub fn with_code(code: i64, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            data: None,
-        }
+        Self { code, message: message.into(), data: None }
     }
 
     pub fn to_value(&self) -> Value {
@@ -75,11 +67,7 @@ impl HandlerRegistry {
 
     /// The built-in handlers: export, noop, sleep, fail.
     pub fn builtin() -> Self {
-        Self::empty()
-            .with("export", ExportHandler)
-            .with("noop", Noop)
-            .with("sleep", Sleep)
-            .with("fail", Fail)
+        Self::empty().with("export", ExportHandler).with("noop", Noop).with("sleep", Sleep).with("fail", Fail)
     }
 
     pub fn with(mut self, action: &str, handler: impl Handler) -> Self {
@@ -114,11 +102,7 @@ pub struct Sleep;
 #[async_trait]
 impl Handler for Sleep {
     async fn handle(&self, _: &HandlerContext, payload: &Value) -> Result<Value, HandlerError> {
-        let ms = payload
-            .get("ms")
-            .and_then(Value::as_u64)
-            .unwrap_or(100)
-            .min(600_000);
+        let ms = payload.get("ms").and_then(Value::as_u64).unwrap_or(100).min(600_000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(json!({"slept_ms": ms}))
     }
@@ -131,10 +115,7 @@ pub struct Fail;
 impl Handler for Fail {
     async fn handle(&self, _: &HandlerContext, payload: &Value) -> Result<Value, HandlerError> {
         let code = payload.get("code").and_then(Value::as_i64).unwrap_or(-1234);
-        let message = payload
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("something bad happened");
+        let message = payload.get("message").and_then(Value::as_str).unwrap_or("something bad happened");
         Err(HandlerError::with_code(code, message))
     }
 }

@@ -9,8 +9,7 @@
 //!   `{"jsonrpc":"2.0","error":{"code":-1234,"message":"...","attempt":1,"data":...},"id":42}`.
 
 use crate::store::{
-    Action, DedupKey, MaxAttempts, NewTask, Outcome, Payload, Priority, RunAt, TaskResult,
-    ValidationError,
+    Action, DedupKey, MaxAttempts, NewTask, Outcome, Payload, Priority, RunAt, TaskResult, ValidationError,
 };
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -38,19 +37,11 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            data: None,
-        }
+        Self { code, message: message.into(), data: None }
     }
 
     pub fn invalid_params(e: ValidationError) -> Self {
-        Self {
-            code: INVALID_PARAMS,
-            message: e.to_string(),
-            data: Some(json!({"field": e.field})),
-        }
+        Self { code: INVALID_PARAMS, message: e.to_string(), data: Some(json!({"field": e.field})) }
     }
 
     /// Short label for metrics and logs.
@@ -86,26 +77,15 @@ pub struct Request {
 /// Checks a JSON-RPC 2.0 request envelope. The error carries what can be known of the id.
 pub fn parse_request(v: Value) -> Result<Request, (RpcError, Value)> {
     let Value::Object(mut o) = v else {
-        return Err((
-            RpcError::new(INVALID_REQUEST, "invalid request: not a JSON object"),
-            Value::Null,
-        ));
+        return Err((RpcError::new(INVALID_REQUEST, "invalid request: not a JSON object"), Value::Null));
     };
     let id = o.remove("id");
     let id_for_err = match &id {
         Some(v @ (Value::Number(_) | Value::String(_))) => v.clone(),
         _ => Value::Null,
     };
-    let bad = |m: &str| {
-        Err((
-            RpcError::new(INVALID_REQUEST, format!("invalid request: {m}")),
-            id_for_err.clone(),
-        ))
-    };
-    if !matches!(
-        &id,
-        None | Some(Value::Null | Value::Number(_) | Value::String(_))
-    ) {
+    let bad = |m: &str| Err((RpcError::new(INVALID_REQUEST, format!("invalid request: {m}")), id_for_err.clone()));
+    if !matches!(&id, None | Some(Value::Null | Value::Number(_) | Value::String(_))) {
         return bad("id must be a string, a number or null");
     }
     if o.get("jsonrpc") != Some(&Value::String("2.0".into())) {
@@ -127,10 +107,7 @@ pub fn parse_body(body: &str, max_bytes: usize) -> Result<Value, RpcError> {
     if body.len() > max_bytes {
         return Err(RpcError::new(
             INVALID_REQUEST,
-            format!(
-                "message of {} bytes exceeds the limit of {max_bytes}",
-                body.len()
-            ),
+            format!("message of {} bytes exceeds the limit of {max_bytes}", body.len()),
         ));
     }
     serde_json::from_str(body).map_err(|e| RpcError::new(PARSE_ERROR, format!("parse error: {e}")))
@@ -144,8 +121,7 @@ pub fn submit_action(method: &str) -> Result<Action, RpcError> {
             format!("method not found: {method:?} (expected submit:<action>)"),
         ));
     };
-    Action::parse(action)
-        .map_err(|e| RpcError::new(METHOD_NOT_FOUND, format!("method not found: {e}")))
+    Action::parse(action).map_err(|e| RpcError::new(METHOD_NOT_FOUND, format!("method not found: {e}")))
 }
 
 /// Builds a task from a submit's params (the payload, or the structured form with options).
@@ -160,10 +136,7 @@ pub fn submit_task(
     };
     let inv = RpcError::invalid_params;
     let Value::Object(mut obj) = params else {
-        return Err(inv(ValidationError::new(
-            "params",
-            "must be an object (the payload)",
-        )));
+        return Err(inv(ValidationError::new("params", "must be an object (the payload)")));
     };
     let structured = matches!(obj.get("payload"), Some(Value::Object(_)));
     let mut task = if structured {
@@ -172,41 +145,28 @@ pub fn submit_task(
         t.max_attempts = default_max_attempts;
         for (k, v) in obj {
             match k.as_str() {
-                "priority" => {
-                    t.priority = Priority::parse(int_field("priority", &v)?).map_err(inv)?
-                }
-                "max_attempts" => {
-                    t.max_attempts =
-                        MaxAttempts::parse(int_field("max_attempts", &v)?).map_err(inv)?
-                }
+                "priority" => t.priority = Priority::parse(int_field("priority", &v)?).map_err(inv)?,
+                "max_attempts" => t.max_attempts = MaxAttempts::parse(int_field("max_attempts", &v)?).map_err(inv)?,
                 "dedup_key" => {
-                    let s = v.as_str().ok_or_else(|| {
-                        inv(ValidationError::new("dedup_key", "must be a string"))
-                    })?;
+                    let s = v.as_str().ok_or_else(|| inv(ValidationError::new("dedup_key", "must be a string")))?;
                     t.dedup_key = Some(DedupKey::parse(s).map_err(inv)?);
                 }
                 "run_at" => {
-                    let s = v.as_str().ok_or_else(|| {
-                        inv(ValidationError::new("run_at", "must be an RFC 3339 string"))
-                    })?;
-                    let at = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| {
-                        inv(ValidationError::new(
-                            "run_at",
-                            format!("must be an RFC 3339 time: {e}"),
-                        ))
-                    })?;
+                    let s =
+                        v.as_str().ok_or_else(|| inv(ValidationError::new("run_at", "must be an RFC 3339 string")))?;
+                    let at = chrono::DateTime::parse_from_rfc3339(s)
+                        .map_err(|e| inv(ValidationError::new("run_at", format!("must be an RFC 3339 time: {e}"))))?;
                     t.run_at = RunAt::At(at.with_timezone(&chrono::Utc));
                 }
                 "delay_secs" => {
-                    let d = v
-                        .as_f64()
-                        .filter(|d| d.is_finite() && *d >= 0.0 && *d <= 365.0 * 86400.0)
-                        .ok_or_else(|| {
+                    let d = v.as_f64().filter(|d| d.is_finite() && *d >= 0.0 && *d <= 365.0 * 86400.0).ok_or_else(
+                        || {
                             inv(ValidationError::new(
                                 "delay_secs",
                                 "must be a number of seconds between 0 and 31536000",
                             ))
-                        })?;
+                        },
+                    )?;
                     t.run_at = RunAt::After(Duration::from_secs_f64(d));
                 }
                 other => {
@@ -224,10 +184,7 @@ pub fn submit_task(
         t
     };
     if task.payload.as_map().contains_key(META_KEY) {
-        return Err(inv(ValidationError::new(
-            "payload",
-            format!("{META_KEY} is a reserved key"),
-        )));
+        return Err(inv(ValidationError::new("payload", format!("{META_KEY} is a reserved key"))));
     }
     if task.run_at == RunAt::After(Duration::ZERO) {
         task.run_at = RunAt::Now;
@@ -236,16 +193,11 @@ pub fn submit_task(
 }
 
 fn int_field(field: &'static str, v: &Value) -> Result<i64, RpcError> {
-    v.as_i64()
-        .ok_or_else(|| RpcError::invalid_params(ValidationError::new(field, "must be an integer")))
+    v.as_i64().ok_or_else(|| RpcError::invalid_params(ValidationError::new(field, "must be an integer")))
 }
 
 /// An inbound message body -> a task to persist.
-pub fn parse_submit(
-    body: &str,
-    max_bytes: usize,
-    default_max_attempts: MaxAttempts,
-) -> Result<NewTask, RpcError> {
+pub fn parse_submit(body: &str, max_bytes: usize, default_max_attempts: MaxAttempts) -> Result<NewTask, RpcError> {
     let v = parse_body(body, max_bytes)?;
     let req = parse_request(v).map_err(|(e, _)| e)?;
     let action = submit_action(&req.method)?;
@@ -254,8 +206,7 @@ pub fn parse_submit(
 
 /// A submit notification, as a client sends it.
 pub fn submit_message(action: &str, payload: &Value) -> String {
-    json!({"jsonrpc": "2.0", "method": format!("{SUBMIT_PREFIX}{action}"), "params": payload})
-        .to_string()
+    json!({"jsonrpc": "2.0", "method": format!("{SUBMIT_PREFIX}{action}"), "params": payload}).to_string()
 }
 
 /// A task as it travels on the outbound queue.
@@ -274,8 +225,7 @@ impl TaskRequest {
             _ => Map::new(),
         };
         params.insert(META_KEY.into(), json!({"attempt": self.attempt}));
-        json!({"jsonrpc": "2.0", "method": self.action, "params": params, "id": self.id})
-            .to_string()
+        json!({"jsonrpc": "2.0", "method": self.action, "params": params, "id": self.id}).to_string()
     }
 
     pub fn parse(body: &str, max_bytes: usize) -> Result<TaskRequest, RpcError> {
@@ -292,18 +242,8 @@ impl TaskRequest {
             .remove(META_KEY)
             .and_then(|m| m.get("attempt").and_then(Value::as_i64))
             .filter(|a| *a >= 1 && *a <= i32::MAX as i64)
-            .ok_or_else(|| {
-                RpcError::new(
-                    INVALID_PARAMS,
-                    "params._meta.attempt must be a positive integer",
-                )
-            })?;
-        Ok(TaskRequest {
-            id,
-            attempt: attempt as i32,
-            action: req.method,
-            payload: Value::Object(params),
-        })
+            .ok_or_else(|| RpcError::new(INVALID_PARAMS, "params._meta.attempt must be a positive integer"))?;
+        Ok(TaskRequest { id, attempt: attempt as i32, action: req.method, payload: Value::Object(params) })
     }
 }
 
@@ -335,10 +275,7 @@ pub fn result_body(r: &TaskResult) -> String {
 pub fn parse_result(body: &str, max_bytes: usize) -> Result<TaskResult, RpcError> {
     let v = parse_body(body, max_bytes)?;
     let Value::Object(mut o) = v else {
-        return Err(RpcError::new(
-            INVALID_REQUEST,
-            "a result must be a JSON object",
-        ));
+        return Err(RpcError::new(INVALID_REQUEST, "a result must be a JSON object"));
     };
     if o.get("jsonrpc") != Some(&json!("2.0")) {
         return Err(RpcError::new(INVALID_REQUEST, "jsonrpc must be \"2.0\""));
@@ -358,32 +295,16 @@ pub fn parse_result(body: &str, max_bytes: usize) -> Result<TaskResult, RpcError
         (Some(res), None) => {
             let attempt = attempt_of(&res)?;
             let output = res.get("result").cloned().unwrap_or(Value::Null);
-            Ok(TaskResult {
-                id,
-                attempt,
-                outcome: Outcome::Success(output),
-            })
+            Ok(TaskResult { id, attempt, outcome: Outcome::Success(output) })
         }
         (None, Some(err)) => {
             let attempt = attempt_of(&err)?;
-            if !err.get("code").is_some_and(Value::is_i64)
-                || !err.get("message").is_some_and(Value::is_string)
-            {
-                return Err(RpcError::new(
-                    INVALID_PARAMS,
-                    "error must have an integer code and a string message",
-                ));
+            if !err.get("code").is_some_and(Value::is_i64) || !err.get("message").is_some_and(Value::is_string) {
+                return Err(RpcError::new(INVALID_PARAMS, "error must have an integer code and a string message"));
             }
-            Ok(TaskResult {
-                id,
-                attempt,
-                outcome: Outcome::Failure(err),
-            })
+            Ok(TaskResult { id, attempt, outcome: Outcome::Failure(err) })
         }
-        _ => Err(RpcError::new(
-            INVALID_REQUEST,
-            "a result must have exactly one of result and error",
-        )),
+        _ => Err(RpcError::new(INVALID_REQUEST, "a result must have exactly one of result and error")),
     }
 }
 
@@ -397,12 +318,8 @@ mod tests {
 
     #[test]
     fn submit_in_the_original_form() {
-        let t = parse_submit(
-            r#"{"jsonrpc":"2.0","method":"submit:export","params":{"objectID":23}}"#,
-            1024,
-            d(),
-        )
-        .unwrap();
+        let t =
+            parse_submit(r#"{"jsonrpc":"2.0","method":"submit:export","params":{"objectID":23}}"#, 1024, d()).unwrap();
         assert_eq!(t.action.as_str(), "export");
         assert_eq!(t.payload.clone().into_value(), json!({"objectID": 23}));
         assert_eq!(t.max_attempts, d());
@@ -424,90 +341,41 @@ mod tests {
             ("{not json", PARSE_ERROR),
             ("[1]", INVALID_REQUEST),
             (r#"{"jsonrpc":"1.0","method":"submit:x"}"#, INVALID_REQUEST),
-            (
-                r#"{"jsonrpc":"2.0","method":"export","params":{}}"#,
-                METHOD_NOT_FOUND,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","method":"submit:","params":{}}"#,
-                METHOD_NOT_FOUND,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","method":"submit:x","params":[1]}"#,
-                INVALID_PARAMS,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"priority":1000}}"#,
-                INVALID_PARAMS,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"priority":"high"}}"#,
-                INVALID_PARAMS,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"bogus":1}}"#,
-                INVALID_PARAMS,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","method":"submit:x","params":{"_meta":{}}}"#,
-                INVALID_PARAMS,
-            ),
-            (
-                r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"max_attempts":-1}}"#,
-                INVALID_PARAMS,
-            ),
+            (r#"{"jsonrpc":"2.0","method":"export","params":{}}"#, METHOD_NOT_FOUND),
+            (r#"{"jsonrpc":"2.0","method":"submit:","params":{}}"#, METHOD_NOT_FOUND),
+            (r#"{"jsonrpc":"2.0","method":"submit:x","params":[1]}"#, INVALID_PARAMS),
+            (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"priority":1000}}"#, INVALID_PARAMS),
+            (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"priority":"high"}}"#, INVALID_PARAMS),
+            (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"bogus":1}}"#, INVALID_PARAMS),
+            (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"_meta":{}}}"#, INVALID_PARAMS),
+            (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"max_attempts":-1}}"#, INVALID_PARAMS),
         ];
         for (body, code) in cases {
-            assert_eq!(
-                parse_submit(body, 1024, d()).unwrap_err().code,
-                code,
-                "{body}"
-            );
+            assert_eq!(parse_submit(body, 1024, d()).unwrap_err().code, code, "{body}");
         }
-        let big = format!(
-            r#"{{"jsonrpc":"2.0","method":"submit:x","params":{{"s":"{}"}}}}"#,
-            "a".repeat(2000)
-        );
-        assert_eq!(
-            parse_submit(&big, 1024, d()).unwrap_err().code,
-            INVALID_REQUEST
-        );
+        let big = format!(r#"{{"jsonrpc":"2.0","method":"submit:x","params":{{"s":"{}"}}}}"#, "a".repeat(2000));
+        assert_eq!(parse_submit(&big, 1024, d()).unwrap_err().code, INVALID_REQUEST);
     }
 
     #[test]
     fn task_request_round_trip_keeps_payload_and_attempt() {
-        let t = TaskRequest {
-            id: 42,
-            attempt: 3,
-            action: "export".into(),
-            payload: json!({"objectID": 23}),
-        };
+        let t = TaskRequest { id: 42, attempt: 3, action: "export".into(), payload: json!({"objectID": 23}) };
         let body = t.to_body();
         assert_eq!(TaskRequest::parse(&body, 1024).unwrap(), t);
-        assert!(TaskRequest::parse(
-            r#"{"jsonrpc":"2.0","method":"export","params":{"objectID":1},"id":1}"#,
-            1024
-        )
-        .is_err());
+        assert!(
+            TaskRequest::parse(r#"{"jsonrpc":"2.0","method":"export","params":{"objectID":1},"id":1}"#, 1024).is_err()
+        );
     }
 
     #[test]
     fn results_round_trip() {
-        let ok = TaskResult {
-            id: 1,
-            attempt: 2,
-            outcome: Outcome::Success(json!({"rows": 1})),
-        };
+        let ok = TaskResult { id: 1, attempt: 2, outcome: Outcome::Success(json!({"rows": 1})) };
         assert_eq!(parse_result(&result_body(&ok), 1024).unwrap(), ok);
         let original = r#"{"jsonrpc": "2.0", "error": {"code": -1234, "message": "something bad happened", "attempt": 1}, "id": 1}"#;
         let r = parse_result(original, 1024).unwrap();
         assert_eq!(r.attempt, 1);
         assert!(matches!(r.outcome, Outcome::Failure(ref e) if e["code"] == -1234));
-        let fail = TaskResult {
-            id: 5,
-            attempt: 1,
-            outcome: Outcome::Failure(json!({"message": "boom"})),
-        };
+        let fail = TaskResult { id: 5, attempt: 1, outcome: Outcome::Failure(json!({"message": "boom"})) };
         let back = parse_result(&result_body(&fail), 1024).unwrap();
         assert!(
             matches!(back.outcome, Outcome::Failure(ref e) if e["code"] == HANDLER_ERROR && e["message"] == "boom")

@@ -13,9 +13,7 @@ use crate::db::{DbConn, DbPool};
 use crate::schema::tasks;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{
-    Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz,
-};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -37,13 +35,8 @@ impl StoreError {
     /// A serialization failure or deadlock: the statement may simply be run again.
     fn is_retryable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
-        matches!(
-            self,
-            StoreError::Database(Error::DatabaseError(
-                DatabaseErrorKind::SerializationFailure,
-                _
-            ))
-        ) || matches!(self, StoreError::Database(Error::DatabaseError(_, info)) if info.message().contains("deadlock"))
+        matches!(self, StoreError::Database(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)))
+            || matches!(self, StoreError::Database(Error::DatabaseError(_, info)) if info.message().contains("deadlock"))
     }
 }
 
@@ -70,10 +63,7 @@ impl TaskStore {
     }
 
     async fn conn(&self) -> StoreResult<DbConn<'_>> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Pool(e.to_string()))
+        self.pool.get().await.map_err(|e| StoreError::Pool(e.to_string()))
     }
 
     /// Inserts new tasks as SCHEDULED. Idempotent: a duplicate (action, dedup key), in the table or earlier in the
@@ -141,15 +131,8 @@ impl TaskStore {
                 return rows
                     .into_iter()
                     .map(|r| {
-                        r.id.map(|id| Submitted {
-                            id,
-                            created: r.created,
-                        })
-                        .ok_or_else(|| {
-                            StoreError::Pool(
-                                "submit raced with a concurrent submitter 5 times".into(),
-                            )
-                        })
+                        r.id.map(|id| Submitted { id, created: r.created })
+                            .ok_or_else(|| StoreError::Pool("submit raced with a concurrent submitter 5 times".into()))
                     })
                     .collect();
             }
@@ -178,10 +161,7 @@ impl TaskStore {
             wait_seconds: f64,
         }
         let mut conn = self.conn().await?;
-        let mut rows: Vec<Row> = diesel::sql_query(ACQUIRE_SQL)
-            .bind::<BigInt, _>(limit.max(0))
-            .load(&mut conn)
-            .await?;
+        let mut rows: Vec<Row> = diesel::sql_query(ACQUIRE_SQL).bind::<BigInt, _>(limit.max(0)).load(&mut conn).await?;
         // UPDATE ... RETURNING has no order: restore the acquisition order.
         rows.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         Ok(rows
@@ -207,10 +187,7 @@ impl TaskStore {
         }
         let ids: Vec<i64> = results.iter().map(|r| r.id).collect();
         let attempts: Vec<i32> = results.iter().map(|r| r.attempt).collect();
-        let oks: Vec<bool> = results
-            .iter()
-            .map(|r| matches!(r.outcome, Outcome::Success(_)))
-            .collect();
+        let oks: Vec<bool> = results.iter().map(|r| matches!(r.outcome, Outcome::Success(_))).collect();
         let bodies: Vec<Value> = results
             .iter()
             .map(|r| match &r.outcome {
@@ -281,11 +258,7 @@ impl TaskStore {
 
     /// Tasks ACQUIRED for longer than `timeout_secs` become ERROR (retried after backoff) or CRITICAL_ERROR,
     /// with an error that says "stale". At most `batch` per call; returns the tasks rescued.
-    pub async fn rescue_stale(
-        &self,
-        timeout_secs: f64,
-        batch: i64,
-    ) -> StoreResult<Vec<(i64, TaskState)>> {
+    pub async fn rescue_stale(&self, timeout_secs: f64, batch: i64) -> StoreResult<Vec<(i64, TaskState)>> {
         #[derive(QueryableByName)]
         struct Row {
             #[diesel(sql_type = BigInt)]
@@ -302,23 +275,12 @@ impl TaskStore {
             .bind::<Double, _>(self.backoff.jitter)
             .load(&mut conn)
             .await?;
-        rows.into_iter()
-            .map(|r| Ok((r.id, TaskState::parse(&r.state)?)))
-            .collect()
+        rows.into_iter().map(|r| Ok((r.id, TaskState::parse(&r.state)?))).collect()
     }
 
     /// Deletes up to `batch` finished tasks in `states` whose finished_at is older than `retention_secs`.
-    pub async fn clean_finished(
-        &self,
-        retention_secs: f64,
-        states: &[TaskState],
-        batch: i64,
-    ) -> StoreResult<usize> {
-        let states: Vec<&str> = states
-            .iter()
-            .filter(|s| s.is_finished())
-            .map(|s| s.as_str())
-            .collect();
+    pub async fn clean_finished(&self, retention_secs: f64, states: &[TaskState], batch: i64) -> StoreResult<usize> {
+        let states: Vec<&str> = states.iter().filter(|s| s.is_finished()).map(|s| s.as_str()).collect();
         if states.is_empty() {
             return Ok(0);
         }
@@ -334,12 +296,8 @@ impl TaskStore {
 
     pub async fn get(&self, id: i64) -> StoreResult<Option<Task>> {
         let mut conn = self.conn().await?;
-        let row: Option<TaskRow> = tasks::table
-            .find(id)
-            .select(TaskRow::as_select())
-            .first(&mut conn)
-            .await
-            .optional()?;
+        let row: Option<TaskRow> =
+            tasks::table.find(id).select(TaskRow::as_select()).first(&mut conn).await.optional()?;
         row.map(Task::try_from).transpose()
     }
 
@@ -360,11 +318,7 @@ impl TaskStore {
         if !(1..=1000).contains(&limit) {
             return Err(ValidationError::new("limit", "must be between 1 and 1000").into());
         }
-        let mut q = tasks::table
-            .select(TaskRow::as_select())
-            .order(tasks::id)
-            .limit(limit)
-            .into_boxed();
+        let mut q = tasks::table.select(TaskRow::as_select()).order(tasks::id).limit(limit).into_boxed();
         if let Some(state) = filter.state {
             q = q.filter(tasks::state.eq(state.as_str()));
         }
@@ -389,10 +343,7 @@ impl TaskStore {
             after: Option<String>,
         }
         let mut conn = self.conn().await?;
-        let row: Row = diesel::sql_query(CANCEL_SQL)
-            .bind::<BigInt, _>(id)
-            .get_result(&mut conn)
-            .await?;
+        let row: Row = diesel::sql_query(CANCEL_SQL).bind::<BigInt, _>(id).get_result(&mut conn).await?;
         Ok(match (row.before.as_deref(), row.after.as_deref()) {
             (None, _) => CancelOutcome::NotFound,
             (Some(_), Some("CANCELLED")) => CancelOutcome::Cancelled,
@@ -417,10 +368,7 @@ impl TaskStore {
     /// Number of tasks in each state (every state present, zero if none).
     pub async fn counts_by_state(&self) -> StoreResult<Vec<(TaskState, i64)>> {
         let rows = self.counts_by_state_and_action().await?;
-        Ok(TaskState::ALL
-            .into_iter()
-            .map(|s| (s, rows.iter().filter(|r| r.0 == s).map(|r| r.2).sum()))
-            .collect())
+        Ok(TaskState::ALL.into_iter().map(|s| (s, rows.iter().filter(|r| r.0 == s).map(|r| r.2).sum())).collect())
     }
 
     /// Number of tasks per (state, action).
@@ -431,9 +379,7 @@ impl TaskStore {
             .select((tasks::state, tasks::action, diesel::dsl::count_star()))
             .load(&mut conn)
             .await?;
-        rows.into_iter()
-            .map(|(s, a, n)| Ok((TaskState::parse(&s)?, a, n)))
-            .collect()
+        rows.into_iter().map(|(s, a, n)| Ok((TaskState::parse(&s)?, a, n))).collect()
     }
 
     /// The database clock, for tests and the load generator.
@@ -444,9 +390,7 @@ impl TaskStore {
             now: DateTime<Utc>,
         }
         let mut conn = self.conn().await?;
-        let r: Row = diesel::sql_query("SELECT now() AS now")
-            .get_result(&mut conn)
-            .await?;
+        let r: Row = diesel::sql_query("SELECT now() AS now").get_result(&mut conn).await?;
         Ok(r.now)
     }
 }

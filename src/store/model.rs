@@ -17,10 +17,7 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
+        Self { field, message: message.into() }
     }
 }
 
@@ -37,16 +34,10 @@ impl Action {
             return Err(ValidationError::new("action", "must not be empty"));
         }
         if s.chars().count() > Self::MAX_LEN {
-            return Err(ValidationError::new(
-                "action",
-                format!("must be at most {} characters", Self::MAX_LEN),
-            ));
+            return Err(ValidationError::new("action", format!("must be at most {} characters", Self::MAX_LEN)));
         }
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ValidationError::new(
-                "action",
-                "must not contain whitespace or control characters",
-            ));
+            return Err(ValidationError::new("action", "must not contain whitespace or control characters"));
         }
         Ok(Self(s))
     }
@@ -70,10 +61,7 @@ impl Payload {
     pub fn parse(v: Value) -> Result<Self, ValidationError> {
         match v {
             Value::Object(m) => Ok(Self(m)),
-            other => Err(ValidationError::new(
-                "payload",
-                format!("must be a JSON object, got {}", json_kind(&other)),
-            )),
+            other => Err(ValidationError::new("payload", format!("must be a JSON object, got {}", json_kind(&other)))),
         }
     }
 
@@ -134,10 +122,7 @@ impl MaxAttempts {
 
     pub fn parse(v: i64) -> Result<Self, ValidationError> {
         if !(1..=Self::MAX).contains(&v) {
-            return Err(ValidationError::new(
-                "max_attempts",
-                format!("must be between 1 and {}, got {v}", Self::MAX),
-            ));
+            return Err(ValidationError::new("max_attempts", format!("must be between 1 and {}, got {v}", Self::MAX)));
         }
         Ok(Self(v as i32))
     }
@@ -161,10 +146,7 @@ impl DedupKey {
     pub fn parse(s: impl Into<String>) -> Result<Self, ValidationError> {
         let s = s.into();
         if s.is_empty() || s.chars().count() > 256 {
-            return Err(ValidationError::new(
-                "dedup_key",
-                "must be 1 to 256 characters",
-            ));
+            return Err(ValidationError::new("dedup_key", "must be 1 to 256 characters"));
         }
         Ok(Self(s))
     }
@@ -255,10 +237,7 @@ impl TaskState {
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            TaskState::Success | TaskState::CriticalError | TaskState::Cancelled
-        )
+        matches!(self, TaskState::Success | TaskState::CriticalError | TaskState::Cancelled)
     }
 }
 
@@ -367,11 +346,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            base_seconds: 1.0,
-            max_seconds: 300.0,
-            jitter: 0.2,
-        }
+        Self { base_seconds: 1.0, max_seconds: 300.0, jitter: 0.2 }
     }
 }
 

@@ -45,22 +45,9 @@ impl MemoryTransport {
     pub fn with_redrive(visibility: Duration, max_receive_count: u32) -> Self {
         let queues = Queue::ALL
             .into_iter()
-            .map(|q| {
-                (
-                    q,
-                    MemQueue {
-                        state: Mutex::new(QueueState::default()),
-                        notify: Notify::new(),
-                    },
-                )
-            })
+            .map(|q| (q, MemQueue { state: Mutex::new(QueueState::default()), notify: Notify::new() }))
             .collect();
-        Self {
-            queues: Arc::new(queues),
-            visibility,
-            max_receive_count,
-            seq: Arc::new(AtomicU64::new(0)),
-        }
+        Self { queues: Arc::new(queues), visibility, max_receive_count, seq: Arc::new(AtomicU64::new(0)) }
     }
 
     fn q(&self, queue: Queue) -> &MemQueue {
@@ -74,20 +61,13 @@ impl MemoryTransport {
     /// Moves messages whose visibility expired back to the queue (or to the DLQ once received too often).
     fn requeue_expired(&self, queue: Queue, st: &mut QueueState) {
         let now = Instant::now();
-        let expired: Vec<String> = st
-            .in_flight
-            .iter()
-            .filter(|(_, (_, at))| *at <= now)
-            .map(|(r, _)| r.clone())
-            .collect();
+        let expired: Vec<String> =
+            st.in_flight.iter().filter(|(_, (_, at))| *at <= now).map(|(r, _)| r.clone()).collect();
         for r in expired {
             let (m, _) = st.in_flight.remove(&r).expect("present");
             if !queue.is_dlq() && m.receive_count >= self.max_receive_count {
                 let dlq = self.q(queue.dlq());
-                dlq.state.lock().unwrap().visible.push_back(Stored {
-                    receive_count: 0,
-                    ..m
-                });
+                dlq.state.lock().unwrap().visible.push_back(Stored { receive_count: 0, ..m });
                 dlq.notify.notify_waiters();
             } else {
                 st.visible.push_back(m);
@@ -122,12 +102,7 @@ impl MemoryTransport {
 
 #[async_trait]
 impl Transport for MemoryTransport {
-    async fn receive(
-        &self,
-        queue: Queue,
-        max: usize,
-        wait: Duration,
-    ) -> TransportResult<Vec<Message>> {
+    async fn receive(&self, queue: Queue, max: usize, wait: Duration) -> TransportResult<Vec<Message>> {
         let max = max.clamp(1, MAX_BATCH);
         let until = Instant::now() + wait;
         let mq = self.q(queue);
@@ -146,20 +121,12 @@ impl Transport for MemoryTransport {
         }
     }
 
-    async fn send(
-        &self,
-        queue: Queue,
-        bodies: &[String],
-    ) -> TransportResult<Vec<Result<(), String>>> {
+    async fn send(&self, queue: Queue, bodies: &[String]) -> TransportResult<Vec<Result<(), String>>> {
         let mq = self.q(queue);
         {
             let mut st = mq.state.lock().unwrap();
             for b in bodies {
-                st.visible.push_back(Stored {
-                    id: self.next_id(),
-                    body: b.clone(),
-                    receive_count: 0,
-                });
+                st.visible.push_back(Stored { id: self.next_id(), body: b.clone(), receive_count: 0 });
             }
         }
         mq.notify.notify_waiters();
@@ -175,12 +142,7 @@ impl Transport for MemoryTransport {
         Ok(Vec::new())
     }
 
-    async fn change_visibility(
-        &self,
-        queue: Queue,
-        receipts: &[String],
-        timeout: Duration,
-    ) -> TransportResult<()> {
+    async fn change_visibility(&self, queue: Queue, receipts: &[String], timeout: Duration) -> TransportResult<()> {
         let mut st = self.q(queue).state.lock().unwrap();
         let at = Instant::now() + timeout;
         for r in receipts {

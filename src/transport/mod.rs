@@ -28,14 +28,8 @@ pub enum Queue {
 }
 
 impl Queue {
-    pub const ALL: [Queue; 6] = [
-        Queue::Inbound,
-        Queue::Outbound,
-        Queue::Results,
-        Queue::InboundDlq,
-        Queue::OutboundDlq,
-        Queue::ResultsDlq,
-    ];
+    pub const ALL: [Queue; 6] =
+        [Queue::Inbound, Queue::Outbound, Queue::Results, Queue::InboundDlq, Queue::OutboundDlq, Queue::ResultsDlq];
 
     /// The dead-letter queue of a main queue (a DLQ is its own).
     pub fn dlq(self) -> Queue {
@@ -94,10 +88,7 @@ pub struct TransportError {
 
 impl TransportError {
     pub fn new(queue: Queue, message: impl Into<String>) -> Self {
-        Self {
-            queue,
-            message: message.into(),
-        }
+        Self { queue, message: message.into() }
     }
 }
 
@@ -107,30 +98,16 @@ pub type TransportResult<T> = Result<T, TransportError>;
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Up to `max` (1..=10) messages, waiting up to `wait` for the first one (long poll).
-    async fn receive(
-        &self,
-        queue: Queue,
-        max: usize,
-        wait: Duration,
-    ) -> TransportResult<Vec<Message>>;
+    async fn receive(&self, queue: Queue, max: usize, wait: Duration) -> TransportResult<Vec<Message>>;
 
     /// Sends bodies, in batches of up to 10 per call. One result per body, in order: Err is that entry's failure.
-    async fn send(
-        &self,
-        queue: Queue,
-        bodies: &[String],
-    ) -> TransportResult<Vec<Result<(), String>>>;
+    async fn send(&self, queue: Queue, bodies: &[String]) -> TransportResult<Vec<Result<(), String>>>;
 
     /// Deletes by receipt, in batches of up to 10. Returns the receipts that could not be deleted.
     async fn delete(&self, queue: Queue, receipts: &[String]) -> TransportResult<Vec<String>>;
 
     /// Makes the messages invisible for `timeout` from now (heartbeat for long handlers).
-    async fn change_visibility(
-        &self,
-        queue: Queue,
-        receipts: &[String],
-        timeout: Duration,
-    ) -> TransportResult<()>;
+    async fn change_visibility(&self, queue: Queue, receipts: &[String], timeout: Duration) -> TransportResult<()>;
 
     /// Approximate number of visible messages.
     async fn depth(&self, queue: Queue) -> TransportResult<u64>;

@@ -14,9 +14,8 @@ use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::operation::RequestId;
 use aws_sdk_sqs::types::{
-    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use futures::future::join_all;
@@ -45,6 +44,7 @@ const DEFAULT_REGION: &str = "us-east-1";
 enum Op {
     GetQueueUrl,
     CreateQueue,
+    DeleteQueue,
     GetQueueAttributes,
     ReceiveMessage,
     SendMessageBatch,
@@ -53,9 +53,10 @@ enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 7] = [
+    const ALL: [Op; 8] = [
         Op::GetQueueUrl,
         Op::CreateQueue,
+        Op::DeleteQueue,
         Op::GetQueueAttributes,
         Op::ReceiveMessage,
         Op::SendMessageBatch,
@@ -67,6 +68,7 @@ impl Op {
         match self {
             Op::GetQueueUrl => "GetQueueUrl",
             Op::CreateQueue => "CreateQueue",
+            Op::DeleteQueue => "DeleteQueue",
             Op::GetQueueAttributes => "GetQueueAttributes",
             Op::ReceiveMessage => "ReceiveMessage",
             Op::SendMessageBatch => "SendMessageBatch",
@@ -108,10 +110,7 @@ impl SqsTransport {
     /// Builds the client and resolves the queue URLs of `sqs.queue_prefix`. With `sqs.create_queues`, missing
     /// queues are created first (DLQs, then main queues with a redrive policy); without it a missing queue is an
     /// error naming it.
-    pub async fn connect(
-        sqs: &SqsSettings,
-        transport: &TransportSettings,
-    ) -> anyhow::Result<SqsTransport> {
+    pub async fn connect(sqs: &SqsSettings, transport: &TransportSettings) -> anyhow::Result<SqsTransport> {
         let client = build_client(sqs).await?;
         let calls = Arc::new(CallCounts::default());
         let prefix = &sqs.queue_prefix;
@@ -123,23 +122,15 @@ impl SqsTransport {
         Ok(SqsTransport {
             client,
             urls: Arc::new(urls),
-            visibility_timeout_secs: transport
-                .visibility_timeout_secs
-                .min(MAX_VISIBILITY_SECS as u32) as i32,
+            visibility_timeout_secs: transport.visibility_timeout_secs.min(MAX_VISIBILITY_SECS as u32) as i32,
             calls,
         })
     }
 
     /// Creates whatever queues of `sqs.queue_prefix` are missing, whatever `sqs.create_queues` says, and connects to
     /// them. Tests use it with a fresh prefix to get a private queue set.
-    pub async fn create_queues(
-        sqs: &SqsSettings,
-        transport: &TransportSettings,
-    ) -> anyhow::Result<SqsTransport> {
-        let sqs = SqsSettings {
-            create_queues: true,
-            ..sqs.clone()
-        };
+    pub async fn create_queues(sqs: &SqsSettings, transport: &TransportSettings) -> anyhow::Result<SqsTransport> {
+        let sqs = SqsSettings { create_queues: true, ..sqs.clone() };
         Self::connect(&sqs, transport).await
     }
 
@@ -150,10 +141,20 @@ impl SqsTransport {
 
     /// API calls by operation name, e.g. `("SendMessageBatch", 3)`; every operation is listed, zeros included.
     pub fn api_calls_by_op(&self) -> Vec<(&'static str, u64)> {
-        Op::ALL
-            .iter()
-            .map(|&op| (op.name(), self.calls.0[op as usize].load(Ordering::Relaxed)))
-            .collect()
+        Op::ALL.iter().map(|&op| (op.name(), self.calls.0[op as usize].load(Ordering::Relaxed))).collect()
+    }
+
+    /// Deletes the six queues and their messages. For tests, which create a queue set per test: left behind, they
+    /// pile up in the emulator and slow it down.
+    pub async fn delete_queues(&self) -> anyhow::Result<()> {
+        let deleted = join_all(Queue::ALL.map(|q| async move {
+            self.calls.hit(Op::DeleteQueue);
+            let url = self.queue_url(q);
+            let out = self.client.delete_queue().queue_url(url).send().await;
+            out.map_err(|e| anyhow!("DeleteQueue {url}: {}", describe(&e)))
+        }))
+        .await;
+        deleted.into_iter().try_for_each(|r| r.map(drop))
     }
 
     /// The URL of a queue (for logs and operators).
@@ -172,18 +173,10 @@ async fn build_client(sqs: &SqsSettings) -> anyhow::Result<Client> {
         .connect_timeout(Duration::from_secs(5))
         .operation_attempt_timeout(Duration::from_secs(MAX_WAIT_SECS + 10))
         .build();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .timeout_config(timeouts);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region).timeout_config(timeouts);
     match (&sqs.access_key_id, &sqs.secret_access_key) {
         (Some(id), Some(secret)) => {
-            loader = loader.credentials_provider(Credentials::new(
-                id,
-                secret,
-                None,
-                None,
-                "scheduler-settings",
-            ));
+            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "scheduler-settings"));
         }
         (None, None) => {}
         _ => bail!("sqs.access_key_id and sqs.secret_access_key must be set together"),
@@ -195,23 +188,16 @@ async fn build_client(sqs: &SqsSettings) -> anyhow::Result<Client> {
 }
 
 /// `Some(url)`, or `None` when the queue does not exist.
-async fn lookup_queue(
-    client: &Client,
-    calls: &CallCounts,
-    name: &str,
-) -> anyhow::Result<Option<String>> {
+async fn lookup_queue(client: &Client, calls: &CallCounts, name: &str) -> anyhow::Result<Option<String>> {
     calls.hit(Op::GetQueueUrl);
     match client.get_queue_url().queue_name(name).send().await {
-        Ok(out) => Ok(Some(
-            out.queue_url()
-                .ok_or_else(|| anyhow!("GetQueueUrl {name}: no URL in the response"))?
-                .to_string(),
-        )),
+        Ok(out) => {
+            Ok(Some(out.queue_url().ok_or_else(|| anyhow!("GetQueueUrl {name}: no URL in the response"))?.to_string()))
+        }
         Err(e) => {
             // The JSON protocol reports "QueueDoesNotExist"; older servers (and moto) the query-protocol code.
             let missing = e.as_service_error().is_some_and(|se| {
-                se.is_queue_does_not_exist()
-                    || se.code() == Some("AWS.SimpleQueueService.NonExistentQueue")
+                se.is_queue_does_not_exist() || se.code() == Some("AWS.SimpleQueueService.NonExistentQueue")
             });
             if missing {
                 Ok(None)
@@ -223,43 +209,23 @@ async fn lookup_queue(
 }
 
 /// Looks up all six queues concurrently: `(queue, url or None)`.
-async fn lookup_all(
-    client: &Client,
-    calls: &CallCounts,
-    prefix: &str,
-) -> anyhow::Result<Vec<(Queue, Option<String>)>> {
-    let found = join_all(
-        Queue::ALL.map(|q| async move { (q, lookup_queue(client, calls, &q.name(prefix)).await) }),
-    )
-    .await;
-    found
-        .into_iter()
-        .map(|(q, r)| r.map(|url| (q, url)))
-        .collect()
+async fn lookup_all(client: &Client, calls: &CallCounts, prefix: &str) -> anyhow::Result<Vec<(Queue, Option<String>)>> {
+    let found =
+        join_all(Queue::ALL.map(|q| async move { (q, lookup_queue(client, calls, &q.name(prefix)).await) })).await;
+    found.into_iter().map(|(q, r)| r.map(|url| (q, url))).collect()
 }
 
-async fn resolve_queues(
-    client: &Client,
-    calls: &CallCounts,
-    prefix: &str,
-) -> anyhow::Result<HashMap<Queue, String>> {
+async fn resolve_queues(client: &Client, calls: &CallCounts, prefix: &str) -> anyhow::Result<HashMap<Queue, String>> {
     let found = lookup_all(client, calls, prefix).await?;
-    let missing: Vec<String> = found
-        .iter()
-        .filter(|(_, url)| url.is_none())
-        .map(|(q, _)| q.name(prefix))
-        .collect();
+    let missing: Vec<String> = found.iter().filter(|(_, url)| url.is_none()).map(|(q, _)| q.name(prefix)).collect();
     if !missing.is_empty() {
         bail!(
-            "SQS queue(s) {} do not exist; create them (terraform, or `scripts/dev-services create-queues {prefix}`) \
-             or set sqs.create_queues = true",
+            "SQS queue(s) {} do not exist; create them (terraform, or \
+             `scripts/dev-services create-queues {prefix}`) or set sqs.create_queues = true",
             missing.join(", ")
         );
     }
-    Ok(found
-        .into_iter()
-        .map(|(q, url)| (q, url.expect("checked above")))
-        .collect())
+    Ok(found.into_iter().map(|(q, url)| (q, url.expect("checked above"))).collect())
 }
 
 async fn create_queue(
@@ -274,13 +240,8 @@ async fn create_queue(
         req = req.attributes(k, v);
     }
     // CreateQueue is idempotent for equal attributes, so two processes racing to create a queue both succeed.
-    let out = req
-        .send()
-        .await
-        .map_err(|e| anyhow!("CreateQueue {name}: {}", describe(&e)))?;
-    out.queue_url()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("CreateQueue {name}: no URL in the response"))
+    let out = req.send().await.map_err(|e| anyhow!("CreateQueue {name}: {}", describe(&e)))?;
+    out.queue_url().map(str::to_string).ok_or_else(|| anyhow!("CreateQueue {name}: no URL in the response"))
 }
 
 async fn queue_arn(client: &Client, calls: &CallCounts, url: &str) -> anyhow::Result<String> {
@@ -305,10 +266,7 @@ async fn ensure_queues(
     prefix: &str,
     visibility_timeout_secs: u32,
 ) -> anyhow::Result<HashMap<Queue, String>> {
-    let found: HashMap<Queue, Option<String>> = lookup_all(client, calls, prefix)
-        .await?
-        .into_iter()
-        .collect();
+    let found: HashMap<Queue, Option<String>> = lookup_all(client, calls, prefix).await?.into_iter().collect();
     let visibility = visibility_timeout_secs.to_string();
     // Each main queue needs its DLQ's ARN, so per pair: DLQ first, then the main queue; the three pairs run at once.
     let pairs = [Queue::Inbound, Queue::Outbound, Queue::Results].map(|main| {
@@ -320,7 +278,7 @@ async fn ensure_queues(
                 None => {
                     let attrs = vec![
                         (QueueAttributeName::VisibilityTimeout, visibility.clone()),
-                        (QueueAttributeName::MessageRetentionPeriod, DLQ_RETENTION_SECS.to_string()),
+                        (QueueAttributeName::MessageRetentionPeriod, DLQ_RETENTION_SECS.into()),
                     ];
                     create_queue(client, calls, &dlq.name(prefix), attrs).await?
                 }
@@ -330,7 +288,11 @@ async fn ensure_queues(
                 None => {
                     let arn = queue_arn(client, calls, &dlq_url).await?;
                     // maxReceiveCount is a string in the documented examples; SQS accepts both.
-                    let redrive = format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{MAX_RECEIVE_COUNT}"}}"#);
+                    let redrive = serde_json::json!({
+                        "deadLetterTargetArn": arn,
+                        "maxReceiveCount": MAX_RECEIVE_COUNT.to_string(),
+                    })
+                    .to_string();
                     let attrs = vec![
                         (QueueAttributeName::VisibilityTimeout, visibility.clone()),
                         (QueueAttributeName::RedrivePolicy, redrive),
@@ -368,20 +330,13 @@ fn batch_ranges(sizes: &[usize]) -> Vec<Range<usize>> {
 
 /// Plain chunks of `MAX_BATCH` for delete and change_visibility (receipts are small).
 fn count_ranges(n: usize) -> Vec<Range<usize>> {
-    (0..n)
-        .step_by(MAX_BATCH)
-        .map(|s| s..(s + MAX_BATCH).min(n))
-        .collect()
+    (0..n).step_by(MAX_BATCH).map(|s| s..(s + MAX_BATCH).min(n)).collect()
 }
 
 /// The receipts without repeats, first occurrence kept: moto rejects a whole batch that repeats a receipt.
 fn distinct(receipts: &[String]) -> Vec<&str> {
     let mut seen = HashSet::new();
-    receipts
-        .iter()
-        .map(String::as_str)
-        .filter(|r| seen.insert(*r))
-        .collect()
+    receipts.iter().map(String::as_str).filter(|r| seen.insert(*r)).collect()
 }
 
 /// Batch entry ids are the entry's index in the caller's slice, so failures map back to positions.
@@ -420,12 +375,7 @@ where
 
 #[async_trait]
 impl Transport for SqsTransport {
-    async fn receive(
-        &self,
-        queue: Queue,
-        max: usize,
-        wait: Duration,
-    ) -> TransportResult<Vec<Message>> {
+    async fn receive(&self, queue: Queue, max: usize, wait: Duration) -> TransportResult<Vec<Message>> {
         let wait_secs = wait.as_secs_f64().round().min(MAX_WAIT_SECS as f64) as i32;
         self.calls.hit(Op::ReceiveMessage);
         let out = self
@@ -446,7 +396,7 @@ impl Transport for SqsTransport {
             .filter_map(|m| {
                 // Without a receipt the message cannot be acknowledged; it will simply come back.
                 let Some(receipt) = m.receipt_handle else {
-                    tracing::warn!(%queue, id = ?m.message_id, "SQS message without a receipt handle; skipped");
+                    tracing::warn!(%queue, id = ?m.message_id, "message without receipt; skipped");
                     return None;
                 };
                 let receive_count = m
@@ -455,17 +405,18 @@ impl Transport for SqsTransport {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(1);
-                Some(Message { id: m.message_id.unwrap_or_default(), receipt, body: m.body.unwrap_or_default(), receive_count })
+                Some(Message {
+                    id: m.message_id.unwrap_or_default(),
+                    receipt,
+                    body: m.body.unwrap_or_default(),
+                    receive_count,
+                })
             })
             .collect();
         Ok(messages)
     }
 
-    async fn send(
-        &self,
-        queue: Queue,
-        bodies: &[String],
-    ) -> TransportResult<Vec<Result<(), String>>> {
+    async fn send(&self, queue: Queue, bodies: &[String]) -> TransportResult<Vec<Result<(), String>>> {
         let url = self.queue_url(queue);
         let sizes: Vec<usize> = bodies.iter().map(String::len).collect();
         let chunks = batch_ranges(&sizes).into_iter().map(|range| async move {
@@ -480,13 +431,7 @@ impl Transport for SqsTransport {
                 })
                 .collect();
             self.calls.hit(Op::SendMessageBatch);
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
+            let out = self.client.send_message_batch().queue_url(url).set_entries(Some(entries)).send().await;
             (range, out)
         });
         // An entry SQS neither confirms nor rejects counts as failed: the caller retries, and duplicates are fine.
@@ -519,90 +464,67 @@ impl Transport for SqsTransport {
     async fn delete(&self, queue: Queue, receipts: &[String]) -> TransportResult<Vec<String>> {
         let receipts = &distinct(receipts);
         let url = self.queue_url(queue);
-        let chunks = count_ranges(receipts.len())
-            .into_iter()
-            .map(|range| async move {
-                let entries = range
-                    .clone()
-                    .map(|i| {
-                        DeleteMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(receipts[i])
-                            .build()
-                            .expect("id and receipt_handle are set")
-                    })
-                    .collect();
-                self.calls.hit(Op::DeleteMessageBatch);
-                let out = self
-                    .client
-                    .delete_message_batch()
-                    .queue_url(url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await;
-                (range, out)
-            });
+        let chunks = count_ranges(receipts.len()).into_iter().map(|range| async move {
+            let entries = range
+                .clone()
+                .map(|i| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipts[i])
+                        .build()
+                        .expect("id and receipt_handle are set")
+                })
+                .collect();
+            self.calls.hit(Op::DeleteMessageBatch);
+            let out = self.client.delete_message_batch().queue_url(url).set_entries(Some(entries)).send().await;
+            (range, out)
+        });
         let mut failed = vec![false; receipts.len()];
         for (range, out) in join_all(chunks).await {
             match out {
                 Ok(out) => {
                     for f in out.failed() {
                         if let Some(i) = entry_index(f.id(), &range) {
-                            tracing::debug!(%queue, error = %entry_error(f), "SQS delete entry failed");
+                            let error = entry_error(f);
+                            tracing::debug!(%queue, %error, "SQS delete entry failed");
                             failed[i] = true;
                         }
                     }
                 }
                 Err(e) => {
                     // The caller only gets the receipts back, so the reason is logged here.
-                    tracing::warn!(%queue, error = %call_error(queue, Op::DeleteMessageBatch, e), "SQS delete failed");
+                    let error = call_error(queue, Op::DeleteMessageBatch, e);
+                    tracing::warn!(%queue, %error, "SQS delete failed");
                     failed[range].fill(true);
                 }
             }
         }
-        Ok(receipts
-            .iter()
-            .zip(failed)
-            .filter(|(_, f)| *f)
-            .map(|(r, _)| r.to_string())
-            .collect())
+        Ok(receipts.iter().zip(failed).filter(|(_, f)| *f).map(|(r, _)| r.to_string()).collect())
     }
 
     /// Runs every chunk; if any entry or call failed, returns one error counting the failures and quoting the first.
-    async fn change_visibility(
-        &self,
-        queue: Queue,
-        receipts: &[String],
-        timeout: Duration,
-    ) -> TransportResult<()> {
+    async fn change_visibility(&self, queue: Queue, receipts: &[String], timeout: Duration) -> TransportResult<()> {
         let receipts = &distinct(receipts);
         let url = self.queue_url(queue);
         // Rounded up: a heartbeat must never make the message visible earlier than asked.
         let secs = timeout.as_secs_f64().ceil().min(MAX_VISIBILITY_SECS) as i32;
-        let chunks = count_ranges(receipts.len())
-            .into_iter()
-            .map(|range| async move {
-                let entries = range
-                    .clone()
-                    .map(|i| {
-                        ChangeMessageVisibilityBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(receipts[i])
-                            .visibility_timeout(secs)
-                            .build()
-                            .expect("id and receipt_handle are set")
-                    })
-                    .collect();
-                self.calls.hit(Op::ChangeMessageVisibilityBatch);
-                let out = self
-                    .client
-                    .change_message_visibility_batch()
-                    .queue_url(url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await;
-                (range, out)
-            });
+        let chunks = count_ranges(receipts.len()).into_iter().map(|range| async move {
+            let entries = range
+                .clone()
+                .map(|i| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipts[i])
+                        .visibility_timeout(secs)
+                        .build()
+                        .expect("id and receipt_handle are set")
+                })
+                .collect();
+            self.calls.hit(Op::ChangeMessageVisibilityBatch);
+            let out =
+                self.client.change_message_visibility_batch().queue_url(url).set_entries(Some(entries)).send().await;
+            (range, out)
+        });
         let mut errors: Vec<String> = Vec::new();
         let mut failed_entries = 0;
         for (range, out) in join_all(chunks).await {
@@ -621,7 +543,7 @@ impl Transport for SqsTransport {
             None => Ok(()),
             Some(first) => Err(TransportError::new(
                 queue,
-                format!("ChangeMessageVisibilityBatch: {failed_entries} of {} entries failed; first: {first}", receipts.len()),
+                format!("ChangeMessageVisibilityBatch: {failed_entries} of {} failed; first: {first}", receipts.len()),
             )),
         }
     }
@@ -640,10 +562,7 @@ impl Transport for SqsTransport {
             .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| {
-                TransportError::new(
-                    queue,
-                    "GetQueueAttributes: no ApproximateNumberOfMessages in the response",
-                )
+                TransportError::new(queue, "GetQueueAttributes: no ApproximateNumberOfMessages in the response")
             })
     }
 
@@ -672,9 +591,6 @@ mod tests {
         // Exactly at the limit still fits.
         assert_eq!(batch_ranges(&[MAX_BATCH_BYTES, 1]), vec![0..1, 1..2]);
         // An oversized body goes alone, so only it fails.
-        assert_eq!(
-            batch_ranges(&[1, MAX_BATCH_BYTES + 1, 1]),
-            vec![0..1, 1..2, 2..3]
-        );
+        assert_eq!(batch_ranges(&[1, MAX_BATCH_BYTES + 1, 1]), vec![0..1, 1..2, 2..3]);
     }
 }

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The server tests run against: DATABASE_URL, or the local trust-auth PostgreSQL.
 pub fn base_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub struct TestDb {
@@ -21,28 +20,14 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let name = format!(
-            "t_{}_{}_{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst),
-            rand::random::<u32>()
-        );
-        let url = db::create_database(&base_url(), &name)
-            .await
-            .expect("create test database");
-        db::run_migrations(&url)
-            .await
-            .expect("migrate test database");
+        let name = format!("t_{}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst), rand::random::<u32>());
+        let url = db::create_database(&base_url(), &name).await.expect("create test database");
+        db::run_migrations(&url).await.expect("migrate test database");
         TestDb { name, url }
     }
 
     pub fn settings(&self) -> DatabaseSettings {
-        DatabaseSettings {
-            url: self.url.clone(),
-            pool_size: 12,
-            min_idle: 0,
-            ..DatabaseSettings::default()
-        }
+        DatabaseSettings { url: self.url.clone(), pool_size: 12, min_idle: 0, ..DatabaseSettings::default() }
     }
 
     pub fn store(&self) -> TaskStore {
@@ -59,10 +44,7 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs inside the test's runtime: use a thread with its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let _ = rt.block_on(db::drop_database(&base_url(), &name));
         })
         .join();

@@ -25,11 +25,7 @@ pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
     let mut s = Settings::default();
     s.database.url = db.url.clone();
     s.database.pool_size = 8;
-    s.transport.kind = if kind == Kind::Memory {
-        TransportKind::Memory
-    } else {
-        TransportKind::Sqs
-    };
+    s.transport.kind = if kind == Kind::Memory { TransportKind::Memory } else { TransportKind::Sqs };
     s.transport.wait_time_secs = 1;
     s.transport.visibility_timeout_secs = 10;
     s.acquirer.idle_wakeup_ms = 50;
@@ -38,10 +34,8 @@ pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
     s.reaper.interval_secs = 0.5;
     s.reaper.stale_timeout_secs = 30.0;
     s.http.bind = String::new();
-    s.sqs.endpoint_url = Some(
-        std::env::var("SCHEDULER_SQS__ENDPOINT_URL")
-            .unwrap_or_else(|_| "http://127.0.0.1:4566".into()),
-    );
+    s.sqs.endpoint_url =
+        Some(std::env::var("SCHEDULER_SQS__ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into()));
     s.sqs.region = Some("us-east-1".into());
     s.sqs.access_key_id = Some("test".into());
     s.sqs.secret_access_key = Some("test".into());
@@ -52,9 +46,9 @@ pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
 /// The transport for `settings`: a fresh in-process one, or a fresh queue set on the local SQS endpoint.
 pub async fn transport(settings: &Settings) -> Arc<dyn Transport> {
     match settings.transport.kind {
-        TransportKind::Memory => Arc::new(MemoryTransport::new(Duration::from_secs(
-            settings.transport.visibility_timeout_secs as u64,
-        ))),
+        TransportKind::Memory => {
+            Arc::new(MemoryTransport::new(Duration::from_secs(settings.transport.visibility_timeout_secs as u64)))
+        }
         TransportKind::Sqs => Arc::new(
             SqsTransport::create_queues(&settings.sqs, &settings.transport)
                 .await
@@ -63,25 +57,23 @@ pub async fn transport(settings: &Settings) -> Arc<dyn Transport> {
     }
 }
 
-pub fn start(
-    settings: &Settings,
-    roles: &[Role],
-    transport: Arc<dyn Transport>,
-    handlers: HandlerRegistry,
-) -> App {
+pub fn start(settings: &Settings, roles: &[Role], transport: Arc<dyn Transport>, handlers: HandlerRegistry) -> App {
     App::start(settings.clone(), roles, transport, handlers)
 }
 
 /// Inserts `n` t_object rows with ids 1..=n.
 pub async fn insert_objects(db: &TestDb, n: usize) {
-    exec(&db.url, &format!("INSERT INTO t_object (id, data) SELECT g, jsonb_build_object('n', g) FROM generate_series(1, {n}) g")).await;
+    exec(
+        &db.url,
+        &format!("INSERT INTO t_object (id, data) SELECT g, jsonb_build_object('n', g) FROM generate_series(1, {n}) g"),
+    )
+    .await;
 }
 
 /// Sends `submit:export` for objects 1..=n to the inbound queue.
 pub async fn submit_exports(transport: &dyn Transport, n: usize) {
-    let bodies: Vec<String> = (1..=n)
-        .map(|i| sqs_scheduler::protocol::submit_message("export", &json!({"objectID": i})))
-        .collect();
+    let bodies: Vec<String> =
+        (1..=n).map(|i| sqs_scheduler::protocol::submit_message("export", &json!({"objectID": i}))).collect();
     for chunk in bodies.chunks(100) {
         let res = transport.send(Queue::Inbound, chunk).await.unwrap();
         assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
@@ -118,28 +110,16 @@ pub async fn count_rows(db: &TestDb, table: &str) -> i64 {
         n: i64,
     }
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
-    let r: Row = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
-        .get_result(&mut conn)
-        .await
-        .unwrap();
+    let r: Row = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}")).get_result(&mut conn).await.unwrap();
     r.n
 }
 
 /// Receives everything currently in a queue (bounded), deleting nothing.
-pub async fn peek_all(
-    transport: &dyn Transport,
-    queue: Queue,
-    expect: usize,
-    timeout: Duration,
-) -> Vec<String> {
+pub async fn peek_all(transport: &dyn Transport, queue: Queue, expect: usize, timeout: Duration) -> Vec<String> {
     let until = Instant::now() + timeout;
     let mut bodies = std::collections::HashSet::new();
     while bodies.len() < expect && Instant::now() < until {
-        for m in transport
-            .receive(queue, 10, Duration::from_secs(1))
-            .await
-            .unwrap()
-        {
+        for m in transport.receive(queue, 10, Duration::from_secs(1)).await.unwrap() {
             bodies.insert(m.body);
         }
     }

@@ -1,0 +1,129 @@
+//! The binary as separate processes over the local SQS endpoint: the five roles each in their own process, and a
+//! worker killed with SIGKILL mid-task.
+
+mod common;
+
+use common::pipeline::*;
+use common::TestDb;
+use serde_json::json;
+use sqs_scheduler::store::TaskState;
+use sqs_scheduler::transport::Queue;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process that is killed if the test ends early.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.0.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < until, "process did not exit in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn spawn(settings: &sqs_scheduler::configuration::Settings, roles: &[&str], extra_env: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sqs-scheduler"));
+    cmd.arg("run").arg("--no-migrate").arg("--grace-secs").arg("20");
+    for r in roles {
+        cmd.arg("--role").arg(r);
+    }
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SCHEDULER_DATABASE__URL", &settings.database.url)
+        .env("SCHEDULER_TRANSPORT__KIND", "sqs")
+        .env("SCHEDULER_TRANSPORT__WAIT_TIME_SECS", "1")
+        .env("SCHEDULER_SQS__ENDPOINT_URL", settings.sqs.endpoint_url.clone().unwrap())
+        .env("SCHEDULER_SQS__REGION", "us-east-1")
+        .env("SCHEDULER_SQS__ACCESS_KEY_ID", "test")
+        .env("SCHEDULER_SQS__SECRET_ACCESS_KEY", "test")
+        .env("SCHEDULER_SQS__QUEUE_PREFIX", &settings.sqs.queue_prefix)
+        .env("SCHEDULER_ACQUIRER__IDLE_WAKEUP_MS", "100")
+        .env("SCHEDULER_RETRY__BASE_DELAY_SECS", "0.05")
+        .env("SCHEDULER_RETRY__MAX_DELAY_SECS", "0.2")
+        .env("SCHEDULER_HTTP__BIND", "")
+        .env("SCHEDULER_LOG__LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("spawn sqs-scheduler"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_roles_as_separate_processes_complete_a_workload() {
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Sqs);
+    let transport = transport(&settings).await;
+    insert_objects(&db, 200).await;
+    let mut procs: Vec<Proc> = ["submitter", "scheduler", "worker", "resulter", "supervisor"]
+        .iter()
+        .map(|r| spawn(&settings, &[r], &[]))
+        .collect();
+    // A second worker: any number of instances of a role can run at once.
+    procs.push(spawn(&settings, &["worker"], &[]));
+    submit_exports(transport.as_ref(), 200).await;
+    let store = db.store();
+    let c = wait_for_counts(&store, Duration::from_secs(180), |c| c.get(&TaskState::Success) == Some(&200)).await;
+    assert_eq!(c.values().sum::<i64>(), 200);
+    assert_eq!(count_rows(&db, "t_exported_object").await, 200);
+    // Graceful shutdown on SIGTERM: every process exits 0.
+    for p in &procs {
+        p.signal("-TERM");
+    }
+    for p in procs.iter_mut() {
+        let status = p.wait_exit(Duration::from_secs(60));
+        assert!(status.success(), "exit status {status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_is_rescued_and_completed() {
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Sqs);
+    let transport = transport(&settings).await;
+    // Stale after 8 s; the outbound message stays invisible for 60 s, so it is the StaleReaper that rescues it.
+    let env = [
+        ("SCHEDULER_REAPER__STALE_TIMEOUT_SECS", "8".to_string()),
+        ("SCHEDULER_REAPER__INTERVAL_SECS", "0.5".to_string()),
+        ("SCHEDULER_TRANSPORT__VISIBILITY_TIMEOUT_SECS", "60".to_string()),
+    ];
+    let _core = spawn(&settings, &["submitter", "scheduler", "resulter", "supervisor"], &env);
+    let mut doomed = spawn(&settings, &["worker"], &env);
+    let body = sqs_scheduler::protocol::submit_message("sleep", &json!({"ms": 2000}));
+    transport.send(Queue::Inbound, &[body]).await.unwrap();
+    let store = db.store();
+    wait_for_counts(&store, Duration::from_secs(60), |c| c.get(&TaskState::Acquired) == Some(&1)).await;
+    // The worker has it once the outbound queue shows nothing visible.
+    let until = Instant::now() + Duration::from_secs(30);
+    while transport.depth(Queue::Outbound).await.unwrap() > 0 {
+        assert!(Instant::now() < until, "the worker never received the task");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    doomed.signal("-KILL");
+    let status = doomed.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    let _rescuer = spawn(&settings, &["worker"], &env);
+    wait_for_counts(&store, Duration::from_secs(90), |c| c.get(&TaskState::Success) == Some(&1)).await;
+    let task = store.list(&Default::default()).await.unwrap().remove(0);
+    assert_eq!(task.attempts, 2, "rescued as stale, then completed by the second worker: {task:?}");
+}
