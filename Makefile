@@ -1,5 +1,6 @@
 # sqs-scheduler: the two commands a newcomer needs are `make run` and `make test`.
 SHELL := /bin/bash
+OBJECTS ?= 2000
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -11,16 +12,26 @@ services: ## start PostgreSQL (if down) and the local SQS endpoint (moto) with t
 services-down: ## stop what `make services` started
 	scripts/dev-services down
 
+run: services ## the whole pipeline over the local SQS endpoint with a demo workload, then a summary
+	eval "$$(scripts/dev-services env)" && cargo run --locked -- load --objects $(OBJECTS) --via sqs --with-pipeline
+
+run-local: ## the same on the in-process transport (needs only PostgreSQL)
+	scripts/dev-services pg
+	eval "$$(scripts/dev-services env)" && cargo run --locked -- load --objects $(OBJECTS) --via local
+
 test: services ## all tests, against the real PostgreSQL and the local SQS endpoint
 	eval "$$(scripts/dev-services env)" && cargo test --locked
 
 migrate: ## apply migrations to the configured database
 	cargo run --locked -- migrate
 
-bench-store: ## store benchmark (release-grade build)
-	cargo run --locked --profile perf -- bench store
+bench: services ## every benchmark (release-grade build, profile perf)
+	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench store
+	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport memory
+	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport sqs --tasks 2000 --latency-samples 0
+	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench http
 
 fmt: ## format the code
 	cargo fmt --all
 
-.PHONY: help services services-down test migrate bench-store fmt
+.PHONY: help services services-down run run-local test migrate bench fmt

@@ -93,6 +93,13 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
     },
+    /// HTTP submit throughput: concurrent clients, one submit:noop per call, against an in-process server.
+    Http {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 50_000)]
+        total: usize,
+    },
     /// Drain pre-submitted noop tasks through the pipeline; idle single-task latency.
     Pipeline {
         /// Transport to measure (sqs: the configured endpoint; a fresh queue set is created).
@@ -146,8 +153,12 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             }
             actix_rt::System::new().block_on(async move {
                 let transport = connect_transport(&settings).await?;
-                let app = App::start(settings, &roles, transport, HandlerRegistry::builtin());
+                let app = App::start(settings.clone(), &roles, transport.clone(), HandlerRegistry::builtin());
+                let server = start_http(&settings, &app, transport).await?;
                 wait_for_signal().await;
+                if let Some(handle) = server {
+                    handle.stop(true).await;
+                }
                 app.shutdown(Duration::from_secs_f64(grace_secs)).await;
                 Ok::<_, anyhow::Error>(())
             })?;
@@ -167,6 +178,32 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let summary = actix_rt::System::new().block_on(crate::load::run(settings, opts))?;
             let unfinished = objects as i64 - summary.finished;
             Ok(if unfinished > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Bench { which: BenchCommand::Http { clients, total } } => {
+            let name = format!("scheduler_bench_{}", std::process::id());
+            let base = settings.database.url.clone();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let url = rt.block_on(db::create_database(&base, &name))?;
+            db::run_migrations_blocking(&url)?;
+            let mut s = settings;
+            s.database.url = url;
+            s.http.bind = "127.0.0.1:0".into();
+            s.http.api_tokens = vec!["bench".into()];
+            let res = actix_rt::System::new().block_on(async move {
+                let state = crate::http::HttpState {
+                    store: TaskStore::new(db::build_pool(&s.database), s.retry.backoff()),
+                    settings: std::sync::Arc::new(s),
+                    transport: None,
+                    rpc_enabled: true,
+                };
+                let (handle, addr) = crate::http::start_server(state).await?;
+                let r = crate::bench::http::run(&format!("http://{addr}/rpc"), Some("bench"), clients, total).await;
+                handle.stop(true).await;
+                r
+            });
+            rt.block_on(db::drop_database(&base, &name))?;
+            res?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which: BenchCommand::Pipeline { transport, tasks, latency_samples } } => {
             let name = format!("scheduler_bench_{}", std::process::id());
@@ -218,4 +255,25 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }
+}
+
+/// Starts the HTTP server (API on /rpc when this process persists submissions; /metrics, /healthz, /readyz always)
+/// unless `http.bind` is empty.
+async fn start_http(
+    settings: &Settings,
+    app: &App,
+    transport: std::sync::Arc<dyn crate::transport::Transport>,
+) -> anyhow::Result<Option<actix_web::dev::ServerHandle>> {
+    if settings.http.bind.is_empty() {
+        return Ok(None);
+    }
+    let state = crate::http::HttpState {
+        settings: std::sync::Arc::new(settings.clone()),
+        store: TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff()),
+        transport: Some(transport),
+        rpc_enabled: app.roles().contains(&Role::Submitter),
+    };
+    let (handle, addr) = crate::http::start_server(state).await?;
+    tracing::info!(%addr, "HTTP server listening");
+    Ok(Some(handle))
 }

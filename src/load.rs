@@ -154,8 +154,23 @@ async fn submit_all(
     let chunk = if opts.rate.is_some_and(|r| r < 100.0) { 10 } else { 100 };
     match opts.via {
         Via::Http => {
-            let _ = (settings, chunk);
-            anyhow::bail!("--via http: HTTP_PENDING");
+            let url = opts.http_url.clone().unwrap_or_else(|| format!("http://{}/rpc", settings.http.bind));
+            let (addr, path) = crate::bench::http::resolve(&url).await?;
+            let mut client =
+                crate::bench::http::RpcHttpClient::connect(addr, opts.http_token.clone()).await?.with_path(path);
+            for c in ids.chunks(chunk) {
+                // One JSON-RPC batch request per chunk.
+                let batch: Vec<serde_json::Value> = c
+                    .iter()
+                    .map(
+                        |id| json!({"jsonrpc": "2.0", "method": "submit:export", "params": {"objectID": id}, "id": id}),
+                    )
+                    .collect();
+                let (status, body) = client.call(&serde_json::to_string(&batch)?).await?;
+                anyhow::ensure!(status == 200, "HTTP {status}: {body}");
+                sent += c.len();
+                pace(opts.rate, sent, started).await;
+            }
         }
         _ => {
             let transport = transport.expect("queue transport");

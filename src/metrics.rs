@@ -124,6 +124,41 @@ impl Metrics {
     }
 }
 
+/// Labels every metric family the dashboards query has, so they exist in /metrics from the start.
+impl Metrics {
+    pub fn init_labels(&self, queue_prefix: &str) {
+        let m = self;
+        for q in crate::transport::Queue::ALL {
+            let name = q.name(queue_prefix);
+            m.messages_received.with_label_values(&[name.as_str()]);
+            m.queue_depth.with_label_values(&[name.as_str()]);
+            if q.is_dlq() {
+                m.messages_dead_lettered.with_label_values(&[name.as_str(), "parse_error"]);
+            }
+        }
+        for o in ["success", "error", "critical_error", "cancelled"] {
+            m.results_applied.with_label_values(&[o]);
+        }
+        for s in ["persister", "acquirer", "worker", "result_sink"] {
+            m.chaos_injected.with_label_values(&[s]);
+        }
+        for a in ["noop", "export"] {
+            m.handler_duration.with_label_values(&[a]);
+        }
+        for s in crate::store::TaskState::ALL {
+            m.tasks.with_label_values(&[s.as_str()]);
+        }
+        for s in ["in_use", "idle"] {
+            m.db_pool_connections.with_label_values(&[s]);
+        }
+        for a in ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper", "stats"] {
+            m.actor_restarts.with_label_values(&[a]);
+        }
+        m.http_requests.with_label_values(&["/rpc", "200"]);
+        m.rpc_errors.with_label_values(&["-32600"]);
+    }
+}
+
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();

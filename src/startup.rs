@@ -71,39 +71,6 @@ pub async fn connect_transport(settings: &Settings) -> anyhow::Result<Arc<dyn Tr
     })
 }
 
-/// Labels every metric family the dashboards query has, so they exist in /metrics from the start.
-fn init_metric_labels(settings: &Settings) {
-    let m = metrics();
-    for q in Queue::ALL {
-        let name = q.name(&settings.sqs.queue_prefix);
-        m.messages_received.with_label_values(&[name.as_str()]);
-        m.queue_depth.with_label_values(&[name.as_str()]);
-        if q.is_dlq() {
-            m.messages_dead_lettered.with_label_values(&[name.as_str(), "parse_error"]);
-        }
-    }
-    for o in ["success", "error", "critical_error", "cancelled"] {
-        m.results_applied.with_label_values(&[o]);
-    }
-    for s in ["persister", "acquirer", "worker", "result_sink"] {
-        m.chaos_injected.with_label_values(&[s]);
-    }
-    for a in ["noop", "export"] {
-        m.handler_duration.with_label_values(&[a]);
-    }
-    for s in crate::store::TaskState::ALL {
-        m.tasks.with_label_values(&[s.as_str()]);
-    }
-    for s in ["in_use", "idle"] {
-        m.db_pool_connections.with_label_values(&[s]);
-    }
-    for a in ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper", "stats"] {
-        m.actor_restarts.with_label_values(&[a]);
-    }
-    m.http_requests.with_label_values(&["/rpc", "200"]);
-    m.rpc_errors.with_label_values(&["-32600"]);
-}
-
 /// The running actor tree of one process.
 pub struct App {
     pub shared: Shared,
@@ -119,7 +86,7 @@ pub struct App {
 impl App {
     /// Starts the actors of `roles`. Migrations must already be applied (see `db::run_migrations`).
     pub fn start(settings: Settings, roles: &[Role], transport: Arc<dyn Transport>, handlers: HandlerRegistry) -> App {
-        init_metric_labels(&settings);
+        metrics().init_labels(&settings.sqs.queue_prefix);
         let roles: BTreeSet<Role> =
             if roles.is_empty() { Role::ALL.into_iter().collect() } else { roles.iter().copied().collect() };
         let shared = Shared {

@@ -319,6 +319,7 @@ async fn sqs_connect_finds_created_queues() {
     }
     assert_eq!(connected.kind(), "sqs");
     connected.delete_queues().await.expect("delete queues");
+    // Immediate on moto and ElasticMQ (AWS may resolve a deleted queue for up to 60 s).
     let gone = SqsTransport::connect(&sqs, &transport).await;
     assert!(gone.is_err(), "queues still there after delete_queues");
 }

@@ -7,7 +7,8 @@ use super::{Deliver, InjectPanic, Shared};
 use crate::chaos::Stage;
 use crate::metrics::metrics;
 use crate::protocol;
-use crate::store::{MaxAttempts, TaskStore};
+use crate::protocol::{RpcError, INVALID_PARAMS};
+use crate::store::{MaxAttempts, StoreError, Submitted, TaskStore};
 use crate::transport::Queue;
 use actix::prelude::*;
 use std::collections::HashSet;
@@ -61,11 +62,13 @@ async fn persist(shared: Shared, store: TaskStore, msgs: Vec<crate::transport::M
     let mut tasks = Vec::with_capacity(msgs.len());
     let mut receipts = Vec::with_capacity(msgs.len());
     let mut bad = Vec::new();
+    let mut originals = Vec::with_capacity(msgs.len());
     for m in msgs {
         match protocol::parse_submit(&m.body, settings.transport.max_message_bytes, default_max) {
             Ok(t) => {
                 tasks.push(t);
-                receipts.push(m.receipt);
+                receipts.push(m.receipt.clone());
+                originals.push(m);
             }
             Err(e) => bad.push((m, e)),
         }
@@ -76,20 +79,43 @@ async fn persist(shared: Shared, store: TaskStore, msgs: Vec<crate::transport::M
     }
     match store.submit_many(&tasks).await {
         Ok(submitted) => {
-            let created = submitted.iter().filter(|s| s.created).count() as u64;
-            metrics().tasks_persisted.inc_by(created);
-            metrics().tasks_duplicate.inc_by(submitted.len() as u64 - created);
-            if created > 0 {
-                shared.acquirer_wake.notify_one();
-            }
+            record_submitted(&shared, &submitted);
             // Chaos: act as if the process died between commit and delete; redelivery must be a harmless duplicate.
             if !shared.chaos.strike(Stage::Persister) {
                 done.extend(receipts);
             }
+        }
+        Err(StoreError::Database(e)) if tasks.len() > 1 => {
+            // The database refused the group: find the offending submissions one by one, so one bad message can
+            // never hold back the others (it is dead-lettered; the rest are stored).
+            tracing::warn!(error = %e, tasks = tasks.len(), "group submit refused; retrying one by one");
+            let mut refused = Vec::new();
+            for ((task, receipt), msg) in tasks.iter().zip(receipts).zip(originals) {
+                match store.submit_many(std::slice::from_ref(task)).await {
+                    Ok(s) => {
+                        record_submitted(&shared, &s);
+                        done.insert(receipt);
+                    }
+                    Err(StoreError::Database(e)) => {
+                        refused.push((msg, RpcError::new(INVALID_PARAMS, format!("refused by the database: {e}"))))
+                    }
+                    Err(e) => tracing::error!(error = %e, "submit failed; the message will be redelivered"),
+                }
+            }
+            done.extend(shared.dead_letter(Queue::Inbound, refused).await);
         }
         Err(e) => {
             tracing::error!(error = %e, tasks = tasks.len(), "submit_many failed; the messages will be redelivered")
         }
     }
     done
+}
+
+fn record_submitted(shared: &Shared, submitted: &[Submitted]) {
+    let created = submitted.iter().filter(|s| s.created).count() as u64;
+    metrics().tasks_persisted.inc_by(created);
+    metrics().tasks_duplicate.inc_by(submitted.len() as u64 - created);
+    if created > 0 {
+        shared.acquirer_wake.notify_one();
+    }
 }

@@ -59,6 +59,10 @@ pub struct Payload(Map<String, Value>);
 
 impl Payload {
     pub fn parse(v: Value) -> Result<Self, ValidationError> {
+        if has_nul(&v) {
+            // Postgres jsonb cannot store U+0000; refusing it here keeps one bad task from failing a whole batch.
+            return Err(ValidationError::new("payload", "must not contain the character U+0000"));
+        }
         match v {
             Value::Object(m) => Ok(Self(m)),
             other => Err(ValidationError::new("payload", format!("must be a JSON object, got {}", json_kind(&other)))),
@@ -75,6 +79,15 @@ impl Payload {
 
     pub fn into_value(self) -> Value {
         Value::Object(self.0)
+    }
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
@@ -145,8 +158,8 @@ pub struct DedupKey(String);
 impl DedupKey {
     pub fn parse(s: impl Into<String>) -> Result<Self, ValidationError> {
         let s = s.into();
-        if s.is_empty() || s.chars().count() > 256 {
-            return Err(ValidationError::new("dedup_key", "must be 1 to 256 characters"));
+        if s.is_empty() || s.chars().count() > 256 || s.contains('\0') {
+            return Err(ValidationError::new("dedup_key", "must be 1 to 256 characters, without U+0000"));
         }
         Ok(Self(s))
     }
