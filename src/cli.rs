@@ -71,6 +71,9 @@ pub enum Command {
         /// Bearer token for --via http.
         #[arg(long, env = "SCHEDULER_API_TOKEN")]
         token: Option<String>,
+        /// Pause submitting while the inbound queue holds more than this many messages (0: never).
+        #[arg(long, default_value_t = 1000)]
+        max_backlog: u64,
     },
     /// Benchmarks; use a release build (`--profile perf` or `--release`).
     Bench {
@@ -164,7 +167,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Load { objects, rate, via, with_pipeline, timeout_secs, url, token } => {
+        Command::Load { objects, rate, via, with_pipeline, timeout_secs, url, token, max_backlog } => {
             db::run_migrations_blocking(&settings.database.url)?;
             let opts = LoadOptions {
                 objects,
@@ -174,6 +177,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 timeout: Duration::from_secs(timeout_secs),
                 http_url: url,
                 http_token: token,
+                max_backlog,
             };
             let summary = actix_rt::System::new().block_on(crate::load::run(settings, opts))?;
             let unfinished = objects as i64 - summary.finished;

@@ -333,6 +333,11 @@ impl Settings {
         Self::from_figment(fig)
     }
 
+    /// Defaults < `path`, without the environment (for checking a file on its own).
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        Self::from_figment(Figment::from(Serialized::defaults(Settings::default())).merge(Toml::file(path)))
+    }
+
     pub fn from_figment(fig: Figment) -> Result<Settings, ConfigError> {
         let s: Settings = fig.extract().map_err(|e| {
             let key = e.path.join(".");

@@ -21,6 +21,9 @@ pub fn build_pool(settings: &DatabaseSettings) -> DbPool {
         .max_size(settings.pool_size)
         .min_idle(Some(settings.min_idle.min(settings.pool_size)))
         .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        // A health-check query on every checkout would add a round trip to every operation; a broken connection
+        // fails its statement instead and is discarded by the pool.
+        .test_on_check_out(false)
         .build_unchecked(manager)
 }
 

@@ -37,6 +37,8 @@ pub struct LoadOptions {
     pub timeout: Duration,
     pub http_url: Option<String>,
     pub http_token: Option<String>,
+    /// Pause submitting while the inbound queue holds more than this many messages (0: never).
+    pub max_backlog: u64,
 }
 
 /// The summary printed at the end (also returned for tests).
@@ -175,6 +177,10 @@ async fn submit_all(
         _ => {
             let transport = transport.expect("queue transport");
             for c in bodies.chunks(chunk) {
+                // Back-pressure: a flooded queue helps nobody (and slows an emulator badly).
+                while opts.max_backlog > 0 && transport.depth(Queue::Inbound).await.unwrap_or(0) > opts.max_backlog {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 let res = transport.send(Queue::Inbound, c).await?;
                 if let Some(e) = res.iter().find_map(|r| r.as_ref().err()) {
                     anyhow::bail!("submit failed: {e}");

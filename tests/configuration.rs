@@ -5,7 +5,7 @@ use std::process::Command;
 
 #[test]
 fn the_example_file_loads_and_equals_the_defaults() {
-    let s = Settings::load(Some(std::path::Path::new("scheduler.example.toml"))).expect("example loads");
+    let s = Settings::from_file(std::path::Path::new("scheduler.example.toml")).expect("example loads");
     assert_eq!(s, Settings::default(), "scheduler.example.toml must list every default");
 }
 

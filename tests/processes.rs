@@ -57,6 +57,9 @@ fn spawn(settings: &sqs_scheduler::configuration::Settings, roles: &[&str], extr
         .env("SCHEDULER_SQS__SECRET_ACCESS_KEY", "test")
         .env("SCHEDULER_SQS__QUEUE_PREFIX", &settings.sqs.queue_prefix)
         .env("SCHEDULER_ACQUIRER__IDLE_WAKEUP_MS", "100")
+        // Short queues: the emulator rescans a whole queue for every message it delivers.
+        .env("SCHEDULER_ACQUIRER__MAX_OUTBOUND_DEPTH", "30")
+        .env("SCHEDULER_ACQUIRER__BATCH_SIZE", "30")
         .env("SCHEDULER_RETRY__BASE_DELAY_SECS", "0.05")
         .env("SCHEDULER_RETRY__MAX_DELAY_SECS", "0.2")
         .env("SCHEDULER_HTTP__BIND", "")

@@ -71,6 +71,8 @@ async fn acquire_loop(shared: Shared, store: TaskStore) {
                 }
             }
         }
+        // Held from before the acquire until the tasks are sent or released, so shutdown waits for them.
+        let guard = shared.phases.inbound_work.guard();
         let tasks = match store.acquire_batch(cfg.batch_size).await {
             Ok(t) => {
                 error_delay = Duration::from_millis(100);
@@ -85,7 +87,6 @@ async fn acquire_loop(shared: Shared, store: TaskStore) {
         };
         let full = tasks.len() as i64 == cfg.batch_size;
         if !tasks.is_empty() {
-            let _guard = shared.phases.inbound_work.guard();
             metrics().tasks_acquired.inc_by(tasks.len() as u64);
             for t in &tasks {
                 metrics().submit_to_acquire.observe(t.wait_seconds);
@@ -97,15 +98,17 @@ async fn acquire_loop(shared: Shared, store: TaskStore) {
                         .to_body()
                 })
                 .collect();
-            // Chaos: the whole send fails, so the batch must be released and acquired again.
-            let sent = if shared.chaos.strike(Stage::Acquirer) {
-                bodies.iter().map(|_| Err("chaos: injected send failure".to_string())).collect()
-            } else {
-                match shared.transport.send(Queue::Outbound, &bodies).await {
-                    Ok(r) => r,
-                    Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
-                }
+            let mut sent = match shared.transport.send(Queue::Outbound, &bodies).await {
+                Ok(r) => r,
+                Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
             };
+            // Chaos: some sends "fail" (the message went out, but we believe it did not), so those tasks are
+            // released and sent again: the duplicate delivery must be harmless.
+            for r in sent.iter_mut() {
+                if r.is_ok() && shared.chaos.strike(Stage::Acquirer) {
+                    *r = Err("chaos: injected send failure".to_string());
+                }
+            }
             let failed: Vec<(i64, i32)> =
                 tasks.iter().zip(&sent).filter(|(_, r)| r.is_err()).map(|(t, _)| (t.id, t.attempt)).collect();
             metrics().tasks_sent.inc_by((tasks.len() - failed.len()) as u64);
@@ -120,6 +123,7 @@ async fn acquire_loop(shared: Shared, store: TaskStore) {
                 }
             }
         }
+        drop(guard);
         if !full {
             tokio::select! {
                 _ = shared.acquirer_wake.notified() => {}

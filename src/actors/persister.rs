@@ -80,10 +80,9 @@ async fn persist(shared: Shared, store: TaskStore, msgs: Vec<crate::transport::M
     match store.submit_many(&tasks).await {
         Ok(submitted) => {
             record_submitted(&shared, &submitted);
-            // Chaos: act as if the process died between commit and delete; redelivery must be a harmless duplicate.
-            if !shared.chaos.strike(Stage::Persister) {
-                done.extend(receipts);
-            }
+            // Chaos: for some messages act as if the process died between commit and delete; their redelivery
+            // must be a harmless duplicate.
+            done.extend(receipts.into_iter().filter(|_| !shared.chaos.strike(Stage::Persister)));
         }
         Err(StoreError::Database(e)) if tasks.len() > 1 => {
             // The database refused the group: find the offending submissions one by one, so one bad message can

@@ -96,10 +96,9 @@ async fn record(shared: Shared, store: TaskStore, msgs: Vec<crate::transport::Me
             if c.applied.iter().any(|a| a.state == TaskState::Error) {
                 shared.acquirer_wake.notify_one();
             }
-            // Chaos: act as if the process died between commit and delete; the redelivered result must be stale.
-            if !shared.chaos.strike(Stage::ResultSink) {
-                done.extend(receipts);
-            }
+            // Chaos: for some messages act as if the process died between commit and delete; the redelivered
+            // result must be stale.
+            done.extend(receipts.into_iter().filter(|_| !shared.chaos.strike(Stage::ResultSink)));
         }
         Err(e) => {
             tracing::error!(error = %e, results = results.len(), "complete_many failed; results will be redelivered")

@@ -445,67 +445,11 @@ impl TryFrom<TaskRow> for Task {
     }
 }
 
-const SUBMIT_SQL: &str = r#"
-WITH input AS (
-    SELECT i.ord, i.action, i.payload,
-           COALESCE(i.dedup_key, md5(i.payload::text)) AS dedup_key,
-           i.priority, i.max_attempts,
-           COALESCE(i.run_at, now() + make_interval(secs => COALESCE(i.delay_secs, 0))) AS run_at
-    FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::int2[], $5::int4[], $6::timestamptz[], $7::float8[])
-         WITH ORDINALITY AS i(action, payload, dedup_key, priority, max_attempts, run_at, delay_secs, ord)
-),
-ins AS (
-    INSERT INTO tasks (action, payload, dedup_key, priority, max_attempts, run_at)
-    SELECT action, payload, dedup_key, priority, max_attempts, run_at FROM input
-    ORDER BY action, dedup_key
-    ON CONFLICT (action, dedup_key) DO NOTHING
-    RETURNING id, action, dedup_key
-)
-SELECT COALESCE(ins.id, existing.id) AS id,
-       (ins.id IS NOT NULL
-        AND input.ord = min(input.ord) OVER (PARTITION BY input.action, input.dedup_key)) AS created
-FROM input
-LEFT JOIN ins ON ins.action = input.action AND ins.dedup_key = input.dedup_key
-LEFT JOIN tasks existing ON existing.action = input.action AND existing.dedup_key = input.dedup_key
-ORDER BY input.ord
-"#;
+const SUBMIT_SQL: &str = "SELECT id, created FROM tasks_submit($1, $2, $3, $4, $5, $6, $7)";
 
-const ACQUIRE_SQL: &str = r#"
-WITH due AS (
-    SELECT id FROM tasks
-    WHERE state IN ('SCHEDULED', 'ERROR') AND run_at <= now()
-    ORDER BY priority DESC, run_at, id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks t
-SET state = 'ACQUIRED', attempts = t.attempts + 1, acquired_at = now(), updated_at = now()
-FROM due
-WHERE t.id = due.id
-RETURNING t.id, t.action, t.payload, t.attempts AS attempt, t.priority, t.created_at,
-          GREATEST(0, EXTRACT(EPOCH FROM now() - t.run_at))::float8 AS wait_seconds
-"#;
+const ACQUIRE_SQL: &str = "SELECT * FROM tasks_acquire($1)";
 
-const COMPLETE_SQL: &str = r#"
-WITH r AS (
-    SELECT * FROM unnest($1::int8[], $2::int4[], $3::bool[], $4::jsonb[]) AS r(id, attempt, ok, body)
-)
-UPDATE tasks t SET
-    state = CASE WHEN r.ok THEN 'SUCCESS'
-                 WHEN t.cancel_requested THEN 'CANCELLED'
-                 WHEN t.attempts >= t.max_attempts THEN 'CRITICAL_ERROR'
-                 ELSE 'ERROR' END,
-    result = CASE WHEN r.ok THEN r.body END,
-    error = CASE WHEN r.ok THEN NULL ELSE r.body END,
-    run_at = CASE WHEN r.ok OR t.cancel_requested OR t.attempts >= t.max_attempts THEN t.run_at
-                  ELSE now() + tasks_retry_delay(t.attempts, $5, $6, $7) END,
-    acquired_at = NULL,
-    updated_at = now(),
-    finished_at = CASE WHEN r.ok OR t.cancel_requested OR t.attempts >= t.max_attempts THEN now() END
-FROM r
-WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
-RETURNING t.id, t.attempts AS attempt, t.state, EXTRACT(EPOCH FROM now() - t.created_at)::float8 AS age_seconds
-"#;
+const COMPLETE_SQL: &str = "SELECT * FROM tasks_complete($1, $2, $3, $4, $5, $6, $7)";
 
 const RELEASE_SQL: &str = r#"
 UPDATE tasks t SET

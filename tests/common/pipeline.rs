@@ -40,6 +40,13 @@ pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
     s.sqs.access_key_id = Some("test".into());
     s.sqs.secret_access_key = Some("test".into());
     s.sqs.queue_prefix = format!("t{}", rand::random::<u32>());
+    if kind == Kind::Sqs {
+        // The emulator rescans a whole queue for every message it delivers (quadratic): keep its queues short, and
+        // give it time (a few hundred messages/s at best).
+        s.acquirer.max_outbound_depth = 30;
+        s.acquirer.batch_size = 30;
+        s.reaper.stale_timeout_secs = 300.0;
+    }
     s
 }
 
@@ -75,6 +82,11 @@ pub async fn submit_exports(transport: &dyn Transport, n: usize) {
     let bodies: Vec<String> =
         (1..=n).map(|i| sqs_scheduler::protocol::submit_message("export", &json!({"objectID": i}))).collect();
     for chunk in bodies.chunks(100) {
+        // Back-pressure on the inbound queue, as the load generator does (the emulator slows down on long queues).
+        let until = Instant::now() + Duration::from_secs(120);
+        while transport.depth(Queue::Inbound).await.unwrap() > 30 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let res = transport.send(Queue::Inbound, chunk).await.unwrap();
         assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
     }
@@ -82,6 +94,16 @@ pub async fn submit_exports(transport: &dyn Transport, n: usize) {
 
 pub async fn counts(store: &TaskStore) -> HashMap<TaskState, i64> {
     store.counts_by_state().await.unwrap().into_iter().collect()
+}
+
+/// One SQS scenario at a time: the emulator is single-threaded, and parallel scenarios only slow each other down.
+pub async fn sqs_turn(kind: Kind) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if kind == Kind::Sqs {
+        Some(TURN.lock().await)
+    } else {
+        None
+    }
 }
 
 /// Waits (bounded) until `done` holds for the counts by state; panics with the last counts otherwise.
