@@ -253,6 +253,7 @@ impl App {
             let _ = tokio::time::timeout_at(deadline.into(), t.wait_idle()).await;
         };
         tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: draining inbound, stopping the acquirer");
+        p.begun.stop();
         p.inbound.stop();
         wait(p.inbound_work.clone()).await;
         // Let the inbound pollers finish their drain (each exits on an empty receive).

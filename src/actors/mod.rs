@@ -121,6 +121,9 @@ impl StopSignal {
 /// The shutdown phases, in order: take no new work, drain each queue's stage, then stop for good.
 #[derive(Clone, Default)]
 pub struct Phases {
+    /// Shutdown has begun: pollers finish their current long poll (never cancelled: its messages would stay
+    /// invisible until their visibility timeout) and only short-poll from then on.
+    pub begun: StopSignal,
     /// Acquirer stops; inbound pollers drain their queue, then stop.
     pub inbound: StopSignal,
     /// Outbound pollers drain, workers finish in-flight tasks.

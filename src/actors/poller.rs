@@ -50,15 +50,18 @@ async fn poll_loop(shared: Shared, queue: Queue, downstream: Slot<Deliver>) {
     let mut error_delay = Duration::from_millis(100);
     let in_flight_max = shared.settings.transport.in_flight_batches.max(1);
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight_max));
+    let begun = shared.phases.begun.clone();
     loop {
         if hard.is_stopped() {
             break;
         }
-        let draining = stop.is_stopped();
-        // While draining, do not long-poll: an empty answer means the queue is drained.
+        // Sampled before the receive: an empty answer after our phase's stop means the queue is drained.
+        let drained_if_empty = stop.is_stopped();
+        let shutting_down = begun.is_stopped();
+        // A receive in flight is never cancelled on shutdown (its messages would stay invisible until their
+        // visibility timeout); once shutdown has begun, receives are short polls.
         let res = tokio::select! {
-            r = shared.transport.receive(queue, MAX_BATCH, if draining { Duration::ZERO } else { wait }) => r,
-            _ = stop.stopped(), if !draining => continue,
+            r = shared.transport.receive(queue, MAX_BATCH, if shutting_down { Duration::ZERO } else { wait }) => r,
             _ = hard.stopped() => break,
         };
         let messages = match res {
@@ -74,8 +77,12 @@ async fn poll_loop(shared: Shared, queue: Queue, downstream: Slot<Deliver>) {
             }
         };
         if messages.is_empty() {
-            if draining {
+            if drained_if_empty {
                 break;
+            }
+            if shutting_down {
+                // Waiting for our phase: poll gently.
+                tokio::select! { _ = tokio::time::sleep(Duration::from_millis(50)) => {}, _ = hard.stopped() => break }
             }
             continue;
         }
