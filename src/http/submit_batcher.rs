@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+/// Group-commit statements running at once.
+const STATEMENTS_IN_FLIGHT: usize = 4;
+
 /// Submissions waiting for the batcher at most; beyond that callers wait (backpressure).
 const QUEUE_CAPACITY: usize = 16_384;
 
@@ -35,7 +38,11 @@ impl SubmitBatcher {
     pub fn spawn(store: TaskStore, max_batch: usize) -> SubmitBatcher {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
-        actix_rt::spawn(run(store, max_batch.max(1), rx, counters.clone()));
+        // A few statements in flight at once: while one commits, the next group forms, and both cores work.
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..STATEMENTS_IN_FLIGHT {
+            actix_rt::spawn(run(store.clone(), max_batch.max(1), rx.clone(), counters.clone()));
+        }
         SubmitBatcher { tx, counters }
     }
 
@@ -58,11 +65,16 @@ impl SubmitBatcher {
     }
 }
 
-async fn run(store: TaskStore, max_batch: usize, mut rx: mpsc::Receiver<Pending>, counters: Arc<Counters>) {
+async fn run(
+    store: TaskStore,
+    max_batch: usize,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
+    counters: Arc<Counters>,
+) {
     let mut group: Vec<Pending> = Vec::with_capacity(max_batch);
     loop {
         group.clear();
-        if rx.recv_many(&mut group, max_batch).await == 0 {
+        if rx.lock().await.recv_many(&mut group, max_batch).await == 0 {
             return; // every sender is gone
         }
         // Callers that gave up (client disconnected) need no statement.
