@@ -184,67 +184,44 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             Ok(if unfinished > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Bench { which: BenchCommand::Http { clients, total } } => {
-            let name = format!("scheduler_bench_{}", std::process::id());
-            let base = settings.database.url.clone();
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let url = rt.block_on(db::create_database(&base, &name))?;
-            db::run_migrations_blocking(&url)?;
-            let mut s = settings;
-            s.database.url = url;
-            s.http.bind = "127.0.0.1:0".into();
-            s.http.api_tokens = vec!["bench".into()];
-            let res = actix_rt::System::new().block_on(async move {
-                let state = crate::http::HttpState {
-                    store: TaskStore::new(db::build_pool(&s.database), s.retry.backoff()),
-                    settings: std::sync::Arc::new(s),
-                    transport: None,
-                    rpc_enabled: true,
-                };
-                let (handle, addr) = crate::http::start_server(state).await?;
-                let r = crate::bench::http::run(&format!("http://{addr}/rpc"), Some("bench"), clients, total).await;
-                handle.stop(true).await;
-                r
-            });
-            rt.block_on(db::drop_database(&base, &name))?;
-            res?;
+            with_scratch_database(settings, |mut s| {
+                s.http.bind = "127.0.0.1:0".into();
+                s.http.api_tokens = vec!["bench".into()];
+                actix_rt::System::new().block_on(async move {
+                    let state = crate::http::HttpState {
+                        store: TaskStore::new(db::build_pool(&s.database), s.retry.backoff()),
+                        settings: std::sync::Arc::new(s),
+                        transport: None,
+                        rpc_enabled: true,
+                    };
+                    let (handle, addr) = crate::http::start_server(state).await?;
+                    let r = crate::bench::http::run(&format!("http://{addr}/rpc"), Some("bench"), clients, total).await;
+                    handle.stop(true).await;
+                    r
+                })
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which: BenchCommand::Pipeline { transport, tasks, latency_samples } } => {
-            let name = format!("scheduler_bench_{}", std::process::id());
-            let base = settings.database.url.clone();
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let url = rt.block_on(db::create_database(&base, &name))?;
-            db::run_migrations_blocking(&url)?;
-            let mut s = settings;
-            s.database.url = url;
-            s.transport.kind = transport;
-            s.sqs.queue_prefix = format!("bench{}", std::process::id());
-            s.http.bind = String::new();
-            let res = actix_rt::System::new().block_on(crate::bench::pipeline::run(
-                s,
-                crate::bench::pipeline::PipelineBenchOptions { tasks, latency_samples },
-            ));
-            rt.block_on(db::drop_database(&base, &name))?;
-            res?;
+            with_scratch_database(settings, |mut s| {
+                s.transport.kind = transport;
+                s.sqs.queue_prefix = format!("bench{}", std::process::id());
+                s.http.bind = String::new();
+                actix_rt::System::new().block_on(crate::bench::pipeline::run(
+                    s,
+                    crate::bench::pipeline::PipelineBenchOptions { tasks, latency_samples },
+                ))
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which: BenchCommand::Store { tasks, batch_sizes, rows } } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(async move {
-                let name = format!("scheduler_bench_{}", std::process::id());
-                let url = db::create_database(&settings.database.url, &name).await?;
-                db::run_migrations(&url).await?;
-                let mut dbs = settings.database.clone();
-                dbs.url = url;
-                let store = TaskStore::new(db::build_pool(&dbs), settings.retry.backoff());
-                let res = crate::bench::store::run(
-                    &store,
-                    &crate::bench::store::StoreBenchOptions { tasks, batch_sizes, big_table_rows: rows },
-                )
-                .await;
-                drop(store);
-                db::drop_database(&settings.database.url, &name).await?;
-                res
+            with_scratch_database(settings, |s| {
+                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                rt.block_on(async move {
+                    let store = TaskStore::new(db::build_pool(&s.database), s.retry.backoff());
+                    let opts = crate::bench::store::StoreBenchOptions { tasks, batch_sizes, big_table_rows: rows };
+                    crate::bench::store::run(&store, &opts).await
+                })
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -280,4 +257,18 @@ async fn start_http(
     let (handle, addr) = crate::http::start_server(state).await?;
     tracing::info!(%addr, "HTTP server listening");
     Ok(Some(handle))
+}
+
+/// Runs `f` with the settings pointed at a fresh, migrated database next to the configured one; drops it after.
+fn with_scratch_database(settings: Settings, f: impl FnOnce(Settings) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let name = format!("scheduler_bench_{}", std::process::id());
+    let base = settings.database.url.clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let url = rt.block_on(db::create_database(&base, &name))?;
+    db::run_migrations_blocking(&url)?;
+    let mut s = settings;
+    s.database.url = url;
+    let res = f(s);
+    rt.block_on(db::drop_database(&base, &name))?;
+    res
 }

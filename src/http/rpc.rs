@@ -284,9 +284,9 @@ impl Params {
     fn optional_i64(&mut self, field: &'static str) -> Result<Option<i64>, RpcError> {
         match self.take(field) {
             None => Ok(None),
-            Some(v) => {
-                v.as_i64().map(Some).ok_or_else(|| invalid(field, format!("must be an integer, got {}", kind(&v))))
-            }
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+                invalid(field, format!("must be an integer, got {}", crate::store::model::json_kind(&v)))
+            }),
         }
     }
 
@@ -298,7 +298,7 @@ impl Params {
         match self.take(field) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(invalid(field, format!("must be a string, got {}", kind(&v)))),
+            Some(v) => Err(invalid(field, format!("must be a string, got {}", crate::store::model::json_kind(&v)))),
         }
     }
 
@@ -318,16 +318,5 @@ impl Params {
         );
         e.data = Some(json!({"field": "params", "unknown": names}));
         Err(e)
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
