@@ -249,6 +249,7 @@ impl App {
         let deadline = Instant::now() + grace;
         let p = self.shared.phases.clone();
         self.watchdog.do_send(StopWatching);
+        // Each phase's tracker counts its pollers (until they have drained their queue) and their in-flight work.
         let wait = |t: crate::actors::Tracker| async move {
             let _ = tokio::time::timeout_at(deadline.into(), t.wait_idle()).await;
         };
@@ -256,14 +257,12 @@ impl App {
         p.begun.stop();
         p.inbound.stop();
         wait(p.inbound_work.clone()).await;
-        // Let the inbound pollers finish their drain (each exits on an empty receive).
-        settle(&p.inbound_work, deadline).await;
         tracing::info!("shutting down: finishing in-flight tasks");
         p.outbound.stop();
-        settle(&p.outbound_work, deadline).await;
+        wait(p.outbound_work.clone()).await;
         tracing::info!("shutting down: flushing results");
         p.results.stop();
-        settle(&p.results_work, deadline).await;
+        wait(p.results_work.clone()).await;
         p.hard.stop();
         let left = p.outbound_work.in_flight();
         if left > 0 {
@@ -276,19 +275,5 @@ impl App {
             a.stop();
         }
         tracing::info!("shutdown complete");
-    }
-}
-
-/// Waits until the tracker has been idle for a moment (pollers finishing an empty receive), or the deadline.
-async fn settle(t: &crate::actors::Tracker, deadline: Instant) {
-    loop {
-        let _ = tokio::time::timeout_at(deadline.into(), t.wait_idle()).await;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if t.in_flight() == 0 {
-            return;
-        }
     }
 }

@@ -60,6 +60,8 @@ async fn acquire_loop(shared: Shared, store: TaskStore) {
     let idle = Duration::from_millis(cfg.idle_wakeup_ms);
     let mut depth_checked = Instant::now() - Duration::from_secs(10);
     let mut error_delay = Duration::from_millis(100);
+    // Counted in the inbound phase while it runs: shutdown waits until no acquire or send is in flight.
+    let _alive = shared.phases.inbound_work.guard();
     while !stop.is_stopped() {
         // Back-pressure: stop filling the outbound queue when workers are far behind (checked at most once a second).
         if cfg.max_outbound_depth > 0 && depth_checked.elapsed() >= Duration::from_secs(1) {
@@ -71,8 +73,6 @@ async fn acquire_loop(shared: Shared, store: TaskStore) {
                 }
             }
         }
-        // Held from before the acquire until the tasks are sent or released, so shutdown waits for them.
-        let guard = shared.phases.inbound_work.guard();
         let tasks = match store.acquire_batch(cfg.batch_size).await {
             Ok(t) => {
                 error_delay = Duration::from_millis(100);
@@ -123,7 +123,6 @@ async fn acquire_loop(shared: Shared, store: TaskStore) {
                 }
             }
         }
-        drop(guard);
         if !full {
             tokio::select! {
                 _ = shared.acquirer_wake.notified() => {}

@@ -51,6 +51,8 @@ async fn poll_loop(shared: Shared, queue: Queue, downstream: Slot<Deliver>) {
     let in_flight_max = shared.settings.transport.in_flight_batches.max(1);
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight_max));
     let begun = shared.phases.begun.clone();
+    // Counted in its phase for as long as it runs, so shutdown moves on only once this queue is drained.
+    let _alive = shared.phases.tracker(queue).guard();
     loop {
         if hard.is_stopped() {
             break;
