@@ -9,7 +9,7 @@ use crate::actors::result_sink::ResultSink;
 use crate::actors::stats::StatsCollector;
 use crate::actors::watchdog::{StopWatching, Watchdog, Watched, WatchedActor};
 use crate::actors::worker_pool::WorkerPool;
-use crate::actors::{slot, Deliver, InjectPanic, Phases, Shared, Slot};
+use crate::actors::{slot, Deliver, InjectPanic, Phases, Shared};
 use crate::chaos::Chaos;
 use crate::configuration::{Settings, TransportKind};
 use crate::handlers::HandlerRegistry;
@@ -71,6 +71,44 @@ pub async fn connect_transport(settings: &Settings) -> anyhow::Result<Arc<dyn Tr
     })
 }
 
+/// Starts a stage that consumes `queue` on `arbiter`, with `pollers` SqsPollers handing it batches through a slot
+/// that always holds the stage's current Addr (a restart after a panic publishes the new one).
+fn start_stage<A>(
+    shared: &Shared,
+    watched: &mut Vec<Box<dyn Watched>>,
+    name: &str,
+    arbiter: &actix::ArbiterHandle,
+    queue: Queue,
+    pollers: usize,
+    make: fn(Shared) -> A,
+) -> Addr<A>
+where
+    A: Actor<Context = Context<A>> + Supervised + Handler<Deliver> + Send,
+{
+    let slot = slot::<Deliver>();
+    let (s, sl) = (shared.clone(), slot.clone());
+    let stage = WatchedActor::start(
+        name,
+        arbiter,
+        move || make(s.clone()),
+        move |a: &Addr<A>| {
+            *sl.write().unwrap() = Some(a.clone().recipient());
+        },
+    );
+    let addr = stage.addr();
+    watched.push(Box::new(stage));
+    for i in 0..pollers.max(1) {
+        let (s, sl) = (shared.clone(), slot.clone());
+        watched.push(Box::new(WatchedActor::start(
+            format!("{queue}_poller_{i}"),
+            arbiter,
+            move || SqsPoller::new(s.clone(), queue, sl.clone()),
+            |_| {},
+        )));
+    }
+    addr
+}
+
 /// The running actor tree of one process.
 pub struct App {
     pub shared: Shared,
@@ -103,52 +141,22 @@ impl App {
         let (inbound_arb, acquirer_arb, worker_arb, results_arb) =
             (arbiters[0].handle(), arbiters[1].handle(), arbiters[2].handle(), arbiters[3].handle());
         let mut watched: Vec<Box<dyn Watched>> = Vec::new();
-        let persister_slot = slot::<Deliver>();
-        let worker_slot = slot::<Deliver>();
-        let results_slot = slot::<Deliver>();
         let mut app_persister = None;
         let mut app_acquirer = None;
         let mut app_worker = None;
         let mut app_results = None;
 
-        let stage = |name: &str,
-                     arb: &actix::ArbiterHandle,
-                     queue: Queue,
-                     pollers: usize,
-                     slot: &Slot<Deliver>,
-                     watched: &mut Vec<Box<dyn Watched>>| {
-            for i in 0..pollers.max(1) {
-                let (s, sl) = (shared.clone(), slot.clone());
-                watched.push(Box::new(WatchedActor::start(
-                    format!("{name}_poller_{i}"),
-                    arb,
-                    move || SqsPoller::new(s.clone(), queue, sl.clone()),
-                    |_| {},
-                )));
-            }
-        };
-
         if roles.contains(&Role::Submitter) {
-            let s = shared.clone();
-            let sl = persister_slot.clone();
-            let w = WatchedActor::start(
+            let pollers = shared.settings.persister.pollers;
+            app_persister = Some(start_stage(
+                &shared,
+                &mut watched,
                 "persister",
                 &inbound_arb,
-                move || Persister::new(s.clone()),
-                move |a| {
-                    *sl.write().unwrap() = Some(a.clone().recipient());
-                },
-            );
-            app_persister = Some(w.addr());
-            watched.push(Box::new(w));
-            stage(
-                "inbound",
-                &inbound_arb,
                 Queue::Inbound,
-                shared.settings.persister.pollers,
-                &persister_slot,
-                &mut watched,
-            );
+                pollers,
+                Persister::new,
+            ));
         }
         if roles.contains(&Role::Scheduler) {
             let s = shared.clone();
@@ -157,41 +165,28 @@ impl App {
             watched.push(Box::new(w));
         }
         if roles.contains(&Role::Worker) {
-            let s = shared.clone();
-            let sl = worker_slot.clone();
-            let w = WatchedActor::start(
+            let pollers = shared.settings.worker.pollers;
+            app_worker = Some(start_stage(
+                &shared,
+                &mut watched,
                 "worker_pool",
                 &worker_arb,
-                move || WorkerPool::new(s.clone()),
-                move |a| {
-                    *sl.write().unwrap() = Some(a.clone().recipient());
-                },
-            );
-            app_worker = Some(w.addr());
-            watched.push(Box::new(w));
-            stage("outbound", &worker_arb, Queue::Outbound, shared.settings.worker.pollers, &worker_slot, &mut watched);
+                Queue::Outbound,
+                pollers,
+                WorkerPool::new,
+            ));
         }
         if roles.contains(&Role::Resulter) {
-            let s = shared.clone();
-            let sl = results_slot.clone();
-            let w = WatchedActor::start(
+            let pollers = shared.settings.result_sink.pollers;
+            app_results = Some(start_stage(
+                &shared,
+                &mut watched,
                 "result_sink",
                 &results_arb,
-                move || ResultSink::new(s.clone()),
-                move |a| {
-                    *sl.write().unwrap() = Some(a.clone().recipient());
-                },
-            );
-            app_results = Some(w.addr());
-            watched.push(Box::new(w));
-            stage(
-                "results",
-                &results_arb,
                 Queue::Results,
-                shared.settings.result_sink.pollers,
-                &results_slot,
-                &mut watched,
-            );
+                pollers,
+                ResultSink::new,
+            ));
         }
         if roles.contains(&Role::Supervisor) {
             let s = shared.clone();
