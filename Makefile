@@ -22,7 +22,10 @@ run-local: ## the same on the in-process transport (needs only PostgreSQL)
 	eval "$$(scripts/dev-services env)" && cargo run --locked -- load --objects $(OBJECTS) --via local
 
 test: services ## all tests, against the real PostgreSQL and the local SQS endpoint
-	eval "$$(scripts/dev-services env)" && cargo test --locked --no-fail-fast
+	@mkdir -p .dev
+	set -o pipefail; eval "$$(scripts/dev-services env)" && cargo test --locked --no-fail-fast 2>&1 | tee .dev/test.log; \
+	  status=$$?; awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' .dev/test.log; \
+	  exit $$status
 
 migrate: ## apply migrations to the configured database
 	cargo run --locked -- migrate
