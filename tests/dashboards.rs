@@ -1,5 +1,7 @@
 //! Grafana and Prometheus files: every metric the dashboards query exists in /metrics; the files parse.
 
+mod common;
+
 use sqs_scheduler::metrics::metrics;
 use std::collections::BTreeSet;
 
@@ -64,30 +66,13 @@ fn every_metric_the_dashboards_query_is_exported() {
 
 #[test]
 fn metrics_pass_promtool_when_it_is_installed() {
-    let Ok(promtool) = which("promtool") else {
+    metrics().init_labels("scheduler");
+    metrics().handler_duration.with_label_values(&["noop"]).observe(0.01);
+    let Some(report) = common::promtool_check(metrics().render().as_bytes()) else {
         eprintln!("promtool not installed (Debian package prometheus): skipped");
         return;
     };
-    metrics().init_labels("scheduler");
-    metrics().handler_duration.with_label_values(&["noop"]).observe(0.01);
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(metrics().render().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
-}
-
-fn which(cmd: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(cmd)).find(|f| f.is_file()))
-        .ok_or(())
+    assert!(report.trim().is_empty(), "promtool: {report}");
 }
 
 #[test]

@@ -58,4 +58,22 @@ pub async fn exec(url: &str, sql: &str) {
     diesel::sql_query(sql).execute(&mut conn).await.unwrap();
 }
 
+/// Runs `promtool check metrics` on an exposition; None when promtool is not installed, else its report
+/// (empty when it found nothing).
+pub fn promtool_check(exposition: &[u8]) -> Option<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take().unwrap().write_all(exposition).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Some(if out.status.success() { report } else { format!("exit {:?}: {report}", out.status.code()) })
+}
+
 pub mod pipeline;
