@@ -2,18 +2,16 @@
 //! in-process transport) carry submissions, work and results as JSON-RPC 2.0. See docs/ARCHITECTURE.md.
 
 pub mod actors;
-pub mod bench;
 pub mod chaos;
-pub mod cli;
 pub mod configuration;
 pub mod db;
 pub mod handlers;
 pub mod http;
-pub mod load;
 pub mod metrics;
 pub mod protocol;
 pub mod schema;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod transport;

@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    sqs_scheduler::cli::main()
+    sqs_scheduler::tools::cli::main()
 }

@@ -8,13 +8,13 @@ use actix_web::test::{self, TestRequest};
 use async_trait::async_trait;
 use common::TestDb;
 use serde_json::{json, Value};
-use sqs_scheduler::bench::http::RpcHttpClient;
 use sqs_scheduler::configuration::{DatabaseSettings, Settings};
 use sqs_scheduler::http::{build_app, start_server, HttpApi, HttpState, TASK_NOT_FOUND, TASK_NOT_RETRYABLE};
 use sqs_scheduler::metrics::metrics;
 use sqs_scheduler::store::{
     Action, Backoff, MaxAttempts, NewTask, Outcome, Payload, Priority, TaskResult, TaskState, TaskStore,
 };
+use sqs_scheduler::tools::bench::http::RpcHttpClient;
 use sqs_scheduler::transport::memory::MemoryTransport;
 use sqs_scheduler::transport::{Message, Queue, Transport, TransportError, TransportResult};
 use std::collections::HashSet;
@@ -735,7 +735,7 @@ async fn concurrent_in_process_submits_are_group_committed() {
 async fn bench_http_submits() {
     let db = TestDb::new().await;
     let (handle, addr) = start_server(state_with(settings(&db, &[TOKEN]), db.store())).await.unwrap();
-    sqs_scheduler::bench::http::run(&format!("http://{addr}"), Some(TOKEN), 16, 2000).await.unwrap();
+    sqs_scheduler::tools::bench::http::run(&format!("http://{addr}"), Some(TOKEN), 16, 2000).await.unwrap();
     assert_eq!(db.store().counts_by_state().await.unwrap().iter().map(|c| c.1).sum::<i64>(), 2000);
     handle.stop(true).await;
 }

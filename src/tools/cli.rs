@@ -4,9 +4,9 @@
 use crate::configuration::{Settings, TransportKind};
 use crate::db;
 use crate::handlers::HandlerRegistry;
-use crate::load::{LoadOptions, Via};
 use crate::startup::{connect_transport, App, Role};
 use crate::store::TaskStore;
+use crate::tools::load::{LoadOptions, Via};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -179,7 +179,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 http_token: token,
                 max_backlog,
             };
-            let summary = actix_rt::System::new().block_on(crate::load::run(settings, opts))?;
+            let summary = actix_rt::System::new().block_on(crate::tools::load::run(settings, opts))?;
             let unfinished = objects as i64 - summary.finished;
             Ok(if unfinished > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
@@ -195,7 +195,9 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                         rpc_enabled: true,
                     };
                     let (handle, addr) = crate::http::start_server(state).await?;
-                    let r = crate::bench::http::run(&format!("http://{addr}/rpc"), Some("bench"), clients, total).await;
+                    let r =
+                        crate::tools::bench::http::run(&format!("http://{addr}/rpc"), Some("bench"), clients, total)
+                            .await;
                     handle.stop(true).await;
                     r
                 })
@@ -207,9 +209,9 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 s.transport.kind = transport;
                 s.sqs.queue_prefix = format!("bench{}", std::process::id());
                 s.http.bind = String::new();
-                actix_rt::System::new().block_on(crate::bench::pipeline::run(
+                actix_rt::System::new().block_on(crate::tools::bench::pipeline::run(
                     s,
-                    crate::bench::pipeline::PipelineBenchOptions { tasks, latency_samples },
+                    crate::tools::bench::pipeline::PipelineBenchOptions { tasks, latency_samples },
                 ))
             })?;
             Ok(ExitCode::SUCCESS)
@@ -219,8 +221,9 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
                 rt.block_on(async move {
                     let store = TaskStore::new(db::build_pool(&s.database), s.retry.backoff());
-                    let opts = crate::bench::store::StoreBenchOptions { tasks, batch_sizes, big_table_rows: rows };
-                    crate::bench::store::run(&store, &opts).await
+                    let opts =
+                        crate::tools::bench::store::StoreBenchOptions { tasks, batch_sizes, big_table_rows: rows };
+                    crate::tools::bench::store::run(&store, &opts).await
                 })
             })?;
             Ok(ExitCode::SUCCESS)

@@ -157,9 +157,9 @@ async fn submit_all(
     match opts.via {
         Via::Http => {
             let url = opts.http_url.clone().unwrap_or_else(|| format!("http://{}/rpc", settings.http.bind));
-            let (addr, path) = crate::bench::http::resolve(&url).await?;
+            let (addr, path) = crate::tools::bench::http::resolve(&url).await?;
             let mut client =
-                crate::bench::http::RpcHttpClient::connect(addr, opts.http_token.clone()).await?.with_path(path);
+                crate::tools::bench::http::RpcHttpClient::connect(addr, opts.http_token.clone()).await?.with_path(path);
             for c in ids.chunks(chunk) {
                 // One JSON-RPC batch request per chunk.
                 let batch: Vec<serde_json::Value> = c
