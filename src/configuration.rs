@@ -2,6 +2,7 @@
 //! `SCHEDULER_DATABASE__URL`). Every field is documented here and in `scheduler.example.toml`.
 
 use crate::store::{Backoff, TaskState};
+pub use crate::supervision::SupervisionSettings;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ pub struct Settings {
     pub reaper: ReaperSettings,
     pub chaos: ChaosSettings,
     pub http: HttpSettings,
+    pub supervision: SupervisionSettings,
 }
 
 impl Default for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
             reaper: ReaperSettings::default(),
             chaos: ChaosSettings::default(),
             http: HttpSettings::default(),
+            supervision: SupervisionSettings::default(),
         }
     }
 }
@@ -436,6 +439,7 @@ impl Settings {
                 }
             }
         }
+        self.supervision.validate().map_err(ConfigError)?;
         if !self.http.bind.is_empty() && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             return err("http.bind", "must be host:port with an IP address, e.g. 127.0.0.1:8080, or empty");
         }

@@ -27,6 +27,40 @@ pub fn build_pool(settings: &DatabaseSettings) -> DbPool {
         .build_unchecked(manager)
 }
 
+/// A pool listed for `scheduler_db_pool_connections`, as long as its owner keeps this alive.
+pub struct ReportedPool {
+    stage: String,
+    pool: DbPool,
+}
+
+static REPORTED: std::sync::Mutex<Vec<std::sync::Weak<ReportedPool>>> = std::sync::Mutex::new(Vec::new());
+
+/// Lists `pool` under `stage` until the returned handle is dropped (a restarted stage's old pool disappears).
+pub fn report_pool(stage: &str, pool: &DbPool) -> std::sync::Arc<ReportedPool> {
+    let r = std::sync::Arc::new(ReportedPool { stage: stage.to_owned(), pool: pool.clone() });
+    REPORTED.lock().unwrap().push(std::sync::Arc::downgrade(&r));
+    r
+}
+
+/// (stage, connections in use, idle connections) of every pool this process reports, summed by stage.
+pub fn pool_states() -> Vec<(String, u32, u32)> {
+    let mut listed = REPORTED.lock().unwrap();
+    listed.retain(|w| w.strong_count() > 0);
+    let mut out: Vec<(String, u32, u32)> = Vec::new();
+    for r in listed.iter().filter_map(|w| w.upgrade()) {
+        let s = r.pool.state();
+        let (in_use, idle) = (s.connections - s.idle_connections, s.idle_connections);
+        match out.iter_mut().find(|o| o.0 == r.stage) {
+            Some(o) => {
+                o.1 += in_use;
+                o.2 += idle;
+            }
+            None => out.push((r.stage.clone(), in_use, idle)),
+        }
+    }
+    out
+}
+
 /// Applies pending migrations; returns the versions applied. Blocking: the async migration harness panics inside an
 /// actix System, so call it before the System starts or through `run_migrations`.
 pub fn run_migrations_blocking(url: &str) -> anyhow::Result<Vec<String>> {

@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod schema;
 pub mod startup;
 pub mod store;
+pub mod supervision;
 pub mod telemetry;
 pub mod tools;
 pub mod transport;

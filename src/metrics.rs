@@ -30,6 +30,10 @@ pub struct Metrics {
     pub tasks: IntGaugeVec,
     pub queue_depth: IntGaugeVec,
     pub db_pool_connections: IntGaugeVec,
+    pub actor_messages: IntCounterVec,
+    pub actor_in_flight: IntGaugeVec,
+    pub supervisor_give_ups: IntCounterVec,
+    pub items_refused: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -85,8 +89,8 @@ impl Metrics {
             ),
             actor_restarts: counter_vec(
                 "scheduler_actor_restarts_total",
-                "Actors restarted by supervision.",
-                &["actor"],
+                "Actors restarted by their supervisor, by actor and why it ended (panic, stopped, escalated).",
+                &["actor", "reason"],
             ),
             http_requests: counter_vec(
                 "scheduler_http_requests_total",
@@ -110,7 +114,31 @@ impl Metrics {
             end_to_end: hist("scheduler_end_to_end_seconds", "Time from submission to a final state."),
             tasks: gauge_vec("scheduler_tasks", "Tasks by state.", &["state"]),
             queue_depth: gauge_vec("scheduler_queue_depth", "Approximate visible messages per queue.", &["queue"]),
-            db_pool_connections: gauge_vec("scheduler_db_pool_connections", "Database pool connections.", &["state"]),
+            db_pool_connections: gauge_vec(
+                "scheduler_db_pool_connections",
+                "Database pool connections, by the stage owning the pool.",
+                &["stage", "state"],
+            ),
+            actor_messages: counter_vec(
+                "scheduler_actor_messages_total",
+                "Messages handled, by actor and message.",
+                &["actor", "message"],
+            ),
+            actor_in_flight: gauge_vec(
+                "scheduler_actor_in_flight",
+                "Work an actor holds now: batches awaiting a stage (pollers), items in commit (commit stages), handlers running (worker pool).",
+                &["actor"],
+            ),
+            supervisor_give_ups: counter_vec(
+                "scheduler_supervisor_give_ups_total",
+                "Supervisors that exceeded their restart intensity and escalated (root: the process exits).",
+                &["supervisor"],
+            ),
+            items_refused: counter_vec(
+                "scheduler_items_refused_total",
+                "Items the database refused (poison), isolated one by one, by commit stage.",
+                &["stage"],
+            ),
             registry: r,
         };
         m
@@ -118,9 +146,21 @@ impl Metrics {
 
     /// Text exposition format for `/metrics`.
     pub fn render(&self) -> String {
+        self.refresh_pools();
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
         String::from_utf8(buf).expect("utf8")
+    }
+}
+
+impl Metrics {
+    /// Pool gauges are read at scrape time, from every pool this process has open.
+    pub fn refresh_pools(&self) {
+        self.db_pool_connections.reset();
+        for (stage, in_use, idle) in crate::db::pool_states() {
+            self.db_pool_connections.with_label_values(&[stage.as_str(), "in_use"]).set(in_use as i64);
+            self.db_pool_connections.with_label_values(&[stage.as_str(), "idle"]).set(idle as i64);
+        }
     }
 }
 
@@ -148,11 +188,15 @@ impl Metrics {
         for s in crate::store::TaskState::ALL {
             m.tasks.with_label_values(&[s.as_str()]);
         }
-        for s in ["in_use", "idle"] {
-            m.db_pool_connections.with_label_values(&[s]);
+        for a in ["persister", "acquirer", "due_listener", "worker_pool", "result_sink", "stale_reaper", "stats"] {
+            m.actor_restarts.with_label_values(&[a, "panic"]);
+            m.actor_in_flight.with_label_values(&[a]);
         }
-        for a in ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper", "stats"] {
-            m.actor_restarts.with_label_values(&[a]);
+        for s in ["root", "submitter", "scheduler", "worker", "resulter", "supervisor"] {
+            m.supervisor_give_ups.with_label_values(&[s]);
+        }
+        for s in ["persister", "result_sink", "http_submit"] {
+            m.items_refused.with_label_values(&[s]);
         }
         m.http_requests.with_label_values(&["/rpc", "200"]);
         m.rpc_errors.with_label_values(&["-32600"]);

@@ -1,20 +1,23 @@
-//! Startup: builds the actor tree for the selected roles on several Arbiters (both cores), wires pollers to
-//! stages, and shuts it down gracefully in phases. Must be called inside a running actix System.
+//! Startup: builds the supervision tree for the selected roles — a root supervisor, one supervisor per role, the
+//! stage actors on several Arbiters (both cores) — wires pollers to stages, and shuts it all down gracefully in
+//! phases. Must be called inside a running actix System.
 
 use crate::actors::acquirer::Acquirer;
+use crate::actors::due_listener::DueListener;
+use crate::actors::messages::{Hooks, Received, Reaped, RunOnce};
 use crate::actors::persister::Persister;
 use crate::actors::poller::SqsPoller;
 use crate::actors::reaper::StaleReaper;
 use crate::actors::result_sink::ResultSink;
 use crate::actors::stats::StatsCollector;
-use crate::actors::watchdog::{StopWatching, Watchdog, Watched, WatchedActor};
 use crate::actors::worker_pool::WorkerPool;
-use crate::actors::{slot, Deliver, InjectPanic, Phases, Shared};
+use crate::actors::{Phases, Shared, Slot};
 use crate::chaos::Chaos;
 use crate::configuration::{Settings, TransportKind};
 use crate::handlers::HandlerRegistry;
 use crate::metrics::metrics;
 use crate::store::Applied;
+use crate::supervision::{ActorSpec, ChildSpec, Link, Shutdown, SupervisionEvent, Supervisor, SupervisorSpec, Tree};
 use crate::transport::memory::MemoryTransport;
 use crate::transport::sqs::SqsTransport;
 use crate::transport::{Queue, Transport};
@@ -23,7 +26,7 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch};
 
 /// A part of the system that can run in its own process (the original's five services).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -71,54 +74,154 @@ pub async fn connect_transport(settings: &Settings) -> anyhow::Result<Arc<dyn Tr
     })
 }
 
-/// Starts a stage that consumes `queue` on `arbiter`, with `pollers` SqsPollers handing it batches through a slot
-/// that always holds the stage's current Addr (a restart after a panic publishes the new one).
-fn start_stage<A>(
+/// The Arbiters (threads) stages run on, so the stages use both cores. They live as long as the process:
+/// connection tasks of a pool live on the Arbiter that opened it.
+#[derive(Clone)]
+struct Arbiters {
+    inbound: actix::ArbiterHandle,
+    acquirer: actix::ArbiterHandle,
+    worker: actix::ArbiterHandle,
+    results: actix::ArbiterHandle,
+}
+
+/// Where each stage's current instance can be reached (its supervisor's start hook fills these in).
+#[derive(Clone, Default)]
+struct Stages {
+    reaper: Slot<RunOnce>,
+    #[cfg(feature = "test-hooks")]
+    panics: std::collections::HashMap<&'static str, Slot<crate::actors::messages::InjectPanic>>,
+}
+
+impl Stages {
+    fn new() -> Self {
+        #[allow(unused_mut)]
+        let mut s = Stages::default();
+        #[cfg(feature = "test-hooks")]
+        for name in STAGE_NAMES {
+            s.panics.insert(name, Slot::default());
+        }
+        s
+    }
+
+    /// The start hook of stage `name`: publishes each new instance for its test hook.
+    fn hook<A: Hooks>(&self, name: &'static str) -> impl FnMut(&Addr<A>) + 'static {
+        #[cfg(feature = "test-hooks")]
+        let slot = self.panics[name].clone();
+        let _ = name;
+        move |_a: &Addr<A>| {
+            #[cfg(feature = "test-hooks")]
+            slot.set(_a.clone().recipient());
+        }
+    }
+}
+
+/// The stage actors that test hooks can reach, by name.
+pub const STAGE_NAMES: [&str; 5] = ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper"];
+
+/// A stage that consumes `queue`, with `pollers` SqsPollers handing it batches through a slot that always holds
+/// the stage's current instance.
+fn queue_stage<A>(
     shared: &Shared,
-    watched: &mut Vec<Box<dyn Watched>>,
-    name: &str,
+    stages: &Stages,
+    name: &'static str,
     arbiter: &actix::ArbiterHandle,
     queue: Queue,
     pollers: usize,
-    make: fn(Shared) -> A,
-) -> Addr<A>
+    make: fn(Shared, Link) -> A,
+) -> Vec<Box<dyn ChildSpec>>
 where
-    A: Actor<Context = Context<A>> + Supervised + Handler<Deliver> + Send,
+    A: Actor<Context = Context<A>> + Handler<Received> + Hooks + Send,
 {
-    let slot = slot::<Deliver>();
+    let slot: Slot<Received> = Slot::default();
     let (s, sl) = (shared.clone(), slot.clone());
-    let stage = WatchedActor::start(
-        name,
-        arbiter,
-        move || make(s.clone()),
-        move |a: &Addr<A>| {
-            *sl.write().unwrap() = Some(a.clone().recipient());
-        },
-    );
-    let addr = stage.addr();
-    watched.push(Box::new(stage));
+    let mut hook = stages.hook::<A>(name);
+    let mut children = vec![ActorSpec::new(name, arbiter, move |link| make(s.clone(), link))
+        .on_start(move |a: &Addr<A>| {
+            sl.set(a.clone().recipient());
+            hook(a);
+        })
+        .boxed()];
     for i in 0..pollers.max(1) {
         let (s, sl) = (shared.clone(), slot.clone());
-        watched.push(Box::new(WatchedActor::start(
-            format!("{queue}_poller_{i}"),
-            arbiter,
-            move || SqsPoller::new(s.clone(), queue, sl.clone()),
-            |_| {},
-        )));
+        children.push(
+            ActorSpec::new(format!("{queue}_poller_{i}"), arbiter, move |link| {
+                SqsPoller::new(s.clone(), link, queue, sl.clone())
+            })
+            .boxed(),
+        );
     }
-    addr
+    children
 }
 
-/// The running actor tree of one process.
+/// The children of `role`'s supervisor, built afresh for every (re)start of the role.
+fn role_children(role: Role, shared: &Shared, arbiters: &Arbiters, stages: &Stages) -> Vec<Box<dyn ChildSpec>> {
+    let settings = &shared.settings;
+    match role {
+        Role::Submitter => queue_stage(
+            shared,
+            stages,
+            "persister",
+            &arbiters.inbound,
+            Queue::Inbound,
+            settings.persister.pollers,
+            Persister::new,
+        ),
+        Role::Scheduler => {
+            let (s, slot) = (shared.clone(), shared.acquirer.clone());
+            let mut hook = stages.hook::<Acquirer>("acquirer");
+            let acquirer = ActorSpec::new("acquirer", &arbiters.acquirer, move |link| Acquirer::new(s.clone(), link))
+                .on_start(move |a: &Addr<Acquirer>| {
+                    slot.set(a.clone().recipient());
+                    hook(a);
+                });
+            let s = shared.clone();
+            let listener =
+                ActorSpec::new("due_listener", &arbiters.acquirer, move |link| DueListener::new(s.clone(), link));
+            vec![acquirer.boxed(), listener.boxed()]
+        }
+        Role::Worker => queue_stage(
+            shared,
+            stages,
+            "worker_pool",
+            &arbiters.worker,
+            Queue::Outbound,
+            settings.worker.pollers,
+            WorkerPool::new,
+        ),
+        Role::Resulter => queue_stage(
+            shared,
+            stages,
+            "result_sink",
+            &arbiters.results,
+            Queue::Results,
+            settings.result_sink.pollers,
+            ResultSink::new,
+        ),
+        Role::Supervisor => {
+            let (s, slot) = (shared.clone(), stages.reaper.clone());
+            let mut hook = stages.hook::<StaleReaper>("stale_reaper");
+            let reaper =
+                ActorSpec::new("stale_reaper", &arbiters.acquirer, move |link| StaleReaper::new(s.clone(), link))
+                    .on_start(move |a: &Addr<StaleReaper>| {
+                        slot.set(a.clone().recipient());
+                        hook(a);
+                    });
+            let s = shared.clone();
+            let stats = ActorSpec::new("stats", &arbiters.acquirer, move |link| StatsCollector::new(s.clone(), link));
+            vec![reaper.boxed(), stats.boxed()]
+        }
+    }
+}
+
+/// The running supervision tree of one process.
 pub struct App {
     pub shared: Shared,
     roles: BTreeSet<Role>,
     arbiters: Vec<Arbiter>,
-    watchdog: Addr<Watchdog>,
-    persister: Option<Addr<Persister>>,
-    acquirer: Option<Addr<Acquirer>>,
-    worker_pool: Option<Addr<WorkerPool>>,
-    result_sink: Option<Addr<ResultSink>>,
+    root: Addr<Supervisor>,
+    tree: Tree,
+    stages: Stages,
+    gave_up: watch::Receiver<Option<String>>,
 }
 
 impl App {
@@ -127,95 +230,44 @@ impl App {
         metrics().init_labels(&settings.sqs.queue_prefix);
         let roles: BTreeSet<Role> =
             if roles.is_empty() { Role::ALL.into_iter().collect() } else { roles.iter().copied().collect() };
+        let chaos = Chaos::new(settings.chaos.clone());
         let shared = Shared {
-            chaos: Chaos::new(settings.chaos.clone()),
+            transport: chaos.around_transport(transport),
+            chaos,
             settings: Arc::new(settings),
-            transport,
             handlers,
             phases: Phases::default(),
             completions: broadcast::channel(65_536).0,
-            acquirer_wake: Arc::new(Notify::new()),
+            acquirer: Slot::default(),
         };
-        // One Arbiter (thread) per stage, so the stages use both cores.
-        let arbiters: Vec<Arbiter> = (0..4).map(|_| Arbiter::new()).collect();
-        let (inbound_arb, acquirer_arb, worker_arb, results_arb) =
-            (arbiters[0].handle(), arbiters[1].handle(), arbiters[2].handle(), arbiters[3].handle());
-        let mut watched: Vec<Box<dyn Watched>> = Vec::new();
-        let mut app_persister = None;
-        let mut app_acquirer = None;
-        let mut app_worker = None;
-        let mut app_results = None;
-
-        if roles.contains(&Role::Submitter) {
-            let pollers = shared.settings.persister.pollers;
-            app_persister = Some(start_stage(
-                &shared,
-                &mut watched,
-                "persister",
-                &inbound_arb,
-                Queue::Inbound,
-                pollers,
-                Persister::new,
-            ));
-        }
-        if roles.contains(&Role::Scheduler) {
-            let s = shared.clone();
-            let w = WatchedActor::start("acquirer", &acquirer_arb, move || Acquirer::new(s.clone()), |_| {});
-            app_acquirer = Some(w.addr());
-            watched.push(Box::new(w));
-        }
-        if roles.contains(&Role::Worker) {
-            let pollers = shared.settings.worker.pollers;
-            app_worker = Some(start_stage(
-                &shared,
-                &mut watched,
-                "worker_pool",
-                &worker_arb,
-                Queue::Outbound,
-                pollers,
-                WorkerPool::new,
-            ));
-        }
-        if roles.contains(&Role::Resulter) {
-            let pollers = shared.settings.result_sink.pollers;
-            app_results = Some(start_stage(
-                &shared,
-                &mut watched,
-                "result_sink",
-                &results_arb,
-                Queue::Results,
-                pollers,
-                ResultSink::new,
-            ));
-        }
-        if roles.contains(&Role::Supervisor) {
-            let s = shared.clone();
-            watched.push(Box::new(WatchedActor::start(
-                "stale_reaper",
-                &acquirer_arb,
-                move || StaleReaper::new(s.clone()),
-                |_| {},
-            )));
-            let s = shared.clone();
-            watched.push(Box::new(WatchedActor::start(
-                "stats",
-                &acquirer_arb,
-                move || StatsCollector::new(s.clone()),
-                |_| {},
-            )));
-        }
-        let watchdog = Watchdog::new(watched).start();
+        let owned: Vec<Arbiter> = (0..4).map(|_| Arbiter::new()).collect();
+        let arbiters = Arbiters {
+            inbound: owned[0].handle(),
+            acquirer: owned[1].handle(),
+            worker: owned[2].handle(),
+            results: owned[3].handle(),
+        };
+        let tree = Tree::default();
+        let stages = Stages::new();
+        let supervision = &shared.settings.supervision;
+        let role_specs: Vec<Box<dyn ChildSpec>> = roles
+            .iter()
+            .map(|&role| {
+                let (shared, arbiters, stages) = (shared.clone(), arbiters.clone(), stages.clone());
+                let spec = SupervisorSpec::new(role.as_str(), supervision.role_policy(), &tree, move || {
+                    role_children(role, &shared, &arbiters, &stages)
+                });
+                Box::new(spec) as Box<dyn ChildSpec>
+            })
+            .collect();
+        let (gave_up_tx, gave_up) = watch::channel(None);
+        let root = Supervisor::new("root", supervision.root_policy(), role_specs, &tree)
+            .on_give_up(move |reason| {
+                gave_up_tx.send_replace(Some(reason));
+            })
+            .start();
         tracing::info!(roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), transport = shared.transport.kind(), "scheduler started");
-        App {
-            shared,
-            roles,
-            arbiters,
-            watchdog,
-            persister: app_persister,
-            acquirer: app_acquirer,
-            worker_pool: app_worker,
-            result_sink: app_results,
-        }
+        App { shared, roles, arbiters: owned, root, tree, stages, gave_up }
     }
 
     pub fn roles(&self) -> &BTreeSet<Role> {
@@ -227,15 +279,37 @@ impl App {
         self.shared.completions.subscribe()
     }
 
-    /// Test hook: panics the named stage ("persister", "acquirer", "worker_pool", "result_sink") inside a handler.
+    /// Every restart and give-up of this process's supervisors from now on.
+    pub fn supervision_events(&self) -> broadcast::Receiver<SupervisionEvent> {
+        self.tree.events()
+    }
+
+    /// Resolves when the root supervisor gave up (a role kept failing past the root's restart intensity), with
+    /// the reason. The process must then exit non-zero: `run` does.
+    pub async fn gave_up(&self) -> String {
+        let mut rx = self.gave_up.clone();
+        let r = rx.wait_for(|r| r.is_some()).await.map(|r| r.clone().unwrap_or_default());
+        match r {
+            Ok(reason) => reason,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// One StaleReaper pass now (the supervisor role must run in this process).
+    pub async fn reap_once(&self) -> Option<Reaped> {
+        self.stages.reaper.get()?.send(RunOnce).await.ok()
+    }
+
+    /// Test hook: panics the named stage (see [`STAGE_NAMES`]) inside a handler. False if it is not running.
+    #[cfg(feature = "test-hooks")]
     pub fn inject_panic(&self, stage: &str) -> bool {
-        // The first Addr of each stage: after a restart it is dead, so a second call finds nothing to panic.
-        match stage {
-            "persister" => self.persister.as_ref().map(|a| a.do_send(InjectPanic)).is_some(),
-            "acquirer" => self.acquirer.as_ref().map(|a| a.do_send(InjectPanic)).is_some(),
-            "worker_pool" => self.worker_pool.as_ref().map(|a| a.do_send(InjectPanic)).is_some(),
-            "result_sink" => self.result_sink.as_ref().map(|a| a.do_send(InjectPanic)).is_some(),
-            _ => false,
+        let Some(slot) = self.stages.panics.get(stage) else { return false };
+        match slot.get() {
+            Some(r) => {
+                r.do_send(crate::actors::messages::InjectPanic);
+                true
+            }
+            None => false,
         }
     }
 
@@ -243,7 +317,8 @@ impl App {
     pub async fn shutdown(self, grace: Duration) {
         let deadline = Instant::now() + grace;
         let p = self.shared.phases.clone();
-        self.watchdog.do_send(StopWatching);
+        // From now on an actor that ends (a poller that drained its queue) is not restarted.
+        self.tree.drain();
         // Each phase's tracker counts its pollers (until they have drained their queue) and their in-flight work.
         let wait = |t: crate::actors::Tracker| async move {
             let _ = tokio::time::timeout_at(deadline.into(), t.wait_idle()).await;
@@ -266,6 +341,7 @@ impl App {
                 "grace period over with tasks still running; they will be redelivered or rescued"
             );
         }
+        let _ = self.root.send(Shutdown).await;
         for a in self.arbiters {
             a.stop();
         }

@@ -146,32 +146,6 @@ async fn malformed_messages_end_in_the_dlqs(kind: Kind) {
     app.shutdown(Duration::from_secs(5)).await;
 }
 
-async fn a_panicking_actor_is_restarted_and_the_work_completes(kind: Kind) {
-    let _turn = sqs_turn(kind).await;
-    let db = TestDb::new().await;
-    let settings = test_settings(&db, kind);
-    let transport = transport(&settings).await;
-    insert_objects(&db, 200).await;
-    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
-    let before: u64 = ["persister", "acquirer", "worker_pool", "result_sink"]
-        .iter()
-        .map(|a| metrics().actor_restarts.with_label_values(&[a]).get())
-        .sum();
-    for stage in ["persister", "acquirer", "worker_pool", "result_sink"] {
-        assert!(app.inject_panic(stage));
-    }
-    submit_exports(transport.as_ref(), 200).await;
-    let store = db.store();
-    wait_for_counts(&store, Duration::from_secs(300), |c| c.get(&TaskState::Success) == Some(&200)).await;
-    let after: u64 = ["persister", "acquirer", "worker_pool", "result_sink"]
-        .iter()
-        .map(|a| metrics().actor_restarts.with_label_values(&[a]).get())
-        .sum();
-    assert!(after >= before + 4, "restarts {before} -> {after}");
-    assert_eq!(count_rows(&db, "t_exported_object").await, 200);
-    app.shutdown(Duration::from_secs(5)).await;
-}
-
 async fn graceful_shutdown_leaves_nothing_acquired(kind: Kind) {
     let _turn = sqs_turn(kind).await;
     let db = TestDb::new().await;
@@ -212,6 +186,5 @@ on_both_transports!(
     chaos_on_every_stage_keeps_exports_exactly_once,
     always_failing_handler_ends_critical_with_backoff,
     malformed_messages_end_in_the_dlqs,
-    a_panicking_actor_is_restarted_and_the_work_completes,
     graceful_shutdown_leaves_nothing_acquired,
 );

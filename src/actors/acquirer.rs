@@ -1,27 +1,30 @@
 //! Acquirer: claims due tasks in batches (TaskStore::acquire_batch) and sends them to the outbound queue; tasks
-//! whose send failed are released. When idle it neither spins nor sleeps long: it wakes on LISTEN/NOTIFY
-//! (`tasks_due`, raised by inserts) or an in-process signal, and at least every `acquirer.idle_wakeup_ms` for
-//! retries that became due.
+//! whose send failed are released. When idle it neither spins nor sleeps long: [`TasksDue`] wakes it (from the
+//! DueListener on NOTIFY, or from this process's Persister and ResultSink), and it looks at least every
+//! `acquirer.idle_wakeup_ms` for retries that became due.
 
-use super::{InjectPanic, Shared};
-use crate::chaos::Stage;
+use super::messages::TasksDue;
+use super::Shared;
 use crate::metrics::metrics;
 use crate::protocol::TaskRequest;
 use crate::store::TaskStore;
+use crate::supervision::Link;
 use crate::transport::Queue;
 use actix::prelude::*;
-use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 pub struct Acquirer {
     shared: Shared,
+    link: Link,
+    /// Wakes an idle acquire loop; set by [`TasksDue`].
+    due: Arc<Notify>,
 }
 
 impl Acquirer {
-    pub fn new(shared: Shared) -> Self {
-        Self { shared }
+    pub fn new(shared: Shared, link: Link) -> Self {
+        Self { shared, link, due: Arc::new(Notify::new()) }
     }
 }
 
@@ -29,14 +32,13 @@ impl Actor for Acquirer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.link.attach(ctx);
         let loops = self.shared.settings.acquirer.concurrency.max(1);
-        let store = self.shared.new_store(loops as u32 + 1);
-        ctx.spawn(
-            listen(self.shared.settings.database.url.clone(), self.shared.acquirer_wake.clone()).into_actor(self),
-        );
+        let store = self.shared.store("acquirer", loops as u32 + 1);
         // Several loops: each acquire is a commit, and concurrent commits share the WAL flush.
         for _ in 0..loops {
-            ctx.spawn(acquire_loop(self.shared.clone(), store.clone()).into_actor(self).map(|_, act, ctx| {
+            let run = acquire_loop(self.shared.clone(), store.clone(), self.due.clone());
+            ctx.spawn(run.into_actor(self).map(|_, act, ctx| {
                 if !act.shared.phases.inbound.is_stopped() {
                     ctx.stop();
                 }
@@ -45,16 +47,24 @@ impl Actor for Acquirer {
     }
 }
 
-impl Supervised for Acquirer {}
-
-impl Handler<InjectPanic> for Acquirer {
+impl Handler<TasksDue> for Acquirer {
     type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+
+    fn handle(&mut self, _: TasksDue, _: &mut Self::Context) {
+        metrics().actor_messages.with_label_values(&["acquirer", "tasks_due"]).inc();
+        self.due.notify_one();
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl Handler<super::messages::InjectPanic> for Acquirer {
+    type Result = ();
+    fn handle(&mut self, _: super::messages::InjectPanic, _: &mut Self::Context) {
         panic!("injected panic in Acquirer");
     }
 }
 
-async fn acquire_loop(shared: Shared, store: TaskStore) {
+async fn acquire_loop(shared: Shared, store: TaskStore, due: Arc<Notify>) {
     let cfg = shared.settings.acquirer.clone();
     let stop = shared.phases.inbound.clone();
     let idle = Duration::from_millis(cfg.idle_wakeup_ms);
@@ -98,17 +108,10 @@ async fn acquire_loop(shared: Shared, store: TaskStore) {
                         .to_body()
                 })
                 .collect();
-            let mut sent = match shared.transport.send(Queue::Outbound, &bodies).await {
+            let sent = match shared.transport.send(Queue::Outbound, &bodies).await {
                 Ok(r) => r,
                 Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
             };
-            // Chaos: some sends "fail" (the message went out, but we believe it did not), so those tasks are
-            // released and sent again: the duplicate delivery must be harmless.
-            for r in sent.iter_mut() {
-                if r.is_ok() && shared.chaos.strike(Stage::Acquirer) {
-                    *r = Err("chaos: injected send failure".to_string());
-                }
-            }
             let failed: Vec<(i64, i32)> =
                 tasks.iter().zip(&sent).filter(|(_, r)| r.is_err()).map(|(t, _)| (t.id, t.attempt)).collect();
             metrics().tasks_sent.inc_by((tasks.len() - failed.len()) as u64);
@@ -125,41 +128,11 @@ async fn acquire_loop(shared: Shared, store: TaskStore) {
         }
         if !full {
             tokio::select! {
-                _ = shared.acquirer_wake.notified() => {}
+                _ = due.notified() => {}
                 _ = tokio::time::sleep(idle) => {}
                 _ = stop.stopped() => {}
             }
         }
     }
     tracing::debug!("acquirer stopped");
-}
-
-/// LISTEN tasks_due on a dedicated connection and wake the Acquirer on every notification; reconnects forever.
-async fn listen(url: String, wake: Arc<Notify>) {
-    loop {
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok((client, mut conn)) => {
-                let (tx, mut rx) = futures::channel::mpsc::unbounded();
-                let stream =
-                    futures::stream::poll_fn(move |cx| conn.poll_message(cx)).map(|r| r.map_err(|e| e.to_string()));
-                let driver = stream.forward(futures::SinkExt::sink_map_err(tx, |e| e.to_string()));
-                let listen = async {
-                    client.batch_execute("LISTEN tasks_due").await?;
-                    while let Some(msg) = rx.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(_) = msg {
-                            wake.notify_one();
-                        }
-                    }
-                    Ok::<_, tokio_postgres::Error>(())
-                };
-                tokio::select! {
-                    r = driver => if let Err(e) = r { tracing::warn!(error = %e, "notification connection lost") },
-                    r = listen => if let Err(e) = r { tracing::warn!(error = %e, "LISTEN failed") },
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot open the notification connection"),
-        }
-        // Polling every idle_wakeup_ms still finds work meanwhile.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }

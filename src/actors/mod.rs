@@ -8,13 +8,14 @@
 //! ```
 
 pub mod acquirer;
-pub mod group_commit;
+pub mod commit_stage;
+pub mod due_listener;
+pub mod messages;
 pub mod persister;
 pub mod poller;
 pub mod reaper;
 pub mod result_sink;
 pub mod stats;
-pub mod watchdog;
 pub mod worker_pool;
 
 use crate::chaos::Chaos;
@@ -25,33 +26,47 @@ use crate::protocol::RpcError;
 use crate::store::{Applied, TaskStore};
 use crate::transport::{Message as QueueMessage, Queue, Transport};
 use actix::prelude::*;
+use messages::TasksDue;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{broadcast, watch, Notify};
 
-/// A batch of received messages handed to a stage. The stage answers with the receipts that may be deleted now
-/// (their effect is durable); the rest come back after the visibility timeout. A stage that deletes its messages
-/// itself later (the WorkerPool) answers with none.
-#[derive(Message)]
-#[rtype(result = "Vec<String>")]
-pub struct Deliver {
-    pub queue: Queue,
-    pub messages: Vec<QueueMessage>,
-}
+/// The current address of a restartable actor, for the actors that send it messages: its supervisor's start
+/// hook publishes every new instance here, so a restarted stage is found by its pollers at once.
+pub struct Slot<M: actix::Message + Send>(Arc<RwLock<Option<Recipient<M>>>>)
+where
+    M::Result: Send;
 
-/// Test hook: makes the receiving actor panic inside a handler, to prove supervision restarts it.
-#[derive(Message, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct InjectPanic;
-
-/// Where a poller sends its batches; replaced when the stage is restarted after a panic.
-pub type Slot<M> = Arc<RwLock<Option<Recipient<M>>>>;
-
-pub fn slot<M: actix::Message + Send>() -> Slot<M>
+impl<M: actix::Message + Send> Clone for Slot<M>
 where
     M::Result: Send,
 {
-    Arc::new(RwLock::new(None))
+    fn clone(&self) -> Self {
+        Slot(self.0.clone())
+    }
+}
+
+impl<M: actix::Message + Send> Default for Slot<M>
+where
+    M::Result: Send,
+{
+    fn default() -> Self {
+        Slot(Arc::new(RwLock::new(None)))
+    }
+}
+
+impl<M: actix::Message + Send> Slot<M>
+where
+    M::Result: Send,
+{
+    pub fn set(&self, r: Recipient<M>) {
+        *self.0.write().unwrap() = Some(r);
+    }
+
+    /// The current instance, if one is running.
+    pub fn get(&self) -> Option<Recipient<M>> {
+        self.0.read().unwrap().clone().filter(|r| r.connected())
+    }
 }
 
 /// Counts in-flight work of one shutdown phase; `wait_idle` resolves when none is left.
@@ -159,24 +174,32 @@ impl Phases {
 #[derive(Clone)]
 pub struct Shared {
     pub settings: Arc<Settings>,
+    /// The transport (wrapped in chaos when chaos is configured).
     pub transport: Arc<dyn Transport>,
     pub handlers: HandlerRegistry,
     pub chaos: Chaos,
     pub phases: Phases,
     /// Every result the ResultSink applied (for in-process observers: load generator, benchmarks, tests).
     pub completions: broadcast::Sender<Applied>,
-    /// Wakes the Acquirer (LISTEN/NOTIFY, or an in-process submit).
-    pub acquirer_wake: Arc<Notify>,
+    /// The Acquirer of this process, if it runs the scheduler role: told [`TasksDue`] after new work commits.
+    pub acquirer: Slot<TasksDue>,
 }
 
 impl Shared {
-    /// A task store with its own pool. Call it on the arbiter that will use it: the pool's connection tasks live
-    /// on the arbiter that opens them.
-    pub fn new_store(&self, pool_size: u32) -> TaskStore {
+    /// A task store with its own pool, reported as `stage` in `scheduler_db_pool_connections`. Call it on the
+    /// Arbiter that will use it: the pool's connection tasks live on the Arbiter that opens them.
+    pub fn store(&self, stage: &str, pool_size: u32) -> TaskStore {
         let mut db = self.settings.database.clone();
         db.pool_size = pool_size.min(db.pool_size).max(1);
         db.min_idle = 0;
-        TaskStore::new(crate::db::build_pool(&db), self.settings.retry.backoff())
+        TaskStore::new(crate::db::build_pool(&db), self.settings.retry.backoff()).reporting_as(stage)
+    }
+
+    /// Tells this process's Acquirer that tasks may be due (other processes learn it from NOTIFY).
+    pub fn tasks_due(&self) {
+        if let Some(a) = self.acquirer.get() {
+            a.do_send(TasksDue);
+        }
     }
 
     pub fn queue_label(&self, queue: Queue) -> String {

@@ -1,22 +1,25 @@
-//! SqsPoller: long-polls one queue and hands each batch to its stage, then deletes what the stage says is
-//! durable (ack after commit). Works on any `Transport`. On shutdown it drains its queue (receives until one
-//! comes back empty) and stops; the grace deadline stops it regardless.
+//! SqsPoller: long-polls one queue and hands each batch to its stage as [`Received`], then deletes what the
+//! stage answers as [`Settled`] (ack after commit). Works on any `Transport`. On shutdown it drains its queue
+//! (receives until one comes back empty) and stops; the grace deadline stops it regardless.
 
-use super::{Deliver, InjectPanic, Shared, Slot};
+use super::messages::{Received, Settled};
+use super::{Shared, Slot};
 use crate::metrics::metrics;
-use crate::transport::{Queue, MAX_BATCH};
+use crate::supervision::Link;
+use crate::transport::{Message as QueueMessage, Queue, MAX_BATCH};
 use actix::prelude::*;
 use std::time::Duration;
 
 pub struct SqsPoller {
     shared: Shared,
+    link: Link,
     queue: Queue,
-    downstream: Slot<Deliver>,
+    stage: Slot<Received>,
 }
 
 impl SqsPoller {
-    pub fn new(shared: Shared, queue: Queue, downstream: Slot<Deliver>) -> Self {
-        Self { shared, queue, downstream }
+    pub fn new(shared: Shared, link: Link, queue: Queue, stage: Slot<Received>) -> Self {
+        Self { shared, link, queue, stage }
     }
 }
 
@@ -24,25 +27,36 @@ impl Actor for SqsPoller {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let fut = poll_loop(self.shared.clone(), self.queue, self.downstream.clone());
+        self.link.attach(ctx);
+        let fut = poll_loop(self.shared.clone(), self.queue, self.stage.clone());
         ctx.spawn(fut.into_actor(self).map(|_, act, ctx| {
             if !act.shared.phases.signal(act.queue).is_stopped() {
-                ctx.stop(); // ended without shutdown: the Supervisor restarts it
+                ctx.stop(); // ended without shutdown: its supervisor restarts it
             }
         }));
     }
 }
 
-impl Supervised for SqsPoller {}
-
-impl Handler<InjectPanic> for SqsPoller {
-    type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
-        panic!("injected panic in SqsPoller({})", self.queue);
+/// Hands a batch to the stage's current instance and waits for it to settle. A stage that died meanwhile (its
+/// supervisor restarts it) gets the same batch again once its new instance is up: redelivering a batch is
+/// harmless, and waiting for a visibility timeout would only delay it.
+async fn hand_on(shared: &Shared, queue: Queue, stage: &Slot<Received>, messages: Vec<QueueMessage>) -> Settled {
+    let hard = &shared.phases.hard;
+    loop {
+        if let Some(recipient) = stage.get() {
+            match recipient.send(Received { queue, messages: messages.clone() }).await {
+                Ok(settled) => return settled,
+                Err(e) => tracing::warn!(%queue, error = %e, "stage ended while handling a batch; handing it to its next instance"),
+            }
+        }
+        if hard.is_stopped() {
+            return Settled::default();
+        }
+        tokio::select! { _ = tokio::time::sleep(Duration::from_millis(20)) => {}, _ = hard.stopped() => {} }
     }
 }
 
-async fn poll_loop(shared: Shared, queue: Queue, downstream: Slot<Deliver>) {
+async fn poll_loop(shared: Shared, queue: Queue, stage: Slot<Received>) {
     let label = shared.queue_label(queue);
     let stop = shared.phases.signal(queue).clone();
     let hard = shared.phases.hard.clone();
@@ -93,24 +107,17 @@ async fn poll_loop(shared: Shared, queue: Queue, downstream: Slot<Deliver>) {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
         let guard = shared.phases.tracker(queue).guard();
         metrics().messages_received.with_label_values(&[label.as_str()]).inc_by(messages.len() as u64);
-        let recipient = downstream.read().unwrap().clone();
-        let Some(recipient) = recipient else {
-            // Stage not up (being restarted): the messages come back after their visibility timeout.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let (shared, label) = (shared.clone(), label.clone());
+        let (shared, label, stage) = (shared.clone(), label.clone(), stage.clone());
         actix_rt::spawn(async move {
-            match recipient.send(Deliver { queue, messages }).await {
-                Ok(receipts) if !receipts.is_empty() => match shared.transport.delete(queue, &receipts).await {
+            let settled = hand_on(&shared, queue, &stage, messages).await;
+            if !settled.receipts.is_empty() {
+                match shared.transport.delete(queue, &settled.receipts).await {
                     Ok(failed) if failed.is_empty() => {}
                     Ok(failed) => {
                         tracing::warn!(queue = %label, failed = failed.len(), "some deletes failed; redelivery is harmless")
                     }
                     Err(e) => tracing::warn!(queue = %label, error = %e, "delete failed; redelivery is harmless"),
-                },
-                Ok(_) => {}
-                Err(e) => tracing::warn!(queue = %label, error = %e, "stage unavailable; messages will be redelivered"),
+                }
             }
             drop((permit, guard));
         });

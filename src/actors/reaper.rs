@@ -2,19 +2,23 @@
 //! ERROR (retried) or CRITICAL_ERROR; every `reaper.clean_interval_secs`, finished tasks older than
 //! `reaper.retention_secs` are deleted. Both in batches of `reaper.batch_size`, until a batch comes back short.
 
-use super::{InjectPanic, Shared};
+use super::messages::{Reaped, RunOnce};
+use super::Shared;
 use crate::metrics::metrics;
 use crate::store::TaskStore;
+use crate::supervision::Link;
 use actix::prelude::*;
 use std::time::Duration;
 
 pub struct StaleReaper {
     shared: Shared,
+    link: Link,
+    store: Option<TaskStore>,
 }
 
 impl StaleReaper {
-    pub fn new(shared: Shared) -> Self {
-        Self { shared }
+    pub fn new(shared: Shared, link: Link) -> Self {
+        Self { shared, link, store: None }
     }
 }
 
@@ -22,17 +26,31 @@ impl Actor for StaleReaper {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let store = self.shared.new_store(2);
+        self.link.attach(ctx);
+        let store = self.shared.store("stale_reaper", 2);
+        self.store = Some(store.clone());
         ctx.spawn(rescue_loop(self.shared.clone(), store.clone()).into_actor(self));
         ctx.spawn(clean_loop(self.shared.clone(), store).into_actor(self));
     }
 }
 
-impl Supervised for StaleReaper {}
+impl Handler<RunOnce> for StaleReaper {
+    type Result = ResponseFuture<Reaped>;
 
-impl Handler<InjectPanic> for StaleReaper {
+    /// One rescue and one clean pass now (tests await this instead of sleeping through an interval).
+    fn handle(&mut self, _: RunOnce, _: &mut Self::Context) -> Self::Result {
+        metrics().actor_messages.with_label_values(&["stale_reaper", "run_once"]).inc();
+        let (shared, store) = (self.shared.clone(), self.store.clone().expect("started"));
+        Box::pin(async move {
+            Reaped { rescued: rescue_once(&shared, &store).await, cleaned: clean_once(&shared, &store).await }
+        })
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl Handler<super::messages::InjectPanic> for StaleReaper {
     type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+    fn handle(&mut self, _: super::messages::InjectPanic, _: &mut Self::Context) {
         panic!("injected panic in StaleReaper");
     }
 }
@@ -60,7 +78,7 @@ pub async fn rescue_once(shared: &Shared, store: &TaskStore) -> usize {
         }
     }
     if total > 0 {
-        shared.acquirer_wake.notify_one();
+        shared.tasks_due();
     }
     total
 }

@@ -1,25 +1,85 @@
-//! ResultSink: records results from the results queue (TaskStore::complete_many, one statement per group).
-//! Fenced: a result applies only to its (task id, attempt) while still ACQUIRED; stale results are counted and
-//! deleted, never applied. Malformed results go to the results DLQ at once.
+//! ResultSink: records results from the results queue through the commit stage (`complete_many`, one statement
+//! per group). Fenced: a result applies only to its (task id, attempt) while still ACQUIRED; stale results are
+//! counted and acknowledged, never applied. Malformed and refused results go to the results DLQ at once.
 
-use super::group_commit::GroupCommit;
-use super::{Deliver, InjectPanic, Shared};
-use crate::chaos::Stage;
+use super::commit_stage::{self, Commit, GroupCommitter};
+use super::messages::{Received, Settled};
+use super::Shared;
+use crate::chaos::ChaosCommit;
 use crate::metrics::metrics;
 use crate::protocol;
-use crate::store::{TaskState, TaskStore};
-use crate::transport::Queue;
+use crate::store::{Applied, StoreError, TaskResult, TaskState, TaskStore};
+use crate::supervision::Link;
 use actix::prelude::*;
-use std::collections::HashSet;
+use std::collections::HashMap;
+
+/// What became of one result.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    Applied(Applied),
+    /// Its (id, attempt) is no longer ACQUIRED: a duplicate, or a late result after a rescue.
+    Stale,
+}
+
+/// `complete_many` as a commit stage.
+pub struct CompleteCommit {
+    pub store: TaskStore,
+    pub shared: Shared,
+}
+
+#[async_trait::async_trait(?Send)]
+impl Commit for CompleteCommit {
+    type Item = TaskResult;
+    type Output = Recorded;
+
+    fn name(&self) -> &'static str {
+        "result_sink"
+    }
+
+    async fn commit(&self, items: &[TaskResult]) -> Result<Vec<Recorded>, StoreError> {
+        let c = self.store.complete_many(items).await?;
+        let m = metrics();
+        let mut retry_due = false;
+        let mut applied: HashMap<(i64, i32), Applied> = HashMap::with_capacity(c.applied.len());
+        for a in c.applied {
+            let outcome = match a.state {
+                TaskState::Success => "success",
+                TaskState::CriticalError => "critical_error",
+                TaskState::Cancelled => "cancelled",
+                _ => "error",
+            };
+            m.results_applied.with_label_values(&[outcome]).inc();
+            if a.state.is_finished() {
+                m.end_to_end.observe(a.age_seconds);
+            }
+            retry_due |= a.state == TaskState::Error;
+            let _ = self.shared.completions.send(a.clone());
+            applied.insert((a.id, a.attempt), a);
+        }
+        if !c.stale.is_empty() {
+            m.results_stale.inc_by(c.stale.len() as u64);
+            tracing::debug!(stale = c.stale.len(), "stale results dropped");
+        }
+        if retry_due {
+            self.shared.tasks_due();
+        }
+        // One output per input, in order; a duplicate of an applied result in the same group is stale.
+        Ok(items
+            .iter()
+            .map(|r| applied.remove(&(r.id, r.attempt)).map(Recorded::Applied).unwrap_or(Recorded::Stale))
+            .collect())
+    }
+}
 
 pub struct ResultSink {
     shared: Shared,
-    commit: Option<GroupCommit>,
+    link: Link,
+    committer: Option<GroupCommitter<ChaosCommit<CompleteCommit>>>,
 }
 
 impl ResultSink {
-    pub fn new(shared: Shared) -> Self {
-        Self { shared, commit: None }
+    pub fn new(shared: Shared, link: Link) -> Self {
+        Self { shared, link, committer: None }
     }
 }
 
@@ -27,82 +87,38 @@ impl Actor for ResultSink {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.link.attach(ctx);
+        let commit = CompleteCommit { store: self.shared.store("result_sink", 8), shared: self.shared.clone() };
+        let commit = self.shared.chaos.around_commit(commit, crate::chaos::Stage::ResultSink);
+        let (committer, loops) = GroupCommitter::new(commit, self.shared.settings.persister.max_batch, 1);
+        self.committer = Some(committer);
+        ctx.spawn(loops.into_actor(self));
+    }
+}
+
+impl Handler<Received> for ResultSink {
+    type Result = ResponseFuture<Settled>;
+
+    fn handle(&mut self, msg: Received, _: &mut Self::Context) -> Self::Result {
+        metrics().actor_messages.with_label_values(&["result_sink", "received"]).inc();
         let shared = self.shared.clone();
-        let store = shared.new_store(8);
-        let (commit, fut) = GroupCommit::new(shared.settings.persister.max_batch, move |msgs| {
-            record(shared.clone(), store.clone(), msgs)
-        });
-        self.commit = Some(commit);
-        ctx.spawn(fut.into_actor(self));
+        let committer = self.committer.clone().expect("started");
+        Box::pin(async move {
+            let max = shared.settings.transport.max_message_bytes;
+            let settled = commit_stage::settle(&shared, msg.queue, &committer, msg.messages, |body| {
+                protocol::parse_result(body, max)
+            })
+            .await;
+            metrics().actor_in_flight.with_label_values(&["result_sink"]).set(committer.in_flight() as i64);
+            settled
+        })
     }
 }
 
-impl Supervised for ResultSink {}
-
-impl Handler<Deliver> for ResultSink {
-    type Result = ResponseFuture<Vec<String>>;
-
-    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
-        let commit = self.commit.clone().expect("started");
-        Box::pin(async move { commit.submit(msg.messages).await })
-    }
-}
-
-impl Handler<InjectPanic> for ResultSink {
+#[cfg(feature = "test-hooks")]
+impl Handler<super::messages::InjectPanic> for ResultSink {
     type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+    fn handle(&mut self, _: super::messages::InjectPanic, _: &mut Self::Context) {
         panic!("injected panic in ResultSink");
     }
-}
-
-async fn record(shared: Shared, store: TaskStore, msgs: Vec<crate::transport::Message>) -> HashSet<String> {
-    let max = shared.settings.transport.max_message_bytes;
-    let mut results = Vec::with_capacity(msgs.len());
-    let mut receipts = Vec::with_capacity(msgs.len());
-    let mut bad = Vec::new();
-    for m in msgs {
-        match protocol::parse_result(&m.body, max) {
-            Ok(r) => {
-                results.push(r);
-                receipts.push(m.receipt);
-            }
-            Err(e) => bad.push((m, e)),
-        }
-    }
-    let mut done: HashSet<String> = shared.dead_letter(Queue::Results, bad).await.into_iter().collect();
-    if results.is_empty() {
-        return done;
-    }
-    match store.complete_many(&results).await {
-        Ok(c) => {
-            let m = metrics();
-            for a in &c.applied {
-                let outcome = match a.state {
-                    TaskState::Success => "success",
-                    TaskState::CriticalError => "critical_error",
-                    TaskState::Cancelled => "cancelled",
-                    _ => "error",
-                };
-                m.results_applied.with_label_values(&[outcome]).inc();
-                if a.state.is_finished() {
-                    m.end_to_end.observe(a.age_seconds);
-                }
-                let _ = shared.completions.send(a.clone());
-            }
-            if !c.stale.is_empty() {
-                m.results_stale.inc_by(c.stale.len() as u64);
-                tracing::debug!(stale = c.stale.len(), "stale results dropped");
-            }
-            if c.applied.iter().any(|a| a.state == TaskState::Error) {
-                shared.acquirer_wake.notify_one();
-            }
-            // Chaos: for some messages act as if the process died between commit and delete; the redelivered
-            // result must be stale.
-            done.extend(receipts.into_iter().filter(|_| !shared.chaos.strike(Stage::ResultSink)));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, results = results.len(), "complete_many failed; results will be redelivered")
-        }
-    }
-    done
 }

@@ -1,21 +1,23 @@
-//! StatsCollector: refreshes the gauges that need a query (tasks by state, queue depths, DB pool) every 5 s.
+//! StatsCollector: refreshes the gauges that need a query (tasks by state, queue depths) every 5 s.
 
 use super::Shared;
 use crate::metrics::metrics;
 use crate::store::TaskStore;
+use crate::supervision::Link;
 use crate::transport::Queue;
 use actix::prelude::*;
 use std::time::Duration;
 
 pub struct StatsCollector {
     shared: Shared,
+    link: Link,
     store: Option<TaskStore>,
     running: bool,
 }
 
 impl StatsCollector {
-    pub fn new(shared: Shared) -> Self {
-        Self { shared, store: None, running: false }
+    pub fn new(shared: Shared, link: Link) -> Self {
+        Self { shared, link, store: None, running: false }
     }
 }
 
@@ -23,7 +25,8 @@ impl Actor for StatsCollector {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.store = Some(self.shared.new_store(1));
+        self.link.attach(ctx);
+        self.store = Some(self.shared.store("stats", 1));
         ctx.run_interval(Duration::from_secs(5), |act, ctx| {
             if act.running {
                 return; // the previous refresh is still running
@@ -35,8 +38,6 @@ impl Actor for StatsCollector {
         });
     }
 }
-
-impl Supervised for StatsCollector {}
 
 pub async fn refresh(shared: Shared, store: TaskStore) {
     let m = metrics();
@@ -53,7 +54,4 @@ pub async fn refresh(shared: Shared, store: TaskStore) {
             m.queue_depth.with_label_values(&[shared.queue_label(q).as_str()]).set(depth as i64);
         }
     }
-    let state = store.pool().state();
-    m.db_pool_connections.with_label_values(&["in_use"]).set((state.connections - state.idle_connections) as i64);
-    m.db_pool_connections.with_label_values(&["idle"]).set(state.idle_connections as i64);
 }

@@ -3,12 +3,13 @@
 //! was sent (ack after the effect is downstream). Results are batched: up to 10 per send, 10 deletes per call.
 //! A handler running longer than half the visibility timeout gets its message's visibility extended.
 
-use super::{Deliver, InjectPanic, Shared, TrackGuard};
-use crate::chaos::Stage;
+use super::messages::{Received, Settled};
+use super::{Shared, TrackGuard};
 use crate::handlers::{HandlerContext, HandlerError};
 use crate::metrics::metrics;
 use crate::protocol::{self, TaskRequest};
-use crate::store::{Outcome, TaskResult};
+use crate::store::{Outcome, TaskResult, TaskStore};
+use crate::supervision::Link;
 use crate::transport::{Message as QueueMessage, Queue, MAX_BATCH};
 use actix::prelude::*;
 use futures::FutureExt;
@@ -26,15 +27,17 @@ struct Done {
 
 pub struct WorkerPool {
     shared: Shared,
+    link: Link,
     permits: Arc<Semaphore>,
     done_tx: Option<mpsc::UnboundedSender<Done>>,
-    db: Option<crate::db::DbPool>,
+    /// The handlers' database pool (reported as `worker_pool`).
+    store: Option<TaskStore>,
 }
 
 impl WorkerPool {
-    pub fn new(shared: Shared) -> Self {
+    pub fn new(shared: Shared, link: Link) -> Self {
         let permits = Arc::new(Semaphore::new(shared.settings.worker.concurrency));
-        Self { shared, permits, done_tx: None, db: None }
+        Self { shared, link, permits, done_tx: None, store: None }
     }
 }
 
@@ -42,43 +45,42 @@ impl Actor for WorkerPool {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.link.attach(ctx);
         let (tx, rx) = mpsc::unbounded_channel();
         self.done_tx = Some(tx);
         let pool_size = self.shared.settings.worker.concurrency.min(16) as u32;
-        self.db = Some(self.shared.new_store(pool_size).pool().clone());
+        self.store = Some(self.shared.store("worker_pool", pool_size));
         ctx.spawn(send_results(self.shared.clone(), rx).into_actor(self));
     }
 }
 
-impl Supervised for WorkerPool {}
-
-impl Handler<InjectPanic> for WorkerPool {
+#[cfg(feature = "test-hooks")]
+impl Handler<super::messages::InjectPanic> for WorkerPool {
     type Result = ();
-    fn handle(&mut self, _: InjectPanic, _: &mut Self::Context) {
+    fn handle(&mut self, _: super::messages::InjectPanic, _: &mut Self::Context) {
         panic!("injected panic in WorkerPool");
     }
 }
 
-impl Handler<Deliver> for WorkerPool {
-    type Result = ResponseFuture<Vec<String>>;
+impl Handler<Received> for WorkerPool {
+    type Result = ResponseFuture<Settled>;
 
-    /// Accepts the batch once there is room for all of it (back-pressure on the pollers); deletes come later.
-    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
+    /// Starts each task as soon as a handler slot is free and answers once all of the batch started
+    /// (back-pressure on the pollers); the messages are deleted later, after their results were sent.
+    fn handle(&mut self, msg: Received, _: &mut Self::Context) -> Self::Result {
+        metrics().actor_messages.with_label_values(&["worker_pool", "received"]).inc();
         let shared = self.shared.clone();
         let permits = self.permits.clone();
         let done_tx = self.done_tx.clone().expect("started");
-        let db = self.db.clone().expect("started");
+        let db = self.store.as_ref().expect("started").pool().clone();
         Box::pin(async move {
-            let n = msg.messages.len() as u32;
-            let Ok(mut batch_permit) = permits.acquire_many_owned(n).await else {
-                return Vec::new();
-            };
             let mut bad = Vec::new();
             for m in msg.messages {
                 let max = shared.settings.transport.max_message_bytes;
                 match TaskRequest::parse(&m.body, max) {
                     Ok(req) => {
-                        let permit = batch_permit.split(1).expect("one permit per message");
+                        // One slot at a time, so a batch larger than the pool (concurrency below 10) still runs.
+                        let Ok(permit) = permits.clone().acquire_owned().await else { break };
                         let guard = shared.phases.outbound_work.guard();
                         let run = run_task(shared.clone(), db.clone(), req, m, permit, guard, done_tx.clone());
                         // spawn_local: handlers run on this arbiter, outside the actor, so a handler's panic is
@@ -88,7 +90,10 @@ impl Handler<Deliver> for WorkerPool {
                     Err(e) => bad.push((m, e)),
                 }
             }
-            shared.dead_letter(Queue::Outbound, bad).await
+            let running = shared.settings.worker.concurrency - permits.available_permits();
+            metrics().actor_in_flight.with_label_values(&["worker_pool"]).set(running as i64);
+            // Dead-lettered messages may be deleted now; the others once their results are sent.
+            Settled { receipts: shared.dead_letter(Queue::Outbound, bad).await }
         })
     }
 }
@@ -122,17 +127,13 @@ async fn run_task(
         }
     };
     metrics().handler_duration.with_label_values(&[req.action.as_str()]).observe(started.elapsed().as_secs_f64());
-    let mut outcome = match outcome {
+    let outcome = match outcome {
         Ok(v) => Outcome::Success(v),
         Err(e) => {
             tracing::info!(task_id = req.id, attempt = req.attempt, action = %req.action, error = %e, "handler failed");
             Outcome::Failure(e.to_value())
         }
     };
-    // Chaos: report a failure after the handler ran, so the retry must be idempotent.
-    if shared.chaos.strike(Stage::Worker) {
-        outcome = Outcome::Failure(HandlerError::new("chaos: injected failure").to_value());
-    }
     drop(permit);
     let body = protocol::result_body(&TaskResult { id: req.id, attempt: req.attempt, outcome });
     let _ = done_tx.send(Done { body, receipt: msg.receipt, _guard: guard });

@@ -11,7 +11,6 @@
 
 pub mod auth;
 pub mod rpc;
-pub mod submit_batcher;
 
 use crate::configuration::Settings;
 use crate::metrics::metrics;
@@ -30,12 +29,16 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use submit_batcher::SubmitBatcher;
+use crate::actors::commit_stage::GroupCommitter;
+use crate::actors::persister::SubmitCommit;
 
 pub use rpc::{TASK_NOT_FOUND, TASK_NOT_RETRYABLE};
 
 /// Submissions per group commit at most.
 pub const MAX_SUBMIT_BATCH: usize = 1000;
+
+/// Submit statements running at once: while one commits, the next group forms, and both cores work.
+const SUBMIT_STATEMENTS_IN_FLIGHT: usize = 4;
 /// Worker threads of the HTTP server.
 pub const WORKERS: usize = 2;
 /// How long reading a request body may take.
@@ -82,7 +85,13 @@ impl HttpApi {
         }
         let rpc = RpcContext {
             store: state.store.clone(),
-            batcher: SubmitBatcher::spawn(state.store.clone(), MAX_SUBMIT_BATCH),
+            submits: {
+                // The HTTP submit path is the Persister's commit stage, fed by requests instead of a queue.
+                let commit = SubmitCommit { store: state.store.clone(), shared: None, name: "http_submit" };
+                let (committer, loops) = GroupCommitter::new(commit, MAX_SUBMIT_BATCH, SUBMIT_STATEMENTS_IN_FLIGHT);
+                actix_rt::spawn(loops);
+                committer
+            },
             default_max_attempts: MaxAttempts::parse(state.settings.retry.default_max_attempts).unwrap_or_default(),
         };
         HttpApi(Arc::new(Inner { state, access, rpc }))
@@ -90,12 +99,12 @@ impl HttpApi {
 
     /// Group commits (`submit_many` statements) run by the submit batcher so far.
     pub fn submit_statements(&self) -> u64 {
-        self.0.rpc.batcher.statements()
+        self.0.rpc.submits.statements()
     }
 
     /// Submissions handled by the submit batcher so far.
     pub fn submitted(&self) -> u64 {
-        self.0.rpc.batcher.tasks()
+        self.0.rpc.submits.items()
     }
 }
 

@@ -1,7 +1,8 @@
 //! The JSON-RPC 2.0 dispatcher of `POST /rpc`: single and batch requests, notifications, and the methods
 //! `submit:<action>`, `task.get`, `task.list`, `task.cancel`, `task.retry` and `stats`.
 
-use super::submit_batcher::SubmitBatcher;
+use crate::actors::commit_stage::{GroupCommitter, ItemError};
+use crate::actors::persister::SubmitCommit;
 use crate::metrics::metrics;
 use crate::protocol::{self, RpcError, INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, SUBMIT_PREFIX};
 use crate::store::{
@@ -41,7 +42,8 @@ pub const ERROR_CODES: &[i64] = &[
 /// What the dispatcher needs.
 pub struct RpcContext {
     pub store: TaskStore,
-    pub batcher: SubmitBatcher,
+    /// Group commit of submissions (the commit stage the Persister uses too).
+    pub submits: GroupCommitter<SubmitCommit>,
     pub default_max_attempts: MaxAttempts,
 }
 
@@ -207,7 +209,16 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
             let action = protocol::submit_action(m)?;
             let task = protocol::submit_task(action, params, ctx.default_max_attempts)?;
             check_storable(&task)?;
-            let s = ctx.batcher.submit(task).await?;
+            let s = match ctx.submits.commit(vec![task]).await.pop() {
+                Some(Ok(s)) => s,
+                Some(Err(ItemError::Refused(why))) => {
+                    return Err(RpcError::new(protocol::INVALID_PARAMS, format!("refused by the database: {why}")))
+                }
+                other => {
+                    tracing::error!(outcome = ?other.map(|o| o.map(|_| ())), "submit failed");
+                    return Err(RpcError::new(INTERNAL_ERROR, "internal error: the task store is unavailable"));
+                }
+            };
             Ok(json!({"id": s.id, "created": s.created}))
         }
         other => Err(RpcError::new(

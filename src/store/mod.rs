@@ -31,8 +31,48 @@ pub enum StoreError {
     Database(#[from] diesel::result::Error),
 }
 
+/// What a failed statement means for the data that was in it. The one place errors are classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The database refused this data (SQLSTATE class 23 — constraints — or our own validation): running it
+    /// again fails again. Only this is ever dead-lettered.
+    Refused,
+    /// Connection lost or refused, pool exhausted, serialization failure, read-only during a failover: the
+    /// data is fine, run it again later. Never dead-lettered.
+    Transient,
+    /// The server raised an error whose SQLSTATE diesel-async does not expose (it reports `Unknown`): a data
+    /// exception (classes 22, 54) or an administrator's shutdown of the connection (57P01) look alike. The
+    /// caller confirms by running the statement alone once more on a fresh connection.
+    Unclear,
+}
+
 impl StoreError {
-    /// A serialization failure or deadlock: the statement may simply be run again.
+    /// Classified by what the database said (diesel-async maps SQLSTATEs to kinds, and an error without one,
+    /// a dead connection, to `UnableToSendCommand`), never by our own guess of the variant.
+    pub fn class(&self) -> ErrorClass {
+        use diesel::result::{DatabaseErrorKind as K, Error};
+        match self {
+            StoreError::Invalid(_) => ErrorClass::Refused,
+            StoreError::Pool(_) => ErrorClass::Transient,
+            StoreError::Database(Error::DatabaseError(kind, _)) => match kind {
+                K::UniqueViolation
+                | K::ForeignKeyViolation
+                | K::NotNullViolation
+                | K::CheckViolation
+                | K::RestrictViolation
+                | K::ExclusionViolation => ErrorClass::Refused,
+                K::UnableToSendCommand | K::ClosedConnection | K::SerializationFailure | K::ReadOnlyTransaction => {
+                    ErrorClass::Transient
+                }
+                _ => ErrorClass::Unclear,
+            },
+            // Our data could not be encoded for the statement.
+            StoreError::Database(Error::SerializationError(_)) => ErrorClass::Refused,
+            StoreError::Database(_) => ErrorClass::Transient,
+        }
+    }
+
+    /// A serialization failure or deadlock: the statement may simply be run again at once.
     fn is_retryable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         matches!(self, StoreError::Database(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)))
@@ -47,11 +87,19 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct TaskStore {
     pool: DbPool,
     backoff: Backoff,
+    /// Keeps the pool listed in `scheduler_db_pool_connections` while any clone of this store lives.
+    _reported: Option<std::sync::Arc<crate::db::ReportedPool>>,
 }
 
 impl TaskStore {
     pub fn new(pool: DbPool, backoff: Backoff) -> Self {
-        Self { pool, backoff }
+        Self { pool, backoff, _reported: None }
+    }
+
+    /// Reports this store's pool as `stage` in `scheduler_db_pool_connections`.
+    pub fn reporting_as(mut self, stage: &str) -> Self {
+        self._reported = Some(crate::db::report_pool(stage, &self.pool));
+        self
     }
 
     pub fn pool(&self) -> &DbPool {

@@ -115,6 +115,9 @@ pub enum BenchCommand {
     },
 }
 
+/// Exit code of `run` when the root supervisor gave up (EX_SOFTWARE).
+pub const EXIT_GAVE_UP: u8 = 70;
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -158,14 +161,22 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 let transport = connect_transport(&settings).await?;
                 let app = App::start(settings.clone(), &roles, transport.clone(), HandlerRegistry::builtin());
                 let server = start_http(&settings, &app, transport).await?;
-                wait_for_signal().await;
+                let gave_up = tokio::select! {
+                    _ = wait_for_signal() => None,
+                    reason = app.gave_up() => Some(reason),
+                };
                 if let Some(handle) = server {
                     handle.stop(true).await;
                 }
+                if let Some(reason) = gave_up {
+                    // Past the root's restart intensity: leave it to the orchestrator (compose, systemd,
+                    // Kubernetes) to start a fresh process. Unfinished work is redelivered or rescued.
+                    tracing::error!(%reason, exit_code = EXIT_GAVE_UP, "the root supervisor gave up; exiting");
+                    return Ok::<_, anyhow::Error>(ExitCode::from(EXIT_GAVE_UP));
+                }
                 app.shutdown(Duration::from_secs_f64(grace_secs)).await;
-                Ok::<_, anyhow::Error>(())
-            })?;
-            Ok(ExitCode::SUCCESS)
+                Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+            })
         }
         Command::Load { objects, rate, via, with_pipeline, timeout_secs, url, token, max_backlog } => {
             db::run_migrations_blocking(&settings.database.url)?;

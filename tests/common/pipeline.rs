@@ -147,3 +147,21 @@ pub async fn peek_all(transport: &dyn Transport, queue: Queue, expect: usize, ti
     }
     bodies.into_iter().collect()
 }
+
+// ---- supervision and metrics helpers (tests/supervision.rs) ----
+
+/// Tests that read process-wide metrics take turns, so the deltas they compute are their own.
+pub async fn metrics_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
+/// Sends `submit:export` for objects `from..=to` to the inbound queue.
+pub async fn submit_exports_range(transport: &dyn Transport, from: usize, to: usize) {
+    let bodies: Vec<String> =
+        (from..=to).map(|i| sqs_scheduler::protocol::submit_message("export", &json!({"objectID": i}))).collect();
+    for chunk in bodies.chunks(10) {
+        let res = transport.send(Queue::Inbound, chunk).await.unwrap();
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    }
+}

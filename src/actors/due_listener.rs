@@ -1,0 +1,63 @@
+//! DueListener: LISTEN `tasks_due` on a dedicated connection and tell the Acquirer [`TasksDue`] on every
+//! notification (raised by inserts into `tasks`, from any process). Reconnects after a pause when the
+//! connection is lost; meanwhile the Acquirer's own timer still finds work.
+
+use super::messages::TasksDue;
+use super::{Shared, Slot};
+use crate::metrics::metrics;
+use crate::supervision::Link;
+use actix::prelude::*;
+use futures::StreamExt;
+use std::time::Duration;
+
+pub struct DueListener {
+    shared: Shared,
+    link: Link,
+}
+
+impl DueListener {
+    pub fn new(shared: Shared, link: Link) -> Self {
+        Self { shared, link }
+    }
+}
+
+impl Actor for DueListener {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.link.attach(ctx);
+        let run = listen(self.shared.settings.database.url.clone(), self.shared.acquirer.clone());
+        ctx.spawn(run.into_actor(self));
+    }
+}
+
+async fn listen(url: String, acquirer: Slot<TasksDue>) {
+    loop {
+        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok((client, mut conn)) => {
+                let (tx, mut rx) = futures::channel::mpsc::unbounded();
+                let stream =
+                    futures::stream::poll_fn(move |cx| conn.poll_message(cx)).map(|r| r.map_err(|e| e.to_string()));
+                let driver = stream.forward(futures::SinkExt::sink_map_err(tx, |e| e.to_string()));
+                let listen = async {
+                    client.batch_execute("LISTEN tasks_due").await?;
+                    while let Some(msg) = rx.next().await {
+                        if let tokio_postgres::AsyncMessage::Notification(_) = msg {
+                            metrics().actor_messages.with_label_values(&["due_listener", "notification"]).inc();
+                            if let Some(a) = acquirer.get() {
+                                a.do_send(TasksDue);
+                            }
+                        }
+                    }
+                    Ok::<_, tokio_postgres::Error>(())
+                };
+                tokio::select! {
+                    r = driver => if let Err(e) = r { tracing::warn!(error = %e, "notification connection lost") },
+                    r = listen => if let Err(e) = r { tracing::warn!(error = %e, "LISTEN failed") },
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open the notification connection"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
