@@ -7,10 +7,9 @@
 //! - acquirer: an outbound send went out but "failed" (the task is released and sent again);
 //! - worker: a result went out but "failed" (the outbound message is not deleted: the task runs again).
 
-use crate::actors::commit_stage::Commit;
 use crate::configuration::ChaosSettings;
 use crate::metrics::metrics;
-use crate::store::StoreError;
+use crate::store::{Commit, StoreError};
 use crate::transport::{Message, Queue, Transport, TransportResult};
 use async_trait::async_trait;
 use std::sync::Arc;

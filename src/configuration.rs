@@ -1,8 +1,13 @@
 //! Configuration: compiled defaults < TOML file < environment (`SCHEDULER_` prefix, `__` for nesting, e.g.
 //! `SCHEDULER_DATABASE__URL`). Every field is documented here and in `scheduler.example.toml`.
 
-use crate::store::{Backoff, TaskState};
+use crate::domain::{Backoff, TaskState};
+// Each service's settings live with the service; the root composes them.
+pub use crate::db::DatabaseSettings;
 pub use crate::supervision::SupervisionSettings;
+pub use crate::telemetry::{LogFormat, LogSettings};
+pub use crate::transport::sqs::SqsSettings;
+pub use crate::transport::{TransportKind, TransportSettings};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -43,117 +48,6 @@ impl Default for Settings {
             chaos: ChaosSettings::default(),
             http: HttpSettings::default(),
             supervision: SupervisionSettings::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseSettings {
-    /// Postgres URL, e.g. postgres://user:password@host:5432/db. The password is redacted by `config`.
-    pub url: String,
-    /// Maximum connections in the pool.
-    pub pool_size: u32,
-    /// Connections kept open while idle.
-    pub min_idle: u32,
-    /// How long to wait for a connection before an operation fails.
-    pub connect_timeout_ms: u64,
-}
-
-impl Default for DatabaseSettings {
-    fn default() -> Self {
-        Self {
-            url: "postgres://postgres@127.0.0.1:5432/scheduler".into(),
-            pool_size: 16,
-            min_idle: 2,
-            connect_timeout_ms: 5_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Logfmt,
-    Json,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSettings {
-    /// A tracing filter (`info`, `sqs_scheduler=debug,warn`); RUST_LOG, when set, wins.
-    pub level: String,
-    /// `logfmt` (default) or `json`.
-    pub format: LogFormat,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Logfmt }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    /// Amazon SQS (or a local emulator through `sqs.endpoint_url`).
-    Sqs,
-    /// In-process queues: single-binary mode and fast tests. All roles must run in one process.
-    Memory,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TransportSettings {
-    /// `sqs` or `memory`.
-    pub kind: TransportKind,
-    /// A message body larger than this is dead-lettered unprocessed.
-    pub max_message_bytes: usize,
-    /// Visibility timeout for received messages (seconds); an undeleted message comes back after it.
-    pub visibility_timeout_secs: u32,
-    /// Long-poll wait for receives (seconds, at most 20).
-    pub wait_time_secs: u32,
-    /// Received batches a poller hands on before it waits for their commit (pipelining).
-    pub in_flight_batches: usize,
-}
-
-impl Default for TransportSettings {
-    fn default() -> Self {
-        Self {
-            kind: TransportKind::Sqs,
-            max_message_bytes: 256 * 1024,
-            visibility_timeout_secs: 30,
-            wait_time_secs: 20,
-            in_flight_batches: 8,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SqsSettings {
-    /// Endpoint override for local emulators (moto, ElasticMQ); unset means AWS.
-    pub endpoint_url: Option<String>,
-    /// AWS region; unset means the standard AWS chain (AWS_REGION, profile).
-    pub region: Option<String>,
-    /// Static credentials; unset means the standard AWS chain. The secret is redacted by `config`.
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    /// Queues are `<prefix>-inbound`, `<prefix>-outbound`, `<prefix>-results`, each with `<name>-dlq`.
-    pub queue_prefix: String,
-    /// Create missing queues (with DLQs and redrive) at start; for local emulators. Terraform owns them in AWS.
-    pub create_queues: bool,
-}
-
-impl Default for SqsSettings {
-    fn default() -> Self {
-        Self {
-            endpoint_url: None,
-            region: None,
-            access_key_id: None,
-            secret_access_key: None,
-            queue_prefix: "scheduler".into(),
-            create_queues: false,
         }
     }
 }

@@ -1,11 +1,11 @@
 //! The Postgres connection pool (bb8 over diesel-async, no libpq) and the embedded migrations.
 
-use crate::configuration::DatabaseSettings;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::AsyncPgConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub type DbPool = Pool<AsyncPgConnection>;
@@ -102,4 +102,28 @@ pub async fn drop_database(base_url: &str, name: &str) -> anyhow::Result<()> {
     let mut conn = AsyncPgConnection::establish(base_url).await?;
     diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
     Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Postgres URL, e.g. postgres://user:password@host:5432/db. The password is redacted by `config`.
+    pub url: String,
+    /// Maximum connections in the pool.
+    pub pool_size: u32,
+    /// Connections kept open while idle.
+    pub min_idle: u32,
+    /// How long to wait for a connection before an operation fails.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/scheduler".into(),
+            pool_size: 16,
+            min_idle: 2,
+            connect_timeout_ms: 5_000,
+        }
+    }
 }

@@ -5,6 +5,7 @@ pub mod actors;
 pub mod chaos;
 pub mod configuration;
 pub mod db;
+pub mod domain;
 pub mod handlers;
 pub mod http;
 pub mod metrics;

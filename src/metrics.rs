@@ -155,9 +155,18 @@ impl Metrics {
 
 impl Metrics {
     /// Pool gauges are read at scrape time, from every pool this process has open.
+    /// A stage whose pool is gone (restarted, or not running here) reads 0 rather than its last value.
     pub fn refresh_pools(&self) {
-        self.db_pool_connections.reset();
-        for (stage, in_use, idle) in crate::db::pool_states() {
+        static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let states = crate::db::pool_states();
+        let mut seen = SEEN.lock().unwrap();
+        for (stage, ..) in &states {
+            if !seen.contains(stage) {
+                seen.push(stage.clone());
+            }
+        }
+        for stage in seen.iter() {
+            let (in_use, idle) = states.iter().find(|s| &s.0 == stage).map(|s| (s.1, s.2)).unwrap_or((0, 0));
             self.db_pool_connections.with_label_values(&[stage.as_str(), "in_use"]).set(in_use as i64);
             self.db_pool_connections.with_label_values(&[stage.as_str(), "idle"]).set(idle as i64);
         }
@@ -187,6 +196,11 @@ impl Metrics {
         }
         for s in crate::store::TaskState::ALL {
             m.tasks.with_label_values(&[s.as_str()]);
+        }
+        for stage in ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper", "stats", "http"] {
+            for state in ["in_use", "idle"] {
+                m.db_pool_connections.with_label_values(&[stage, state]);
+            }
         }
         for a in ["persister", "acquirer", "due_listener", "worker_pool", "result_sink", "stale_reaper", "stats"] {
             m.actor_restarts.with_label_values(&[a, "panic"]);

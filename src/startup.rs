@@ -4,7 +4,7 @@
 
 use crate::actors::acquirer::Acquirer;
 use crate::actors::due_listener::DueListener;
-use crate::actors::messages::{Hooks, Received, Reaped, RunOnce};
+use crate::actors::messages::{Hooks, Reaped, Received, RunOnce};
 use crate::actors::persister::Persister;
 use crate::actors::poller::SqsPoller;
 use crate::actors::reaper::StaleReaper;

@@ -1,7 +1,7 @@
 //! Logging: tracing with logfmt (default) or JSON output; RUST_LOG overrides the configured level.
 //! A panic hook sends panics through tracing so they reach the same log stream.
 
-use crate::configuration::{LogFormat, LogSettings};
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -38,4 +38,26 @@ fn install_panic_hook() {
             default(info);
         }
     }));
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter (`info`, `sqs_scheduler=debug,warn`); RUST_LOG, when set, wins.
+    pub level: String,
+    /// `logfmt` (default) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Logfmt }
+    }
 }

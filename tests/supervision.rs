@@ -183,8 +183,8 @@ async fn database_connections_killed_under_every_stage_lose_nothing() {
     }
     submitting.await.unwrap();
     let store = db.store();
-    let c = wait_for_counts(&store, Duration::from_secs(180), |c| c.get(&TaskState::Success) == Some(&(n as i64)))
-        .await;
+    let c =
+        wait_for_counts(&store, Duration::from_secs(180), |c| c.get(&TaskState::Success) == Some(&(n as i64))).await;
     assert_eq!(c.values().sum::<i64>(), n as i64, "{c:?}");
     assert_eq!(count_rows(&db, "t_exported_object").await, n as i64, "exports exactly once");
     for q in [Queue::InboundDlq, Queue::OutboundDlq, Queue::ResultsDlq] {

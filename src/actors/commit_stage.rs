@@ -11,22 +11,12 @@ use super::messages::Settled;
 use super::Shared;
 use crate::metrics::metrics;
 use crate::protocol::{RpcError, INVALID_PARAMS};
-use crate::store::{ErrorClass, StoreError};
+use crate::store::{Commit, ErrorClass, StoreError};
 use crate::transport::{Message as QueueMessage, Queue};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
-
-/// What a stage commits: items in one statement, one output per item, in order.
-#[async_trait::async_trait(?Send)]
-pub trait Commit: 'static {
-    type Item: Clone + 'static;
-    type Output: 'static;
-    /// A short name for logs and metrics.
-    fn name(&self) -> &'static str;
-    async fn commit(&self, items: &[Self::Item]) -> Result<Vec<Self::Output>, StoreError>;
-}
 
 /// Why an item was not committed.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,13 +2,13 @@
 //! `submit_many` statement per group). Duplicates are harmless. Malformed and refused submissions go to the inbound
 //! DLQ at once; a submission is acknowledged only after its commit.
 
-use super::commit_stage::{self, Commit, GroupCommitter};
+use super::commit_stage::{self, GroupCommitter};
 use super::messages::{Received, Settled};
 use super::Shared;
 use crate::chaos::ChaosCommit;
 use crate::metrics::metrics;
 use crate::protocol;
-use crate::store::{MaxAttempts, NewTask, StoreError, Submitted, TaskStore};
+use crate::store::{Commit, MaxAttempts, NewTask, StoreError, Submitted, TaskStore};
 use crate::supervision::Link;
 use actix::prelude::*;
 

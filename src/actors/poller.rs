@@ -46,7 +46,9 @@ async fn hand_on(shared: &Shared, queue: Queue, stage: &Slot<Received>, messages
         if let Some(recipient) = stage.get() {
             match recipient.send(Received { queue, messages: messages.clone() }).await {
                 Ok(settled) => return settled,
-                Err(e) => tracing::warn!(%queue, error = %e, "stage ended while handling a batch; handing it to its next instance"),
+                Err(e) => {
+                    tracing::warn!(%queue, error = %e, "stage ended while handling a batch; handing it to its next instance")
+                }
             }
         }
         if hard.is_stopped() {

@@ -2,13 +2,13 @@
 //! per group). Fenced: a result applies only to its (task id, attempt) while still ACQUIRED; stale results are
 //! counted and acknowledged, never applied. Malformed and refused results go to the results DLQ at once.
 
-use super::commit_stage::{self, Commit, GroupCommitter};
+use super::commit_stage::{self, GroupCommitter};
 use super::messages::{Received, Settled};
 use super::Shared;
 use crate::chaos::ChaosCommit;
 use crate::metrics::metrics;
 use crate::protocol;
-use crate::store::{Applied, StoreError, TaskResult, TaskState, TaskStore};
+use crate::store::{Applied, Commit, StoreError, TaskResult, TaskState, TaskStore};
 use crate::supervision::Link;
 use actix::prelude::*;
 use std::collections::HashMap;

@@ -12,6 +12,8 @@
 pub mod auth;
 pub mod rpc;
 
+use crate::actors::commit_stage::GroupCommitter;
+use crate::actors::persister::SubmitCommit;
 use crate::configuration::Settings;
 use crate::metrics::metrics;
 use crate::protocol::{RpcError, INVALID_REQUEST};
@@ -29,8 +31,6 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use crate::actors::commit_stage::GroupCommitter;
-use crate::actors::persister::SubmitCommit;
 
 pub use rpc::{TASK_NOT_FOUND, TASK_NOT_RETRYABLE};
 

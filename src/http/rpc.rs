@@ -295,9 +295,10 @@ impl Params {
     fn optional_i64(&mut self, field: &'static str) -> Result<Option<i64>, RpcError> {
         match self.take(field) {
             None => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
-                invalid(field, format!("must be an integer, got {}", crate::store::model::json_kind(&v)))
-            }),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| invalid(field, format!("must be an integer, got {}", crate::domain::json_kind(&v)))),
         }
     }
 
@@ -309,7 +310,7 @@ impl Params {
         match self.take(field) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(invalid(field, format!("must be a string, got {}", crate::store::model::json_kind(&v)))),
+            Some(v) => Err(invalid(field, format!("must be a string, got {}", crate::domain::json_kind(&v)))),
         }
     }
 

@@ -8,7 +8,7 @@
 //! - results: `{"jsonrpc":"2.0","result":{"result":<handler output>,"attempt":1},"id":42}` or
 //!   `{"jsonrpc":"2.0","error":{"code":-1234,"message":"...","attempt":1,"data":...},"id":42}`.
 
-use crate::store::{
+use crate::domain::{
     Action, DedupKey, MaxAttempts, NewTask, Outcome, Payload, Priority, RunAt, TaskResult, ValidationError,
 };
 use serde_json::{json, Map, Value};

@@ -5,9 +5,8 @@
 //! - fenced: a result applies only to the (id, attempt) that is still `ACQUIRED`;
 //! - every time comes from the database clock (`now()`), never from this process.
 
-pub mod model;
-
-pub use model::*;
+// The store speaks in domain types; re-exported because its API takes and returns them.
+pub use crate::domain::*;
 
 use crate::db::{DbConn, DbPool};
 use crate::schema::tasks;
@@ -81,6 +80,17 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A batched write a commit stage runs (`submit_many`, `complete_many`): items in one statement, one output
+/// per item, in order. Decorators (chaos) wrap it.
+#[async_trait::async_trait(?Send)]
+pub trait Commit: 'static {
+    type Item: Clone + 'static;
+    type Output: 'static;
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+    async fn commit(&self, items: &[Self::Item]) -> Result<Vec<Self::Output>, StoreError>;
+}
 
 /// The Postgres task store. Cheap to clone (the pool is shared).
 #[derive(Clone)]

@@ -119,8 +119,8 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_maximum() {
-        let p = SupervisionSettings { initial_backoff_ms: 100, max_backoff_ms: 1_000, ..Default::default() }
-            .role_policy();
+        let p =
+            SupervisionSettings { initial_backoff_ms: 100, max_backoff_ms: 1_000, ..Default::default() }.role_policy();
         let d: Vec<u128> = (1..=6).map(|n| p.backoff(n).as_millis()).collect();
         assert_eq!(d, vec![100, 200, 400, 800, 1_000, 1_000]);
     }

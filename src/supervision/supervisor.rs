@@ -149,12 +149,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(
-        name: impl Into<String>,
-        policy: RestartPolicy,
-        children: Vec<Box<dyn ChildSpec>>,
-        tree: &Tree,
-    ) -> Self {
+    pub fn new(name: impl Into<String>, policy: RestartPolicy, children: Vec<Box<dyn ChildSpec>>, tree: &Tree) -> Self {
         let children = children
             .into_iter()
             .map(|spec| Child { spec, generation: 0, stopper: None, failures: 0, started_at: Instant::now() })
@@ -209,7 +204,8 @@ impl Supervisor {
     fn give_up(&mut self, reason: String, ctx: &mut Context<Self>) {
         tracing::error!(supervisor = %self.name, reason = %reason, "restart intensity exceeded; giving up on the subtree");
         metrics().supervisor_give_ups.with_label_values(&[self.name.as_str()]).inc();
-        let _ = self.tree.events.send(SupervisionEvent::GaveUp { supervisor: self.name.clone(), reason: reason.clone() });
+        let _ =
+            self.tree.events.send(SupervisionEvent::GaveUp { supervisor: self.name.clone(), reason: reason.clone() });
         self.stop_children();
         if let Some(link) = self.link.as_mut() {
             link.escalate();

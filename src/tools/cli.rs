@@ -264,7 +264,7 @@ async fn start_http(
     }
     let state = crate::http::HttpState {
         settings: std::sync::Arc::new(settings.clone()),
-        store: TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff()),
+        store: TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff()).reporting_as("http"),
         transport: Some(transport),
         rpc_enabled: app.roles().contains(&Role::Submitter),
     };

@@ -10,6 +10,7 @@ pub mod memory;
 pub mod sqs;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
@@ -118,3 +119,39 @@ pub trait Transport: Send + Sync + 'static {
 
 /// Maximum entries per batch call (the SQS limit, kept by every transport).
 pub const MAX_BATCH: usize = 10;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Amazon SQS (or a local emulator through `sqs.endpoint_url`).
+    Sqs,
+    /// In-process queues: single-binary mode and fast tests. All roles must run in one process.
+    Memory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSettings {
+    /// `sqs` or `memory`.
+    pub kind: TransportKind,
+    /// A message body larger than this is dead-lettered unprocessed.
+    pub max_message_bytes: usize,
+    /// Visibility timeout for received messages (seconds); an undeleted message comes back after it.
+    pub visibility_timeout_secs: u32,
+    /// Long-poll wait for receives (seconds, at most 20).
+    pub wait_time_secs: u32,
+    /// Received batches a poller hands on before it waits for their commit (pipelining).
+    pub in_flight_batches: usize,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            kind: TransportKind::Sqs,
+            max_message_bytes: 256 * 1024,
+            visibility_timeout_secs: 30,
+            wait_time_secs: 20,
+            in_flight_batches: 8,
+        }
+    }
+}

@@ -2,8 +2,8 @@
 //! `sqs.endpoint_url`). Every method maps onto one batch API where SQS has one, and every API call is counted so
 //! benchmarks can report SQS requests per task.
 
+use super::TransportSettings;
 use super::{Message, Queue, Transport, TransportError, TransportResult, MAX_BATCH};
-use crate::configuration::{SqsSettings, TransportSettings};
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use aws_config::meta::region::RegionProviderChain;
@@ -19,6 +19,7 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 use futures::future::join_all;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -592,5 +593,34 @@ mod tests {
         assert_eq!(batch_ranges(&[MAX_BATCH_BYTES, 1]), vec![0..1, 1..2]);
         // An oversized body goes alone, so only it fails.
         assert_eq!(batch_ranges(&[1, MAX_BATCH_BYTES + 1, 1]), vec![0..1, 1..2, 2..3]);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqsSettings {
+    /// Endpoint override for local emulators (moto, ElasticMQ); unset means AWS.
+    pub endpoint_url: Option<String>,
+    /// AWS region; unset means the standard AWS chain (AWS_REGION, profile).
+    pub region: Option<String>,
+    /// Static credentials; unset means the standard AWS chain. The secret is redacted by `config`.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Queues are `<prefix>-inbound`, `<prefix>-outbound`, `<prefix>-results`, each with `<name>-dlq`.
+    pub queue_prefix: String,
+    /// Create missing queues (with DLQs and redrive) at start; for local emulators. Terraform owns them in AWS.
+    pub create_queues: bool,
+}
+
+impl Default for SqsSettings {
+    fn default() -> Self {
+        Self {
+            endpoint_url: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            queue_prefix: "scheduler".into(),
+            create_queues: false,
+        }
     }
 }

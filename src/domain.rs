@@ -1,5 +1,6 @@
-//! Domain types of the task store. Each newtype can only hold a valid value, so a `NewTask` that exists
-//! can be written; bad input is refused here with an error that names the field.
+//! The domain: what a task is, independent of storage, transport and configuration. Each newtype can only hold
+//! a valid value, so a `NewTask` that exists can be written; bad input is refused here with an error that names
+//! the field. It imports nothing else from the crate: configuration, store, protocol and actors all stand on it.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
