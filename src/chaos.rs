@@ -7,11 +7,11 @@
 //! - acquirer: an outbound send went out but "failed" (the task is released and sent again);
 //! - worker: a result went out but "failed" (the outbound message is not deleted: the task runs again).
 
-use crate::configuration::ChaosSettings;
 use crate::metrics::metrics;
 use crate::store::{Commit, StoreError};
 use crate::transport::{Message, Queue, Transport, TransportResult};
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,4 +151,17 @@ impl Transport for ChaosTransport {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
+}
+
+/// Fault injection, like the original's "monkey": each stage fails at random with this probability.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChaosSettings {
+    /// Default probability for every stage, 0.0 ..= 1.0.
+    pub error_rate: f64,
+    /// Per-stage overrides: persister, acquirer, worker, result_sink.
+    pub persister: Option<f64>,
+    pub acquirer: Option<f64>,
+    pub worker: Option<f64>,
+    pub result_sink: Option<f64>,
 }

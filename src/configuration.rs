@@ -1,9 +1,15 @@
 //! Configuration: compiled defaults < TOML file < environment (`SCHEDULER_` prefix, `__` for nesting, e.g.
 //! `SCHEDULER_DATABASE__URL`). Every field is documented here and in `scheduler.example.toml`.
 
-use crate::domain::{Backoff, TaskState};
-// Each service's settings live with the service; the root composes them.
+// Each service's settings live with the service (defaults and meaning there); the root composes them.
+pub use crate::actors::acquirer::AcquirerSettings;
+pub use crate::actors::persister::PersisterSettings;
+pub use crate::actors::reaper::ReaperSettings;
+pub use crate::actors::result_sink::ResultSinkSettings;
+pub use crate::actors::worker_pool::WorkerSettings;
+pub use crate::chaos::ChaosSettings;
 pub use crate::db::DatabaseSettings;
+pub use crate::store::RetrySettings;
 pub use crate::supervision::SupervisionSettings;
 pub use crate::telemetry::{LogFormat, LogSettings};
 pub use crate::transport::sqs::SqsSettings;
@@ -50,142 +56,6 @@ impl Default for Settings {
             supervision: SupervisionSettings::default(),
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct PersisterSettings {
-    /// Receivers (SqsPoller actors) on the inbound queue.
-    pub pollers: usize,
-    /// Submissions per submit_many transaction at most.
-    pub max_batch: usize,
-}
-
-impl Default for PersisterSettings {
-    fn default() -> Self {
-        Self { pollers: 2, max_batch: 500 }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AcquirerSettings {
-    /// Tasks claimed per acquire_batch.
-    pub batch_size: i64,
-    /// acquire_batch calls in flight at once (each is a commit; concurrent ones do not wait for each other).
-    pub concurrency: usize,
-    /// Wake-up when no notification came (ms): retries that became due are found at least this often.
-    pub idle_wakeup_ms: u64,
-    /// Stop acquiring while the outbound queue holds more than this many messages (0: no limit).
-    pub max_outbound_depth: u64,
-}
-
-impl Default for AcquirerSettings {
-    fn default() -> Self {
-        Self { batch_size: 200, concurrency: 2, idle_wakeup_ms: 1_000, max_outbound_depth: 10_000 }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct WorkerSettings {
-    /// Handlers running at once in this process.
-    pub concurrency: usize,
-    /// Receivers on the outbound queue.
-    pub pollers: usize,
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self { concurrency: 64, pollers: 2 }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ResultSinkSettings {
-    /// Receivers on the results queue.
-    pub pollers: usize,
-}
-
-impl Default for ResultSinkSettings {
-    fn default() -> Self {
-        Self { pollers: 2 }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetrySettings {
-    /// max_attempts of a task submitted without one.
-    pub default_max_attempts: i64,
-    /// Delay after the first failed attempt (seconds); doubles each attempt.
-    pub base_delay_secs: f64,
-    /// Upper bound of the delay (seconds).
-    pub max_delay_secs: f64,
-    /// Spread of the delay, 0.0 ..= 1.0: uniform over [d * (1 - jitter), d * (1 + jitter)].
-    pub jitter: f64,
-}
-
-impl Default for RetrySettings {
-    fn default() -> Self {
-        let b = Backoff::default();
-        Self {
-            default_max_attempts: 10,
-            base_delay_secs: b.base_seconds,
-            max_delay_secs: b.max_seconds,
-            jitter: b.jitter,
-        }
-    }
-}
-
-impl RetrySettings {
-    pub fn backoff(&self) -> Backoff {
-        Backoff { base_seconds: self.base_delay_secs, max_seconds: self.max_delay_secs, jitter: self.jitter }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReaperSettings {
-    /// How often stale rescue runs (seconds).
-    pub interval_secs: f64,
-    /// A task ACQUIRED for longer than this is rescued (seconds). Must exceed your longest handler.
-    pub stale_timeout_secs: f64,
-    /// Rows per rescue or clean statement.
-    pub batch_size: i64,
-    /// How often the cleaner runs (seconds).
-    pub clean_interval_secs: f64,
-    /// Finished tasks older than this are deleted (seconds).
-    pub retention_secs: f64,
-    /// Which finished states the cleaner deletes.
-    pub clean_states: Vec<TaskState>,
-}
-
-impl Default for ReaperSettings {
-    fn default() -> Self {
-        Self {
-            interval_secs: 5.0,
-            stale_timeout_secs: 120.0,
-            batch_size: 1_000,
-            clean_interval_secs: 60.0,
-            retention_secs: 3_600.0,
-            clean_states: vec![TaskState::Success],
-        }
-    }
-}
-
-/// Fault injection, like the original's "monkey": each stage fails at random with this probability.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct ChaosSettings {
-    /// Default probability for every stage, 0.0 ..= 1.0.
-    pub error_rate: f64,
-    /// Per-stage overrides: persister, acquirer, worker, result_sink.
-    pub persister: Option<f64>,
-    pub acquirer: Option<f64>,
-    pub worker: Option<f64>,
-    pub result_sink: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -302,24 +172,7 @@ impl Settings {
         if !(0.0..=1.0).contains(&self.retry.jitter) {
             return err("retry.jitter", "must be between 0.0 and 1.0");
         }
-        for (key, v) in [
-            ("reaper.interval_secs", self.reaper.interval_secs),
-            ("reaper.stale_timeout_secs", self.reaper.stale_timeout_secs),
-            ("reaper.clean_interval_secs", self.reaper.clean_interval_secs),
-        ] {
-            if !(v > 0.0) {
-                return err(key, "must be greater than 0");
-            }
-        }
-        if !(self.reaper.retention_secs >= 0.0) {
-            return err("reaper.retention_secs", "must not be negative");
-        }
-        if self.reaper.batch_size < 1 {
-            return err("reaper.batch_size", "must be at least 1");
-        }
-        if let Some(s) = self.reaper.clean_states.iter().find(|s| !s.is_finished()) {
-            return err("reaper.clean_states", format!("{s} is not a finished state"));
-        }
+        self.reaper.validate().map_err(ConfigError)?;
         for (key, v) in [
             ("chaos.error_rate", Some(self.chaos.error_rate)),
             ("chaos.persister", self.chaos.persister),

@@ -11,7 +11,7 @@ use crate::actors::reaper::StaleReaper;
 use crate::actors::result_sink::ResultSink;
 use crate::actors::stats::StatsCollector;
 use crate::actors::worker_pool::WorkerPool;
-use crate::actors::{Phases, Shared, Slot};
+use crate::actors::{Phases, PipelineSettings, Shared, Slot};
 use crate::chaos::Chaos;
 use crate::configuration::{Settings, TransportKind};
 use crate::handlers::HandlerRegistry;
@@ -104,7 +104,7 @@ impl Stages {
     }
 
     /// The start hook of stage `name`: publishes each new instance for its test hook.
-    fn hook<A: Hooks>(&self, name: &'static str) -> impl FnMut(&Addr<A>) + 'static {
+    fn hook<A: Actor<Context = Context<A>> + Hooks>(&self, name: &'static str) -> impl FnMut(&Addr<A>) + 'static {
         #[cfg(feature = "test-hooks")]
         let slot = self.panics[name].clone();
         let _ = name;
@@ -127,7 +127,7 @@ fn queue_stage<A>(
     arbiter: &actix::ArbiterHandle,
     queue: Queue,
     pollers: usize,
-    make: fn(Shared, Link) -> A,
+    make: impl Fn(Shared, Link) -> A + 'static,
 ) -> Vec<Box<dyn ChildSpec>>
 where
     A: Actor<Context = Context<A>> + Handler<Received> + Hooks + Send,
@@ -154,40 +154,39 @@ where
 }
 
 /// The children of `role`'s supervisor, built afresh for every (re)start of the role.
-fn role_children(role: Role, shared: &Shared, arbiters: &Arbiters, stages: &Stages) -> Vec<Box<dyn ChildSpec>> {
-    let settings = &shared.settings;
+fn role_children(
+    role: Role,
+    settings: &Settings,
+    shared: &Shared,
+    arbiters: &Arbiters,
+    stages: &Stages,
+) -> Vec<Box<dyn ChildSpec>> {
     match role {
-        Role::Submitter => queue_stage(
-            shared,
-            stages,
-            "persister",
-            &arbiters.inbound,
-            Queue::Inbound,
-            settings.persister.pollers,
-            Persister::new,
-        ),
+        Role::Submitter => {
+            queue_stage(shared, stages, "persister", &arbiters.inbound, Queue::Inbound, settings.persister.pollers, {
+                let own = settings.persister.clone();
+                move |shared, link| Persister::new(shared, own.clone(), link)
+            })
+        }
         Role::Scheduler => {
-            let (s, slot) = (shared.clone(), shared.acquirer.clone());
+            let (s, own, slot) = (shared.clone(), settings.acquirer.clone(), shared.acquirer.clone());
             let mut hook = stages.hook::<Acquirer>("acquirer");
-            let acquirer = ActorSpec::new("acquirer", &arbiters.acquirer, move |link| Acquirer::new(s.clone(), link))
-                .on_start(move |a: &Addr<Acquirer>| {
-                    slot.set(a.clone().recipient());
-                    hook(a);
-                });
+            let make = move |link| Acquirer::new(s.clone(), own.clone(), link);
+            let acquirer = ActorSpec::new("acquirer", &arbiters.acquirer, make).on_start(move |a: &Addr<Acquirer>| {
+                slot.set(a.clone().recipient());
+                hook(a);
+            });
             let s = shared.clone();
             let listener =
                 ActorSpec::new("due_listener", &arbiters.acquirer, move |link| DueListener::new(s.clone(), link));
             vec![acquirer.boxed(), listener.boxed()]
         }
-        Role::Worker => queue_stage(
-            shared,
-            stages,
-            "worker_pool",
-            &arbiters.worker,
-            Queue::Outbound,
-            settings.worker.pollers,
-            WorkerPool::new,
-        ),
+        Role::Worker => {
+            queue_stage(shared, stages, "worker_pool", &arbiters.worker, Queue::Outbound, settings.worker.pollers, {
+                let own = settings.worker.clone();
+                move |shared, link| WorkerPool::new(shared, own.clone(), link)
+            })
+        }
         Role::Resulter => queue_stage(
             shared,
             stages,
@@ -195,17 +194,20 @@ fn role_children(role: Role, shared: &Shared, arbiters: &Arbiters, stages: &Stag
             &arbiters.results,
             Queue::Results,
             settings.result_sink.pollers,
-            ResultSink::new,
+            {
+                let own = settings.result_sink.clone();
+                move |shared, link| ResultSink::new(shared, own.clone(), link)
+            },
         ),
         Role::Supervisor => {
-            let (s, slot) = (shared.clone(), stages.reaper.clone());
+            let (s, own, slot) = (shared.clone(), settings.reaper.clone(), stages.reaper.clone());
             let mut hook = stages.hook::<StaleReaper>("stale_reaper");
+            let make = move |link| StaleReaper::new(s.clone(), own.clone(), link);
             let reaper =
-                ActorSpec::new("stale_reaper", &arbiters.acquirer, move |link| StaleReaper::new(s.clone(), link))
-                    .on_start(move |a: &Addr<StaleReaper>| {
-                        slot.set(a.clone().recipient());
-                        hook(a);
-                    });
+                ActorSpec::new("stale_reaper", &arbiters.acquirer, make).on_start(move |a: &Addr<StaleReaper>| {
+                    slot.set(a.clone().recipient());
+                    hook(a);
+                });
             let s = shared.clone();
             let stats = ActorSpec::new("stats", &arbiters.acquirer, move |link| StatsCollector::new(s.clone(), link));
             vec![reaper.boxed(), stats.boxed()]
@@ -234,7 +236,12 @@ impl App {
         let shared = Shared {
             transport: chaos.around_transport(transport),
             chaos,
-            settings: Arc::new(settings),
+            settings: Arc::new(PipelineSettings {
+                database: settings.database.clone(),
+                transport: settings.transport.clone(),
+                retry: settings.retry.clone(),
+                queue_prefix: settings.sqs.queue_prefix.clone(),
+            }),
             handlers,
             phases: Phases::default(),
             completions: broadcast::channel(65_536).0,
@@ -249,13 +256,15 @@ impl App {
         };
         let tree = Tree::default();
         let stages = Stages::new();
-        let supervision = &shared.settings.supervision;
+        let settings = Arc::new(settings);
+        let supervision = &settings.supervision;
         let role_specs: Vec<Box<dyn ChildSpec>> = roles
             .iter()
             .map(|&role| {
-                let (shared, arbiters, stages) = (shared.clone(), arbiters.clone(), stages.clone());
+                let (settings, shared) = (settings.clone(), shared.clone());
+                let (arbiters, stages) = (arbiters.clone(), stages.clone());
                 let spec = SupervisorSpec::new(role.as_str(), supervision.role_policy(), &tree, move || {
-                    role_children(role, &shared, &arbiters, &stages)
+                    role_children(role, &settings, &shared, &arbiters, &stages)
                 });
                 Box::new(spec) as Box<dyn ChildSpec>
             })

@@ -11,20 +11,22 @@ use crate::store::TaskStore;
 use crate::supervision::Link;
 use crate::transport::Queue;
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 pub struct Acquirer {
     shared: Shared,
+    settings: AcquirerSettings,
     link: Link,
     /// Wakes an idle acquire loop; set by [`TasksDue`].
     due: Arc<Notify>,
 }
 
 impl Acquirer {
-    pub fn new(shared: Shared, link: Link) -> Self {
-        Self { shared, link, due: Arc::new(Notify::new()) }
+    pub fn new(shared: Shared, settings: AcquirerSettings, link: Link) -> Self {
+        Self { shared, settings, link, due: Arc::new(Notify::new()) }
     }
 }
 
@@ -33,11 +35,11 @@ impl Actor for Acquirer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.link.attach(ctx);
-        let loops = self.shared.settings.acquirer.concurrency.max(1);
+        let loops = self.settings.concurrency.max(1);
         let store = self.shared.store("acquirer", loops as u32 + 1);
         // Several loops: each acquire is a commit, and concurrent commits share the WAL flush.
         for _ in 0..loops {
-            let run = acquire_loop(self.shared.clone(), store.clone(), self.due.clone());
+            let run = acquire_loop(self.shared.clone(), self.settings.clone(), store.clone(), self.due.clone());
             ctx.spawn(run.into_actor(self).map(|_, act, ctx| {
                 if !act.shared.phases.inbound.is_stopped() {
                     ctx.stop();
@@ -64,8 +66,7 @@ impl Handler<super::messages::InjectPanic> for Acquirer {
     }
 }
 
-async fn acquire_loop(shared: Shared, store: TaskStore, due: Arc<Notify>) {
-    let cfg = shared.settings.acquirer.clone();
+async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, due: Arc<Notify>) {
     let stop = shared.phases.inbound.clone();
     let idle = Duration::from_millis(cfg.idle_wakeup_ms);
     let mut depth_checked = Instant::now() - Duration::from_secs(10);
@@ -135,4 +136,23 @@ async fn acquire_loop(shared: Shared, store: TaskStore, due: Arc<Notify>) {
         }
     }
     tracing::debug!("acquirer stopped");
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcquirerSettings {
+    /// Tasks claimed per acquire_batch.
+    pub batch_size: i64,
+    /// acquire_batch calls in flight at once (each is a commit; concurrent ones do not wait for each other).
+    pub concurrency: usize,
+    /// Wake-up when no notification came (ms): retries that became due are found at least this often.
+    pub idle_wakeup_ms: u64,
+    /// Stop acquiring while the outbound queue holds more than this many messages (0: no limit).
+    pub max_outbound_depth: u64,
+}
+
+impl Default for AcquirerSettings {
+    fn default() -> Self {
+        Self { batch_size: 200, concurrency: 2, idle_wakeup_ms: 1_000, max_outbound_depth: 10_000 }
+    }
 }

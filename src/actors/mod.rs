@@ -19,12 +19,12 @@ pub mod stats;
 pub mod worker_pool;
 
 use crate::chaos::Chaos;
-use crate::configuration::Settings;
+use crate::db::DatabaseSettings;
 use crate::handlers::HandlerRegistry;
 use crate::metrics::metrics;
 use crate::protocol::RpcError;
-use crate::store::{Applied, TaskStore};
-use crate::transport::{Message as QueueMessage, Queue, Transport};
+use crate::store::{Applied, RetrySettings, TaskStore};
+use crate::transport::{Message as QueueMessage, Queue, Transport, TransportSettings};
 use actix::prelude::*;
 use messages::TasksDue;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -170,13 +170,24 @@ impl Phases {
     }
 }
 
-/// What every actor shares: configuration, transport, handlers, chaos, shutdown phases.
+/// The settings every stage reads; each stage's own settings come to it in its constructor.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub database: DatabaseSettings,
+    pub transport: TransportSettings,
+    pub retry: RetrySettings,
+    /// Names the queues in logs and metrics (`<prefix>-inbound`, ...).
+    pub queue_prefix: String,
+}
+
+/// What every actor shares: common settings, transport, handlers, shutdown phases.
 #[derive(Clone)]
 pub struct Shared {
-    pub settings: Arc<Settings>,
+    pub settings: Arc<PipelineSettings>,
     /// The transport (wrapped in chaos when chaos is configured).
     pub transport: Arc<dyn Transport>,
     pub handlers: HandlerRegistry,
+    /// Fault injection, applied as decorators (see `chaos`).
     pub chaos: Chaos,
     pub phases: Phases,
     /// Every result the ResultSink applied (for in-process observers: load generator, benchmarks, tests).
@@ -203,7 +214,7 @@ impl Shared {
     }
 
     pub fn queue_label(&self, queue: Queue) -> String {
-        queue.name(&self.settings.sqs.queue_prefix)
+        queue.name(&self.settings.queue_prefix)
     }
 
     /// Moves malformed messages to the queue's DLQ at once; returns the receipts that may now be deleted.

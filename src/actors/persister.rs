@@ -11,6 +11,7 @@ use crate::protocol;
 use crate::store::{Commit, MaxAttempts, NewTask, StoreError, Submitted, TaskStore};
 use crate::supervision::Link;
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// `submit_many` as a commit stage; wakes this process's Acquirer when it created tasks.
 pub struct SubmitCommit {
@@ -42,13 +43,14 @@ impl Commit for SubmitCommit {
 
 pub struct Persister {
     shared: Shared,
+    settings: PersisterSettings,
     link: Link,
     committer: Option<GroupCommitter<ChaosCommit<SubmitCommit>>>,
 }
 
 impl Persister {
-    pub fn new(shared: Shared, link: Link) -> Self {
-        Self { shared, link, committer: None }
+    pub fn new(shared: Shared, settings: PersisterSettings, link: Link) -> Self {
+        Self { shared, settings, link, committer: None }
     }
 }
 
@@ -60,7 +62,7 @@ impl Actor for Persister {
         let store = self.shared.store("persister", 8);
         let commit = SubmitCommit { store, shared: Some(self.shared.clone()), name: "persister" };
         let commit = self.shared.chaos.around_commit(commit, crate::chaos::Stage::Persister);
-        let (committer, loops) = GroupCommitter::new(commit, self.shared.settings.persister.max_batch, 1);
+        let (committer, loops) = GroupCommitter::new(commit, self.settings.max_batch, 1);
         self.committer = Some(committer);
         ctx.spawn(loops.into_actor(self));
     }
@@ -95,5 +97,20 @@ impl Handler<super::messages::InjectPanic> for Persister {
     type Result = ();
     fn handle(&mut self, _: super::messages::InjectPanic, _: &mut Self::Context) {
         panic!("injected panic in Persister");
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersisterSettings {
+    /// Receivers (SqsPoller actors) on the inbound queue.
+    pub pollers: usize,
+    /// Submissions per submit_many transaction at most.
+    pub max_batch: usize,
+}
+
+impl Default for PersisterSettings {
+    fn default() -> Self {
+        Self { pollers: 2, max_batch: 500 }
     }
 }

@@ -1,24 +1,28 @@
 //! StaleReaper: every `reaper.interval_secs`, tasks ACQUIRED for longer than `reaper.stale_timeout_secs` become
 //! ERROR (retried) or CRITICAL_ERROR; every `reaper.clean_interval_secs`, finished tasks older than
-//! `reaper.retention_secs` are deleted. Both in batches of `reaper.batch_size`, until a batch comes back short.
+//! `reaper.retention_secs` are deleted. Both in batches of `reaper.batch_size`, until a batch comes back short,
+//! each statement bounded by `reaper.query_timeout_secs`. River-style: its settings, defaults and validation live
+//! here, and `rescue_once` / `clean_once` return what they did ([`RunOnce`] runs both now).
 
 use super::messages::{Reaped, RunOnce};
 use super::Shared;
 use crate::metrics::metrics;
-use crate::store::TaskStore;
+use crate::store::{TaskState, TaskStore};
 use crate::supervision::Link;
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub struct StaleReaper {
     shared: Shared,
+    settings: ReaperSettings,
     link: Link,
     store: Option<TaskStore>,
 }
 
 impl StaleReaper {
-    pub fn new(shared: Shared, link: Link) -> Self {
-        Self { shared, link, store: None }
+    pub fn new(shared: Shared, settings: ReaperSettings, link: Link) -> Self {
+        Self { shared, settings, link, store: None }
     }
 }
 
@@ -29,8 +33,15 @@ impl Actor for StaleReaper {
         self.link.attach(ctx);
         let store = self.shared.store("stale_reaper", 2);
         self.store = Some(store.clone());
-        ctx.spawn(rescue_loop(self.shared.clone(), store.clone()).into_actor(self));
-        ctx.spawn(clean_loop(self.shared.clone(), store).into_actor(self));
+        let (shared, cfg) = (self.shared.clone(), self.settings.clone());
+        ctx.spawn(
+            every(cfg.interval_secs, move || rescue_once(shared.clone(), cfg.clone(), store.clone())).into_actor(self),
+        );
+        let (shared, cfg, store) = (self.shared.clone(), self.settings.clone(), self.store.clone().expect("set"));
+        ctx.spawn(
+            every(cfg.clean_interval_secs, move || clean_once(shared.clone(), cfg.clone(), store.clone()))
+                .into_actor(self),
+        );
     }
 }
 
@@ -40,9 +51,10 @@ impl Handler<RunOnce> for StaleReaper {
     /// One rescue and one clean pass now (tests await this instead of sleeping through an interval).
     fn handle(&mut self, _: RunOnce, _: &mut Self::Context) -> Self::Result {
         metrics().actor_messages.with_label_values(&["stale_reaper", "run_once"]).inc();
-        let (shared, store) = (self.shared.clone(), self.store.clone().expect("started"));
+        let (shared, cfg, store) = (self.shared.clone(), self.settings.clone(), self.store.clone().expect("started"));
         Box::pin(async move {
-            Reaped { rescued: rescue_once(&shared, &store).await, cleaned: clean_once(&shared, &store).await }
+            let rescued = rescue_once(shared.clone(), cfg.clone(), store.clone()).await;
+            Reaped { rescued, cleaned: clean_once(shared, cfg, store).await }
         })
     }
 }
@@ -55,13 +67,27 @@ impl Handler<super::messages::InjectPanic> for StaleReaper {
     }
 }
 
+/// Runs `pass` every `secs` seconds, one pass at a time.
+async fn every<F, Fut>(secs: f64, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        pass().await;
+    }
+}
+
 /// One rescue pass: batches until one comes back short. Returns how many tasks were rescued.
-pub async fn rescue_once(shared: &Shared, store: &TaskStore) -> usize {
-    let cfg = &shared.settings.reaper;
+pub async fn rescue_once(shared: Shared, cfg: ReaperSettings, store: TaskStore) -> usize {
     let mut total = 0;
     loop {
-        match store.rescue_stale(cfg.stale_timeout_secs, cfg.batch_size).await {
-            Ok(rescued) => {
+        let call = store.rescue_stale(cfg.stale_timeout_secs, cfg.batch_size);
+        match tokio::time::timeout(cfg.query_timeout(), call).await {
+            Ok(Ok(rescued)) => {
                 total += rescued.len();
                 metrics().tasks_rescued.inc_by(rescued.len() as u64);
                 for (id, state) in &rescued {
@@ -71,8 +97,12 @@ pub async fn rescue_once(shared: &Shared, store: &TaskStore) -> usize {
                     break;
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "rescue_stale failed");
+                break;
+            }
+            Err(_) => {
+                tracing::error!(timeout_secs = cfg.query_timeout_secs, "rescue_stale timed out");
                 break;
             }
         }
@@ -83,45 +113,95 @@ pub async fn rescue_once(shared: &Shared, store: &TaskStore) -> usize {
     total
 }
 
-/// One clean pass. Returns how many tasks were deleted.
-pub async fn clean_once(shared: &Shared, store: &TaskStore) -> usize {
-    let cfg = &shared.settings.reaper;
+/// One clean pass: batches until one comes back short. Returns how many finished tasks were deleted.
+pub async fn clean_once(_shared: Shared, cfg: ReaperSettings, store: TaskStore) -> usize {
     let mut total = 0;
     loop {
-        match store.clean_finished(cfg.retention_secs, &cfg.clean_states, cfg.batch_size).await {
-            Ok(n) => {
+        let call = store.clean_finished(cfg.retention_secs, &cfg.clean_states, cfg.batch_size);
+        match tokio::time::timeout(cfg.query_timeout(), call).await {
+            Ok(Ok(n)) => {
                 total += n;
                 metrics().tasks_cleaned.inc_by(n as u64);
                 if (n as i64) < cfg.batch_size {
                     break;
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "clean_finished failed");
+                break;
+            }
+            Err(_) => {
+                tracing::error!(timeout_secs = cfg.query_timeout_secs, "clean_finished timed out");
                 break;
             }
         }
     }
+    if total > 0 {
+        tracing::info!(deleted = total, "old finished tasks cleaned");
+    }
     total
 }
 
-async fn rescue_loop(shared: Shared, store: TaskStore) {
-    let every = Duration::from_secs_f64(shared.settings.reaper.interval_secs);
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        rescue_once(&shared, &store).await;
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReaperSettings {
+    /// How often stale rescue runs (seconds).
+    pub interval_secs: f64,
+    /// A task ACQUIRED for longer than this is rescued (seconds). Must exceed your longest handler.
+    pub stale_timeout_secs: f64,
+    /// Rows per rescue or clean statement.
+    pub batch_size: i64,
+    /// How often the cleaner runs (seconds).
+    pub clean_interval_secs: f64,
+    /// Finished tasks older than this are deleted (seconds).
+    pub retention_secs: f64,
+    /// Which finished states the cleaner deletes.
+    pub clean_states: Vec<TaskState>,
+    /// Each rescue or clean statement is abandoned after this long (seconds), so a hung connection cannot stall
+    /// the reaper.
+    pub query_timeout_secs: f64,
+}
+
+impl Default for ReaperSettings {
+    fn default() -> Self {
+        Self {
+            interval_secs: 5.0,
+            stale_timeout_secs: 120.0,
+            batch_size: 1_000,
+            clean_interval_secs: 60.0,
+            retention_secs: 3_600.0,
+            clean_states: vec![TaskState::Success],
+            query_timeout_secs: 30.0,
+        }
     }
 }
 
-async fn clean_loop(shared: Shared, store: TaskStore) {
-    let every = Duration::from_secs_f64(shared.settings.reaper.clean_interval_secs);
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        let n = clean_once(&shared, &store).await;
-        if n > 0 {
-            tracing::info!(deleted = n, "old finished tasks cleaned");
+impl ReaperSettings {
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.query_timeout_secs)
+    }
+
+    /// Ranges and relations the types cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, v) in [
+            ("interval_secs", self.interval_secs),
+            ("stale_timeout_secs", self.stale_timeout_secs),
+            ("clean_interval_secs", self.clean_interval_secs),
+            ("query_timeout_secs", self.query_timeout_secs),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(format!("reaper.{key}: must be greater than 0"));
+            }
         }
+        if !(self.retention_secs >= 0.0) {
+            return Err("reaper.retention_secs: must not be negative".into());
+        }
+        if self.batch_size < 1 {
+            return Err("reaper.batch_size: must be at least 1".into());
+        }
+        if let Some(s) = self.clean_states.iter().find(|s| !s.is_finished()) {
+            return Err(format!("reaper.clean_states: {s} is not a finished state"));
+        }
+        Ok(())
     }
 }

@@ -11,6 +11,7 @@ use crate::protocol;
 use crate::store::{Applied, Commit, StoreError, TaskResult, TaskState, TaskStore};
 use crate::supervision::Link;
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// What became of one result.
@@ -73,13 +74,14 @@ impl Commit for CompleteCommit {
 
 pub struct ResultSink {
     shared: Shared,
+    settings: ResultSinkSettings,
     link: Link,
     committer: Option<GroupCommitter<ChaosCommit<CompleteCommit>>>,
 }
 
 impl ResultSink {
-    pub fn new(shared: Shared, link: Link) -> Self {
-        Self { shared, link, committer: None }
+    pub fn new(shared: Shared, settings: ResultSinkSettings, link: Link) -> Self {
+        Self { shared, settings, link, committer: None }
     }
 }
 
@@ -90,7 +92,7 @@ impl Actor for ResultSink {
         self.link.attach(ctx);
         let commit = CompleteCommit { store: self.shared.store("result_sink", 8), shared: self.shared.clone() };
         let commit = self.shared.chaos.around_commit(commit, crate::chaos::Stage::ResultSink);
-        let (committer, loops) = GroupCommitter::new(commit, self.shared.settings.persister.max_batch, 1);
+        let (committer, loops) = GroupCommitter::new(commit, self.settings.max_batch, 1);
         self.committer = Some(committer);
         ctx.spawn(loops.into_actor(self));
     }
@@ -120,5 +122,20 @@ impl Handler<super::messages::InjectPanic> for ResultSink {
     type Result = ();
     fn handle(&mut self, _: super::messages::InjectPanic, _: &mut Self::Context) {
         panic!("injected panic in ResultSink");
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResultSinkSettings {
+    /// Receivers on the results queue.
+    pub pollers: usize,
+    /// Results per complete_many statement at most.
+    pub max_batch: usize,
+}
+
+impl Default for ResultSinkSettings {
+    fn default() -> Self {
+        Self { pollers: 2, max_batch: 500 }
     }
 }

@@ -13,6 +13,7 @@ use crate::supervision::Link;
 use crate::transport::{Message as QueueMessage, Queue, MAX_BATCH};
 use actix::prelude::*;
 use futures::FutureExt;
+use serde::{Deserialize, Serialize};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ struct Done {
 
 pub struct WorkerPool {
     shared: Shared,
+    settings: WorkerSettings,
     link: Link,
     permits: Arc<Semaphore>,
     done_tx: Option<mpsc::UnboundedSender<Done>>,
@@ -35,9 +37,9 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn new(shared: Shared, link: Link) -> Self {
-        let permits = Arc::new(Semaphore::new(shared.settings.worker.concurrency));
-        Self { shared, link, permits, done_tx: None, store: None }
+    pub fn new(shared: Shared, settings: WorkerSettings, link: Link) -> Self {
+        let permits = Arc::new(Semaphore::new(settings.concurrency));
+        Self { shared, settings, link, permits, done_tx: None, store: None }
     }
 }
 
@@ -48,7 +50,7 @@ impl Actor for WorkerPool {
         self.link.attach(ctx);
         let (tx, rx) = mpsc::unbounded_channel();
         self.done_tx = Some(tx);
-        let pool_size = self.shared.settings.worker.concurrency.min(16) as u32;
+        let pool_size = self.settings.concurrency.min(16) as u32;
         self.store = Some(self.shared.store("worker_pool", pool_size));
         ctx.spawn(send_results(self.shared.clone(), rx).into_actor(self));
     }
@@ -71,6 +73,7 @@ impl Handler<Received> for WorkerPool {
         metrics().actor_messages.with_label_values(&["worker_pool", "received"]).inc();
         let shared = self.shared.clone();
         let permits = self.permits.clone();
+        let concurrency = self.settings.concurrency;
         let done_tx = self.done_tx.clone().expect("started");
         let db = self.store.as_ref().expect("started").pool().clone();
         Box::pin(async move {
@@ -90,7 +93,7 @@ impl Handler<Received> for WorkerPool {
                     Err(e) => bad.push((m, e)),
                 }
             }
-            let running = shared.settings.worker.concurrency - permits.available_permits();
+            let running = concurrency - permits.available_permits();
             metrics().actor_in_flight.with_label_values(&["worker_pool"]).set(running as i64);
             // Dead-lettered messages may be deleted now; the others once their results are sent.
             Settled { receipts: shared.dead_letter(Queue::Outbound, bad).await }
@@ -175,5 +178,20 @@ async fn send_results(shared: Shared, mut rx: mpsc::UnboundedReceiver<Done>) {
             tracing::warn!(error = %e, "outbound delete failed; the tasks' results will be stale duplicates");
         }
         drop(batch); // releases the shutdown guards after the delete
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Handlers running at once in this process.
+    pub concurrency: usize,
+    /// Receivers on the outbound queue.
+    pub pollers: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self { concurrency: 64, pollers: 2 }
     }
 }

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -585,3 +586,34 @@ UPDATE tasks SET
     updated_at = now()
 WHERE id = $1 AND state IN ('CRITICAL_ERROR', 'CANCELLED')
 "#;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// max_attempts of a task submitted without one.
+    pub default_max_attempts: i64,
+    /// Delay after the first failed attempt (seconds); doubles each attempt.
+    pub base_delay_secs: f64,
+    /// Upper bound of the delay (seconds).
+    pub max_delay_secs: f64,
+    /// Spread of the delay, 0.0 ..= 1.0: uniform over [d * (1 - jitter), d * (1 + jitter)].
+    pub jitter: f64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        let b = Backoff::default();
+        Self {
+            default_max_attempts: 10,
+            base_delay_secs: b.base_seconds,
+            max_delay_secs: b.max_seconds,
+            jitter: b.jitter,
+        }
+    }
+}
+
+impl RetrySettings {
+    pub fn backoff(&self) -> Backoff {
+        Backoff { base_seconds: self.base_delay_secs, max_seconds: self.max_delay_secs, jitter: self.jitter }
+    }
+}
