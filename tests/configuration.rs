@@ -30,14 +30,15 @@ fn compare(path: &str, want: &serde_json::Value, got: &serde_json::Value, text: 
     for (key, w) in want {
         let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
         match (w, got.get(key)) {
-            (Value::Null, None) => {
-                // Unset by default: TOML has no null, so the file shows it commented out in its section.
+            // Unset by default: TOML has no null, so the file shows it commented out in its section.
+            (Value::Null, None)
                 if !section_lines(text, path).any(|l| {
                     l.trim_start().strip_prefix('#').is_some_and(|r| r.trim_start().starts_with(&format!("{key} =")))
-                }) {
-                    problems.push(format!("{full}: unset by default, but not shown commented out (# {key} = ...)"));
-                }
+                }) =>
+            {
+                problems.push(format!("{full}: unset by default, but not shown commented out (# {key} = ...)"));
             }
+            (Value::Null, None) => {}
             (Value::Null, Some(g)) => problems.push(format!("{full}: unset by default, but the file sets {g}")),
             (_, None) => problems.push(format!("{full}: missing (default {w})")),
             (Value::Object(_), Some(g)) => compare(&full, w, g, text, problems),

@@ -802,3 +802,43 @@ async fn a_large_batch_is_answered_completely() {
     let r = rpc!(app, huge);
     assert_eq!((r["error"]["code"].as_i64(), r["id"].is_null()), (Some(-32600), true));
 }
+
+/// The database refuses one submission of a batch (a CHECK constraint this test adds to its own database: our
+/// validation leaves nothing else for the database to refuse). The group commit fails, the batcher retries one by
+/// one: the valid submissions are stored and answered with ids, only the refused one gets an error.
+#[actix_rt::test]
+async fn a_submission_the_database_refuses_fails_alone_in_its_batch() {
+    let db = TestDb::new().await;
+    common::exec(&db.url, "ALTER TABLE tasks ADD CONSTRAINT test_refused CHECK (NOT payload ? 'refused')").await;
+    let api = api(&db, &[TOKEN]);
+    let app = test::init_service(build_app(api.clone())).await;
+    let before = api.submit_statements();
+    let bad = 5;
+    let batch: Vec<Value> = (0..12)
+        .map(|i| {
+            let params = if i == bad { json!({"refused": true}) } else { json!({"objectID": i}) };
+            json!({"jsonrpc": "2.0", "method": "submit:export", "params": params, "id": i})
+        })
+        .collect();
+    let r = rpc!(app, Value::Array(batch));
+    let replies = r.as_array().unwrap();
+    assert_eq!(replies.len(), 12);
+    let mut stored = HashSet::new();
+    for e in replies {
+        let i = e["id"].as_i64().unwrap();
+        if i == bad {
+            assert!(e.get("result").is_none(), "{e}");
+            assert_eq!(e["error"]["code"], -32603, "{e}");
+        } else {
+            assert!(e.get("error").is_none(), "{e}");
+            assert_eq!(e["result"]["created"], true, "{e}");
+            stored.insert(e["result"]["id"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(stored.len(), 11);
+    let rows = db.store().list(&Default::default()).await.unwrap();
+    assert_eq!(rows.iter().map(|t| t.id).collect::<HashSet<_>>(), stored, "exactly the valid ones are stored");
+    assert!(rows.iter().all(|t| t.payload.get("refused").is_none()));
+    // It took the one-by-one path: more statements than the group commit alone.
+    assert!(api.submit_statements() - before > 1);
+}
