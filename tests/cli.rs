@@ -131,6 +131,8 @@ fn run_memory(db: &TestDb, args: &[&str]) -> Command {
         .env("SCHEDULER_DATABASE__URL", &db.url)
         .env("SCHEDULER_DATABASE__POOL_SIZE", "4")
         .env("SCHEDULER_TRANSPORT__KIND", "memory")
+        // Shutdown lets in-flight long polls finish: keep them short.
+        .env("SCHEDULER_TRANSPORT__WAIT_TIME_SECS", "1")
         .env("SCHEDULER_HTTP__BIND", "127.0.0.1:0")
         .env("SCHEDULER_LOG__FORMAT", "json")
         .env("SCHEDULER_LOG__LEVEL", "info");
@@ -169,6 +171,9 @@ async fn run_exits_0_on_sigint() {
         p.seen.join("\n")
     );
     assert!(TcpStream::connect(addr).is_err(), "the HTTP server is gone");
+    // log.format = "json": everything `run` printed is a JSON log line.
+    let bad: Vec<&String> = p.seen.iter().filter(|l| !l.trim().is_empty() && log_json(l).is_none()).collect();
+    assert!(bad.is_empty(), "not JSON log lines: {bad:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
