@@ -3,10 +3,79 @@
 use sqs_scheduler::configuration::Settings;
 use std::process::Command;
 
+/// `scheduler.example.toml` read on its own (no defaults under it), compared key by key with `Settings::default()`:
+/// every key is present with the default value and there is no other key. A setting whose default is unset
+/// (`None`) must not be set in the file, but must be shown there commented out (`# key = ...`). Generic over
+/// whatever `Settings` contains, so a new section or key fails this test until the example file lists it.
 #[test]
-fn the_example_file_loads_and_equals_the_defaults() {
+fn the_example_file_lists_every_default_and_nothing_else() {
+    let text = std::fs::read_to_string("scheduler.example.toml").expect("scheduler.example.toml exists");
+    let file: toml::Table = toml::from_str(&text).expect("scheduler.example.toml is valid TOML");
+    let file = serde_json::to_value(file).unwrap();
+    let defaults = serde_json::to_value(Settings::default()).unwrap();
+    let mut problems = Vec::new();
+    compare("", &defaults, &file, &text, &mut problems);
+    assert!(problems.is_empty(), "scheduler.example.toml differs from Settings::default():\n{}", problems.join("\n"));
+    // And it loads: the same file through the real loader gives exactly the defaults.
     let s = Settings::from_file(std::path::Path::new("scheduler.example.toml")).expect("example loads");
-    assert_eq!(s, Settings::default(), "scheduler.example.toml must list every default");
+    assert_eq!(s, Settings::default());
+}
+
+fn compare(path: &str, want: &serde_json::Value, got: &serde_json::Value, text: &str, problems: &mut Vec<String>) {
+    use serde_json::Value;
+    let (Value::Object(want), Value::Object(got)) = (want, got) else {
+        problems.push(format!("{path}: expected a table, the file has {got}"));
+        return;
+    };
+    for (key, w) in want {
+        let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        match (w, got.get(key)) {
+            // Unset by default: TOML has no null, so the file shows it commented out in its section.
+            (Value::Null, None)
+                if !section_lines(text, path).any(|l| {
+                    l.trim_start().strip_prefix('#').is_some_and(|r| r.trim_start().starts_with(&format!("{key} =")))
+                }) =>
+            {
+                problems.push(format!("{full}: unset by default, but not shown commented out (# {key} = ...)"));
+            }
+            (Value::Null, None) => {}
+            (Value::Null, Some(g)) => problems.push(format!("{full}: unset by default, but the file sets {g}")),
+            (_, None) => problems.push(format!("{full}: missing (default {w})")),
+            (Value::Object(_), Some(g)) => compare(&full, w, g, text, problems),
+            (w, Some(g)) if !same(w, g) => problems.push(format!("{full}: the file says {g}, the default is {w}")),
+            _ => {}
+        }
+    }
+    for key in got.keys().filter(|k| !want.contains_key(*k)) {
+        let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        problems.push(format!("{full}: in the file but not a setting"));
+    }
+}
+
+/// The lines of the file's `[section]` (before the first header for the top level).
+fn section_lines<'a>(text: &'a str, section: &str) -> impl Iterator<Item = &'a str> {
+    let header = format!("[{section}]");
+    let mut inside = section.is_empty();
+    text.lines().filter(move |l| {
+        if l.trim_start().starts_with('[') {
+            inside = l.trim() == header;
+            return false;
+        }
+        inside
+    })
+}
+
+/// Equal values; numbers compare by value (TOML `1.0` and an integer default 1 are the same setting).
+fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
 }
 
 fn bin() -> Command {

@@ -211,23 +211,28 @@ async fn a_task_failing_max_attempts_times_ends_critical_error() {
 async fn stale_rescue_ends_critical_on_the_last_attempt() {
     let db = TestDb::new().await;
     let store = db.store();
-    let mut t = task("noop", json!({}));
-    t.max_attempts = MaxAttempts::parse(1).unwrap();
-    store.submit_many(&[t, task("noop", json!({"other": 1}))]).await.unwrap();
-    let acquired = store.acquire_batch(10).await.unwrap();
-    assert_eq!(acquired.len(), 2);
-    // Only one is old enough.
+    let mut last = task("noop", json!({"last": 1}));
+    last.max_attempts = MaxAttempts::parse(1).unwrap();
+    let ids =
+        store.submit_many(&[last, task("noop", json!({"other": 1})), task("noop", json!({"fresh": 1}))]).await.unwrap();
+    let (last, other, fresh) = (ids[0].id, ids[1].id, ids[2].id);
+    assert_eq!(store.acquire_batch(10).await.unwrap().len(), 3);
+    // Two are old enough: one on its last attempt (max_attempts 1), one with attempts left. The third is recent.
     exec(
         &db.url,
-        &format!("UPDATE tasks SET acquired_at = now() - interval '200 seconds' WHERE id = {}", acquired[0].id),
+        &format!("UPDATE tasks SET acquired_at = now() - interval '200 seconds' WHERE id IN ({last}, {other})"),
     )
     .await;
-    let rescued = store.rescue_stale(120.0, 100).await.unwrap();
-    assert_eq!(rescued.len(), 1);
-    let t0 = store.get(acquired[0].id).await.unwrap().unwrap();
-    let expected = if t0.max_attempts == 1 { TaskState::CriticalError } else { TaskState::Error };
-    assert_eq!(rescued[0], (acquired[0].id, expected));
-    assert_eq!(store.get(acquired[1].id).await.unwrap().unwrap().state, TaskState::Acquired);
+    let mut rescued = store.rescue_stale(120.0, 100).await.unwrap();
+    let mut want = vec![(last, TaskState::CriticalError), (other, TaskState::Error)];
+    rescued.sort_by_key(|r| r.0);
+    want.sort_by_key(|r| r.0);
+    assert_eq!(rescued, want);
+    let t = store.get(last).await.unwrap().unwrap();
+    assert_eq!((t.state, t.attempts, t.acquired_at), (TaskState::CriticalError, 1, None));
+    assert!(t.finished_at.is_some(), "CRITICAL_ERROR is final: {t:?}");
+    assert_eq!(store.get(other).await.unwrap().unwrap().state, TaskState::Error);
+    assert_eq!(store.get(fresh).await.unwrap().unwrap().state, TaskState::Acquired);
 }
 
 #[tokio::test]
@@ -330,8 +335,25 @@ async fn list_filters_and_pages() {
         .unwrap();
     assert_eq!(page2.len(), 2);
     assert!(page2.iter().all(|t| t.action == "export" && t.id > page1[2].id));
+    // A state filter: 4 of the 10 are ACQUIRED, so SCHEDULED lists exactly the other 6 (no filter would give 10).
+    let acquired: HashSet<i64> = store.acquire_batch(4).await.unwrap().iter().map(|a| a.id).collect();
+    assert_eq!(acquired.len(), 4);
+    let all: HashSet<i64> = store.list(&Default::default()).await.unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(all.len(), 10);
     let sched = store.list(&ListFilter { state: Some(TaskState::Scheduled), ..Default::default() }).await.unwrap();
-    assert_eq!(sched.len(), 10);
+    assert_eq!(sched.iter().map(|t| t.id).collect::<HashSet<_>>(), &all - &acquired);
+    assert!(sched.iter().all(|t| t.state == TaskState::Scheduled));
+    let acq = store.list(&ListFilter { state: Some(TaskState::Acquired), ..Default::default() }).await.unwrap();
+    assert_eq!(acq.iter().map(|t| t.id).collect::<HashSet<_>>(), acquired);
+    // State and action together.
+    let export = Action::parse("export").unwrap();
+    let both = store
+        .list(&ListFilter { state: Some(TaskState::Scheduled), action: Some(export), ..Default::default() })
+        .await
+        .unwrap();
+    let want: HashSet<i64> = sched.iter().filter(|t| t.action == "export").map(|t| t.id).collect();
+    assert!(!want.is_empty() && want.len() < sched.len(), "{want:?}");
+    assert_eq!(both.iter().map(|t| t.id).collect::<HashSet<_>>(), want);
     assert!(store.list(&ListFilter { limit: Some(0), ..Default::default() }).await.is_err());
 }
 
@@ -349,6 +371,25 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     assert!(e.to_string().contains("priority") && e.to_string().contains("1000"), "{e}");
     let db = TestDb::new().await;
     let store = db.store();
+    let total =
+        |store: TaskStore| async move { store.counts_by_state().await.unwrap().iter().map(|c| c.1).sum::<i64>() };
+    let first = store.submit_many(&[task("noop", json!({"n": 0}))]).await.unwrap();
+    assert_eq!(total(store.clone()).await, 1);
     assert!(store.submit_many(&[]).await.unwrap().is_empty());
-    assert_eq!(store.counts_by_state().await.unwrap().iter().map(|c| c.1).sum::<i64>(), 0);
+    assert_eq!(total(store.clone()).await, 1);
+    // What the database refuses fails the whole statement and writes none of its rows, not even the valid ones
+    // before and after it. (Our validation leaves nothing for the database to refuse, so this test adds a rule.)
+    exec(&db.url, "ALTER TABLE tasks ADD CONSTRAINT test_refused CHECK (NOT payload ? 'refused')").await;
+    let batch = [task("noop", json!({"n": 1})), task("noop", json!({"refused": true})), task("noop", json!({"n": 2}))];
+    let err = store.submit_many(&batch).await.unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)) && err.to_string().contains("test_refused"), "{err}");
+    assert_eq!(total(store.clone()).await, 1, "a refused statement wrote rows");
+    assert_eq!(
+        store.list(&Default::default()).await.unwrap().iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![first[0].id]
+    );
+    // The valid ones were not stored: submitted again they are created now.
+    let again = store.submit_many(&[batch[0].clone(), batch[2].clone()]).await.unwrap();
+    assert!(again.iter().all(|s| s.created), "{again:?}");
+    assert_eq!(total(store).await, 3);
 }

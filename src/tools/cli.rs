@@ -159,10 +159,15 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             }
             actix_rt::System::new().block_on(async move {
                 let transport = connect_transport(&settings).await?;
+                // Caught from here on, before the roles and the HTTP server start: a signal while they start still
+                // means a graceful shutdown (it used to kill the process before the SIGINT handler existed), and
+                // "HTTP server listening" is logged only once signals are handled. Ctrl-C while the transport
+                // connects (which may hang) still ends the process at once.
+                let signals = ShutdownSignals::install()?;
                 let app = App::start(settings.clone(), &roles, transport.clone(), HandlerRegistry::builtin());
                 let server = start_http(&settings, &app, transport).await?;
                 let gave_up = tokio::select! {
-                    _ = wait_for_signal() => None,
+                    _ = signals.wait() => None,
                     reason = app.gave_up() => Some(reason),
                 };
                 if let Some(handle) = server {
@@ -242,13 +247,24 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+/// SIGINT and SIGTERM, caught from `install` on (a signal before `wait` is not lost).
+struct ShutdownSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
+    }
+
+    /// Resolves on SIGINT or SIGTERM.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+        }
     }
 }
 

@@ -58,8 +58,20 @@ pub async fn exec(url: &str, sql: &str) {
     diesel::sql_query(sql).execute(&mut conn).await.unwrap();
 }
 
+/// Runs `promtool check metrics` on an exposition and returns its report (empty when it found nothing). Panics
+/// when promtool cannot run: a check that is silently skipped proves nothing. `scripts/dev-services up` (or
+/// `scripts/dev-services promtool`) installs it.
+pub fn promtool_report(exposition: &[u8]) -> String {
+    promtool_check(exposition).unwrap_or_else(|| {
+        panic!(
+            "promtool cannot run (not on PATH?): install it with `scripts/dev-services promtool` \
+             (Debian package prometheus, /usr/bin/promtool)"
+        )
+    })
+}
+
 /// Runs `promtool check metrics` on an exposition; None when promtool is not installed, else its report
-/// (empty when it found nothing).
+/// (empty when it found nothing). Tests use [`promtool_report`], which fails instead of skipping.
 pub fn promtool_check(exposition: &[u8]) -> Option<String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
