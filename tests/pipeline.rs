@@ -79,6 +79,10 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
         assert_eq!((a.attempt, a.state), (1, TaskState::Success), "{a:?}");
         assert!(seen.insert(a.id), "result of task {} applied twice", a.id);
     }
+    wait_until(Duration::from_secs(10), "one result message per handler run", || async {
+        deliveries(&delivered, Queue::Results).1 == runs.len()
+    })
+    .await;
     let stale = || metrics().results_stale.get() - stale_before;
     wait_until(Duration::from_secs(10), "stale results = extra result deliveries", || async {
         stale() as usize + 1000 == deliveries(&delivered, Queue::Results).0
@@ -457,16 +461,17 @@ async fn delayed_submissions_are_not_acquired_before_their_time() {
     let seen = record.0.lock().unwrap().clone();
     let secs = |d: chrono::TimeDelta| d.num_microseconds().unwrap() as f64 / 1e6;
     let (created, acquired, _) = seen["now"];
-    assert!(secs(acquired - created) < 1.0, "an undelayed task waited {} s", secs(acquired - created));
+    assert!(secs(acquired - created) < 2.0, "an undelayed task waited {} s", secs(acquired - created));
     let (created, acquired, due) = seen["delay"];
     assert!(secs(due - created) >= 2.0, "delay_secs 2 made it due after {} s", secs(due - created));
     let waited = secs(acquired - created);
     assert!((2.0..4.0).contains(&waited), "delay_secs 2: acquired {waited} s after its submission");
+    assert!(acquired >= due, "delay_secs 2: due at {due}, acquired at {acquired}");
     let (created, acquired, due) = seen["run_at"];
     assert!((due - run_at).num_milliseconds().abs() <= 1, "run_at stored as {due}, asked {run_at}");
     assert!(acquired >= due, "run_at {due}: acquired at {acquired}, before its time");
-    let waited = secs(acquired - created);
-    assert!((1.0..4.0).contains(&waited), "run_at 2 s ahead: acquired {waited} s after its submission");
+    let late = secs(acquired - due);
+    assert!(late < 2.0, "run_at 2 s ahead: acquired {late} s after it was due");
     app.shutdown(Duration::from_secs(5)).await;
 }
 
