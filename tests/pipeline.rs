@@ -25,8 +25,8 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
     insert_objects(&db, 1000).await;
     // The primary key of t_exported_object would hide a second run of a task: count the runs themselves, and the
     // deliveries that caused them.
-    let runs = ExecLog::default();
-    let handlers = HandlerRegistry::builtin().with("export", Counting(ExportHandler, runs.clone()));
+    let exec_log = ExecLog::default();
+    let handlers = HandlerRegistry::builtin().with("export", Counting(ExportHandler, exec_log.clone()));
     let (recorded, delivered) = RecordDeliveries::wrap(transport.clone());
     let stale_before = metrics().results_stale.get();
     let app = start(&settings, &[], recorded, handlers);
@@ -46,10 +46,10 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
     let (_, sent_tasks) = deliveries(&delivered, Queue::Outbound);
     assert_eq!(sent_tasks, 1000, "outbound messages for 1000 tasks");
     wait_until(Duration::from_secs(10), "one handler run per outbound delivery", || async {
-        runs.lock().unwrap().len() == deliveries(&delivered, Queue::Outbound).0
+        exec_log.lock().unwrap().len() == deliveries(&delivered, Queue::Outbound).0
     })
     .await;
-    let runs = runs.lock().unwrap().clone();
+    let runs = exec_log.lock().unwrap().clone();
     let mut by_task: HashMap<i64, Vec<i32>> = HashMap::new();
     for (id, attempt) in &runs {
         by_task.entry(*id).or_default().push(*attempt);
@@ -80,7 +80,7 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
         assert!(seen.insert(a.id), "result of task {} applied twice", a.id);
     }
     wait_until(Duration::from_secs(10), "one result message per handler run", || async {
-        deliveries(&delivered, Queue::Results).1 == runs.len()
+        deliveries(&delivered, Queue::Results).1 == exec_log.lock().unwrap().len()
     })
     .await;
     let stale = || metrics().results_stale.get() - stale_before;
