@@ -3,41 +3,113 @@
 
 mod common;
 
+use chrono::{DateTime, Utc};
 use common::pipeline::*;
 use common::TestDb;
 use serde_json::json;
-use sqs_scheduler::handlers::{Handler, HandlerContext, HandlerError, HandlerRegistry};
+use sqs_scheduler::handlers::{ExportHandler, Handler, HandlerContext, HandlerError, HandlerRegistry};
 use sqs_scheduler::metrics::metrics;
 use sqs_scheduler::startup::Role;
-use sqs_scheduler::store::TaskState;
+use sqs_scheduler::store::{Action, ListFilter, NewTask, Outcome, Payload, TaskResult, TaskState};
 use sqs_scheduler::transport::Queue;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 async fn thousand_exports_reach_success_once(kind: Kind) {
     let _turn = sqs_turn(kind).await;
+    let _metrics = metrics_turn().await;
     let db = TestDb::new().await;
     let settings = test_settings(&db, kind);
     let transport = transport(&settings).await;
     insert_objects(&db, 1000).await;
-    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
+    // The primary key of t_exported_object would hide a second run of a task: count the runs themselves, and the
+    // deliveries that caused them.
+    let exec_log = ExecLog::default();
+    let handlers = HandlerRegistry::builtin().with("export", Counting(ExportHandler, exec_log.clone()));
+    let (recorded, delivered) = RecordDeliveries::wrap(transport.clone());
+    let stale_before = metrics().results_stale.get();
+    let app = start(&settings, &[], recorded, handlers);
+    let mut applied = app.completions();
     submit_exports(transport.as_ref(), 1000).await;
     let store = db.store();
     let c = wait_for_counts(&store, Duration::from_secs(300), |c| c.get(&TaskState::Success) == Some(&1000)).await;
     assert_eq!(c.values().sum::<i64>(), 1000, "{c:?}");
     assert_eq!(count_rows(&db, "t_exported_object").await, 1000);
     assert_eq!(count_rows(&db, "t_exported_object e JOIN t_object o USING (id) WHERE e.data = o.data").await, 1000);
+
+    // Without faults the scheduler sends each task once, as attempt 1, and each delivery runs it once. Only the
+    // transport may add deliveries: never the in-process one; SQS (and its emulator, which sometimes hands the same
+    // message to two concurrent receives) may deliver a message twice.
+    let tasks = store.list(&ListFilter { limit: Some(1000), ..Default::default() }).await.unwrap();
+    assert!(tasks.iter().all(|t| t.attempts == 1), "a task took more than one attempt");
+    let (_, sent_tasks) = deliveries(&delivered, Queue::Outbound);
+    assert_eq!(sent_tasks, 1000, "outbound messages for 1000 tasks");
+    wait_until(Duration::from_secs(10), "one handler run per outbound delivery", || async {
+        exec_log.lock().unwrap().len() == deliveries(&delivered, Queue::Outbound).0
+    })
+    .await;
+    let runs = exec_log.lock().unwrap().clone();
+    let mut by_task: HashMap<i64, Vec<i32>> = HashMap::new();
+    for (id, attempt) in &runs {
+        by_task.entry(*id).or_default().push(*attempt);
+    }
+    let task_ids: HashSet<i64> = tasks.iter().map(|t| t.id).collect();
+    assert_eq!(by_task.keys().copied().collect::<HashSet<i64>>(), task_ids);
+    let odd: Vec<_> = by_task.iter().filter(|(_, a)| a.iter().any(|a| *a != 1)).take(5).collect();
+    assert!(odd.is_empty(), "runs that were not attempt 1 (task id, attempts): {odd:?}");
+    let (outbound_deliveries, _) = deliveries(&delivered, Queue::Outbound);
+    if kind == Kind::Memory {
+        let twice: Vec<_> = by_task.iter().filter(|(_, a)| a.len() != 1).take(5).collect();
+        assert!(twice.is_empty(), "tasks not run exactly once (task id, attempts): {twice:?}");
+        assert_eq!(runs.len(), 1000);
+    } else if outbound_deliveries > 1000 {
+        eprintln!("SQS delivered {} outbound messages twice", outbound_deliveries - 1000);
+    }
+
+    // Every result applied once, as attempt 1; the only stale results are the extra deliveries on the results
+    // queue (duplicate runs' results, duplicate deliveries): none on the in-process transport.
+    let mut seen = HashSet::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 1000 {
+        let a = tokio::time::timeout_at(until.into(), applied.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 1000 results applied", seen.len()))
+            .expect("completions channel");
+        assert_eq!((a.attempt, a.state), (1, TaskState::Success), "{a:?}");
+        assert!(seen.insert(a.id), "result of task {} applied twice", a.id);
+    }
+    wait_until(Duration::from_secs(10), "one result message per handler run", || async {
+        deliveries(&delivered, Queue::Results).1 == exec_log.lock().unwrap().len()
+    })
+    .await;
+    let stale = || metrics().results_stale.get() - stale_before;
+    wait_until(Duration::from_secs(10), "stale results = extra result deliveries", || async {
+        stale() as usize + 1000 == deliveries(&delivered, Queue::Results).0
+    })
+    .await;
+    if kind == Kind::Memory {
+        assert_eq!(stale(), 0, "stale results");
+    }
     app.shutdown(Duration::from_secs(10)).await;
 }
 
+const CHAOS_STAGES: [&str; 4] = ["persister", "acquirer", "worker", "result_sink"];
+
 async fn chaos_on_every_stage_keeps_exports_exactly_once(kind: Kind) {
     let _turn = sqs_turn(kind).await;
+    let _metrics = metrics_turn().await;
     let db = TestDb::new().await;
     let mut settings = test_settings(&db, kind);
     settings.chaos.error_rate = 0.1;
+    // Chaos fails about one attempt in ten (the worker stage; the others cause redeliveries and releases): 50 attempts
+    // cannot run out by chance (0.1^50), only through a real fault such as a non-idempotent retry.
+    settings.retry.default_max_attempts = 50;
     let n = if kind == Kind::Memory { 1000 } else { 200 };
     let transport = transport(&settings).await;
     insert_objects(&db, n).await;
+    let injected = || CHAOS_STAGES.map(|s| metrics().chaos_injected.with_label_values(&[s]).get());
+    let before = injected();
     let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
     submit_exports(transport.as_ref(), n).await;
     let store = db.store();
@@ -45,21 +117,20 @@ async fn chaos_on_every_stage_keeps_exports_exactly_once(kind: Kind) {
         c.get(&TaskState::Success).unwrap_or(&0) + c.get(&TaskState::CriticalError).unwrap_or(&0) == n as i64
     })
     .await;
-    let success = c[&TaskState::Success];
-    let exported = count_rows(&db, "t_exported_object").await;
-    // Every successful export has exactly one row (the primary key makes a second impossible; a run that failed
-    // after exporting and was retried must have counted the existing row as success).
+    assert_eq!(c.get(&TaskState::Success), Some(&(n as i64)), "every task must succeed despite chaos: {c:?}");
+    // Exactly one exported row per object, equal to its source row, and nothing else.
+    assert_eq!(count_rows(&db, "t_exported_object").await, n as i64);
     assert_eq!(
         count_rows(
             &db,
-            "tasks t JOIN t_exported_object e ON e.id = (t.payload->>'objectID')::bigint WHERE t.state = 'SUCCESS'"
+            "t_object o WHERE (SELECT count(*) FROM t_exported_object e WHERE e.id = o.id AND e.data = o.data) = 1"
         )
         .await,
-        success
+        n as i64
     );
-    assert!(exported >= success && exported <= n as i64);
-    for stage in ["persister", "acquirer", "worker", "result_sink"] {
-        assert!(metrics().chaos_injected.with_label_values(&[stage]).get() > 0, "chaos never hit {stage}");
+    let after = injected();
+    for (i, stage) in CHAOS_STAGES.iter().enumerate() {
+        assert!(after[i] > before[i], "chaos never hit {stage} in this test");
     }
     app.shutdown(Duration::from_secs(10)).await;
 }
@@ -116,7 +187,9 @@ async fn always_failing_handler_ends_critical_with_backoff(kind: Kind) {
 async fn malformed_messages_end_in_the_dlqs(kind: Kind) {
     let _turn = sqs_turn(kind).await;
     let db = TestDb::new().await;
-    let settings = test_settings(&db, kind);
+    let mut settings = test_settings(&db, kind);
+    // Below the SQS limit (256 KiB), so an oversized body can be sent at all.
+    settings.transport.max_message_bytes = 4096;
     let transport = transport(&settings).await;
     insert_objects(&db, 50).await;
     let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
@@ -130,17 +203,71 @@ async fn malformed_messages_end_in_the_dlqs(kind: Kind) {
         }
     };
     let bad: Vec<String> = (0..100).map(garbage).collect();
-    for q in [Queue::Inbound, Queue::Outbound, Queue::Results] {
-        for chunk in bad.chunks(10) {
-            transport.send(q, chunk).await.unwrap();
+    // A message that would be valid on its queue but for its size (5 KiB > 4 KiB).
+    let pad = "x".repeat(5 * 1024);
+    let oversized = |q: Queue| match q {
+        Queue::Inbound => sqs_scheduler::protocol::submit_message("export", &json!({"objectID": 1, "pad": pad})),
+        Queue::Outbound => sqs_scheduler::protocol::TaskRequest {
+            id: 999_999,
+            attempt: 1,
+            action: "export".into(),
+            payload: json!({"objectID": 1, "pad": pad}),
         }
+        .to_body(),
+        _ => sqs_scheduler::protocol::result_body(&TaskResult {
+            id: 999_999,
+            attempt: 1,
+            outcome: Outcome::Success(json!({"pad": pad})),
+        }),
+    };
+    // What each DLQ must receive, by reason (RpcError::reason): 20 of each kind of garbage, plus the oversized body
+    // (invalid_request).
+    let expected: [(Queue, &[(&str, u64)]); 3] = [
+        (
+            Queue::Inbound,
+            &[("parse_error", 20), ("method_not_found", 40), ("invalid_params", 20), ("invalid_request", 20 + 1)],
+        ),
+        (Queue::Outbound, &[("parse_error", 20), ("invalid_params", 20), ("invalid_request", 60 + 1)]),
+        (Queue::Results, &[("parse_error", 20), ("invalid_request", 80 + 1)]),
+    ];
+    let want = |q: Queue, reason: &str| {
+        expected.iter().find(|(e, _)| *e == q).unwrap().1.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
+    };
+    let before: Vec<(Queue, &str, u64)> = expected
+        .iter()
+        .flat_map(|(q, _)| DEAD_LETTER_REASONS.iter().map(|r| (*q, *r, dead_lettered(&settings, *q, r))))
+        .collect();
+    let delta = |q: Queue, r: &str| {
+        dead_lettered(&settings, q, r) - before.iter().find(|(bq, br, _)| *bq == q && *br == r).unwrap().2
+    };
+    let mut sent = HashMap::new();
+    for q in [Queue::Inbound, Queue::Outbound, Queue::Results] {
+        let mut bodies = bad.clone();
+        bodies.push(oversized(q));
+        for chunk in bodies.chunks(10) {
+            let res = transport.send(q, chunk).await.unwrap();
+            assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+        }
+        sent.insert(q, bodies);
     }
+    // Dead-lettered at their first receive: the queues' own redrive (maxReceiveCount 5, visibility 10 s) could not
+    // move anything before 40 s.
+    wait_until(Duration::from_secs(15), "every malformed message dead-lettered at once", || async {
+        expected.iter().all(|(q, reasons)| reasons.iter().all(|(r, n)| delta(*q, r) >= *n))
+    })
+    .await;
     submit_exports(transport.as_ref(), 50).await;
     let store = db.store();
     wait_for_counts(&store, Duration::from_secs(300), |c| c.get(&TaskState::Success) == Some(&50)).await;
-    for q in [Queue::InboundDlq, Queue::OutboundDlq, Queue::ResultsDlq] {
-        let got = peek_all(transport.as_ref(), q, 100, Duration::from_secs(180)).await;
-        assert_eq!(got.len(), 100, "{q}: {} of 100 malformed messages in the DLQ", got.len());
+    for (q, _) in &expected {
+        for r in DEAD_LETTER_REASONS {
+            assert_eq!(delta(*q, r), want(*q, r), "{q} dead-lettered with reason {r}");
+        }
+        let got = peek_all(transport.as_ref(), q.dlq(), 101, Duration::from_secs(30)).await;
+        let got: HashSet<String> = got.into_iter().collect();
+        let want_bodies: HashSet<String> = sent[q].iter().cloned().collect();
+        assert_eq!(got.len(), 101, "{q}: {} of 101 malformed messages in the DLQ", got.len());
+        assert_eq!(got, want_bodies, "{q}: the DLQ holds exactly the malformed messages");
     }
     assert_eq!(count_rows(&db, "tasks").await, 50, "nothing malformed was stored");
     app.shutdown(Duration::from_secs(5)).await;
@@ -188,3 +315,176 @@ on_both_transports!(
     malformed_messages_end_in_the_dlqs,
     graceful_shutdown_leaves_nothing_acquired,
 );
+
+// Memory transport only (what they prove does not depend on the transport).
+
+/// How long the Acquirer may take to react to a wake-up in the tests below (it reacts in milliseconds; its timer,
+/// set to 60 s there, must not be what finds the work).
+const WAKE_BOUND: Duration = Duration::from_secs(5);
+
+/// `LISTEN tasks_due` wakes an idle Acquirer when another process submits: the only in-process wake-up is the
+/// Persister's, so the submissions come from the test's own store and from a second App (the submitter role), and
+/// the Acquirer's timer is set to a minute.
+#[actix_rt::test]
+async fn a_submission_from_another_process_wakes_the_idle_acquirer_through_notify() {
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    settings.acquirer.idle_wakeup_ms = 60_000;
+    // One acquire loop, so "its first scan is done" is observable.
+    settings.acquirer.concurrency = 1;
+    let transport = transport(&settings).await;
+    let scheduler = start(
+        &settings,
+        &[Role::Scheduler, Role::Worker, Role::Resulter],
+        transport.clone(),
+        HandlerRegistry::builtin(),
+    );
+    // Idle: listening, and its first scan (which would find anything already there) is over.
+    let (dbr, name) = (&db, db.name.as_str());
+    wait_until(Duration::from_secs(10), "the Acquirer listening and idle", move || async move {
+        let session = |query: &str| {
+            format!("pg_stat_activity WHERE datname = '{name}' AND state = 'idle' AND query LIKE '{query}%'")
+        };
+        count_rows(dbr, &session("LISTEN tasks_due")).await == 1
+            && count_rows(dbr, &session("SELECT * FROM tasks_acquire")).await >= 1
+            && count_rows(
+                dbr,
+                &format!(
+                    "pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid() AND state <> 'idle' \
+                     AND query LIKE '%tasks_acquire%'"
+                ),
+            )
+            .await
+                == 0
+    })
+    .await;
+
+    // 1. Inserted by another client of the database.
+    let store = db.store();
+    let task = NewTask::new(Action::parse("noop").unwrap(), Payload::parse(json!({"n": 1})).unwrap());
+    let submitted = Instant::now();
+    store.submit_many(&[task]).await.unwrap();
+    wait_for_counts(&store, WAKE_BOUND, |c| c.get(&TaskState::Success) == Some(&1)).await;
+    let first = submitted.elapsed();
+
+    // 2. Submitted through a submitter in another App (its Persister wakes only its own, absent, Acquirer).
+    let submitter = start(&settings, &[Role::Submitter], transport.clone(), HandlerRegistry::builtin());
+    let submitted = Instant::now();
+    let body = sqs_scheduler::protocol::submit_message("noop", &json!({"n": 2}));
+    transport.send(Queue::Inbound, &[body]).await.unwrap();
+    wait_for_counts(&store, WAKE_BOUND, |c| c.get(&TaskState::Success) == Some(&2)).await;
+    tracing::info!(first = ?first, second = ?submitted.elapsed(), "woken by NOTIFY");
+    submitter.shutdown(Duration::from_secs(5)).await;
+    scheduler.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Records, for each run, when its task was created and acquired and when it was due, on the database clock.
+#[derive(Clone, Default)]
+struct RecordAcquisition(Arc<Mutex<HashMap<String, (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)>>>);
+
+#[async_trait::async_trait]
+impl Handler for RecordAcquisition {
+    async fn handle(
+        &self,
+        ctx: &HandlerContext,
+        payload: &serde_json::Value,
+    ) -> Result<serde_json::Value, HandlerError> {
+        use diesel::sql_types::{BigInt, Timestamptz};
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Timestamptz)]
+            created_at: DateTime<Utc>,
+            #[diesel(sql_type = Timestamptz)]
+            acquired_at: DateTime<Utc>,
+            #[diesel(sql_type = Timestamptz)]
+            run_at: DateTime<Utc>,
+        }
+        let mut conn = ctx.db.get().await.map_err(|e| HandlerError::new(e.to_string()))?;
+        let r: Row = diesel::sql_query("SELECT created_at, acquired_at, run_at FROM tasks WHERE id = $1")
+            .bind::<BigInt, _>(ctx.task_id)
+            .get_result(&mut *conn)
+            .await
+            .map_err(|e| HandlerError::new(e.to_string()))?;
+        let key = payload["k"].as_str().unwrap_or_default().to_owned();
+        self.0.lock().unwrap().insert(key, (r.created_at, r.acquired_at, r.run_at));
+        Ok(json!({}))
+    }
+}
+
+/// `delay_secs` and `run_at` hold a task back until its time, then it runs.
+#[actix_rt::test]
+async fn delayed_submissions_are_not_acquired_before_their_time() {
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Memory);
+    let transport = transport(&settings).await;
+    let record = RecordAcquisition::default();
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin().with("record", record.clone()));
+    let run_at = Utc::now() + chrono::Duration::seconds(2);
+    let submit = |params: serde_json::Value| json!({"jsonrpc": "2.0", "method": "submit:record", "params": params});
+    let bodies = [
+        submit(json!({"payload": {"k": "now"}})),
+        submit(json!({"payload": {"k": "delay"}, "delay_secs": 2})),
+        submit(json!({"payload": {"k": "run_at"}, "run_at": run_at.to_rfc3339()})),
+    ]
+    .map(|b| b.to_string());
+    transport.send(Queue::Inbound, &bodies).await.unwrap();
+    let store = db.store();
+    wait_for_counts(&store, Duration::from_secs(10), |c| c.get(&TaskState::Success) == Some(&3)).await;
+    let seen = record.0.lock().unwrap().clone();
+    let secs = |d: chrono::TimeDelta| d.num_microseconds().unwrap() as f64 / 1e6;
+    let (created, acquired, _) = seen["now"];
+    assert!(secs(acquired - created) < 2.0, "an undelayed task waited {} s", secs(acquired - created));
+    let (created, acquired, due) = seen["delay"];
+    assert!(secs(due - created) >= 2.0, "delay_secs 2 made it due after {} s", secs(due - created));
+    let waited = secs(acquired - created);
+    assert!((2.0..4.0).contains(&waited), "delay_secs 2: acquired {waited} s after its submission");
+    assert!(acquired >= due, "delay_secs 2: due at {due}, acquired at {acquired}");
+    let (_created, acquired, due) = seen["run_at"];
+    assert!((due - run_at).num_milliseconds().abs() <= 1, "run_at stored as {due}, asked {run_at}");
+    assert!(acquired >= due, "run_at {due}: acquired at {acquired}, before its time");
+    let late = secs(acquired - due);
+    assert!(late < 2.0, "run_at 2 s ahead: acquired {late} s after it was due");
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+struct Panicking;
+
+#[async_trait::async_trait]
+impl Handler for Panicking {
+    async fn handle(&self, _: &HandlerContext, _: &serde_json::Value) -> Result<serde_json::Value, HandlerError> {
+        panic!("boom in the handler")
+    }
+}
+
+/// A handler that panics fails its task (with the panic in the error) and the worker goes on with other tasks.
+#[actix_rt::test]
+async fn a_panicking_handler_fails_its_task_and_the_worker_goes_on() {
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Memory);
+    let transport = transport(&settings).await;
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin().with("panic", Panicking));
+    let bodies: Vec<String> = (0..3)
+        .map(
+            |i| json!({"jsonrpc": "2.0", "method": "submit:panic", "params": {"payload": {"i": i}, "max_attempts": 2}}),
+        )
+        .map(|b| b.to_string())
+        .collect();
+    transport.send(Queue::Inbound, &bodies).await.unwrap();
+    let store = db.store();
+    // Well before the visibility timeout (10 s) or the stale rescue (30 s) could end the tasks some other way.
+    wait_for_counts(&store, Duration::from_secs(8), |c| c.get(&TaskState::CriticalError) == Some(&3)).await;
+    for task in store.list(&Default::default()).await.unwrap() {
+        assert_eq!(task.attempts, 2);
+        let error = task.error.expect("the panic recorded as the task's error");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("panicked") && message.contains("boom in the handler"), "{error}");
+        assert_eq!(error["attempt"], json!(2));
+    }
+    // The same worker still runs tasks.
+    let bodies: Vec<String> =
+        (0..20).map(|i| sqs_scheduler::protocol::submit_message("noop", &json!({"i": i}))).collect();
+    transport.send(Queue::Inbound, &bodies).await.unwrap();
+    wait_for_counts(&store, Duration::from_secs(8), |c| c.get(&TaskState::Success) == Some(&20)).await;
+    app.shutdown(Duration::from_secs(5)).await;
+}

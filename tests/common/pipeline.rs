@@ -148,12 +148,126 @@ pub async fn peek_all(transport: &dyn Transport, queue: Queue, expect: usize, ti
     bodies.into_iter().collect()
 }
 
-// ---- supervision and metrics helpers (tests/supervision.rs) ----
+// ---------------------------------------------------------------------------------------------------------------
+// Assertion helpers for tests that must fail when the behaviour breaks (issue #7): process-wide metrics taken in
+// turn, a handler wrapper that records every execution, bounded waits on any condition.
+// ---------------------------------------------------------------------------------------------------------------
 
-/// Tests that read process-wide metrics take turns, so the deltas they compute are their own.
+/// Serialises the tests that compare process-wide metrics (chaos injections, stale results) before and after: every
+/// test that reads such a delta, or causes chaos or stale results on purpose, holds it, so the delta is its own.
+/// Take it after `sqs_turn` (always in that order: no deadlock).
 pub async fn metrics_turn() -> tokio::sync::MutexGuard<'static, ()> {
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     TURN.lock().await
+}
+
+/// Every execution of a handler: (task id, attempt), in the order they started.
+pub type ExecLog = Arc<std::sync::Mutex<Vec<(i64, i32)>>>;
+
+/// Wraps a handler and records each of its executions in an `ExecLog` before running it.
+pub struct Counting<H>(pub H, pub ExecLog);
+
+#[async_trait::async_trait]
+impl<H: sqs_scheduler::handlers::Handler> sqs_scheduler::handlers::Handler for Counting<H> {
+    async fn handle(
+        &self,
+        ctx: &sqs_scheduler::handlers::HandlerContext,
+        payload: &serde_json::Value,
+    ) -> Result<serde_json::Value, sqs_scheduler::handlers::HandlerError> {
+        self.1.lock().unwrap().push((ctx.task_id, ctx.attempt));
+        self.0.handle(ctx, payload).await
+    }
+}
+
+/// Waits (bounded) until the async condition holds; panics naming `what` otherwise.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < until, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `scheduler_messages_dead_lettered_total` for `queue`'s DLQ and `reason` (labelled with this test's own queue
+/// prefix, so no other test moves it).
+pub fn dead_lettered(settings: &Settings, queue: Queue, reason: &str) -> u64 {
+    let dlq = queue.dlq().name(&settings.sqs.queue_prefix);
+    sqs_scheduler::metrics::metrics().messages_dead_lettered.with_label_values(&[dlq.as_str(), reason]).get()
+}
+
+/// Every reason label `RpcError::reason()` can give.
+pub const DEAD_LETTER_REASONS: [&str; 6] =
+    ["parse_error", "invalid_request", "method_not_found", "invalid_params", "internal_error", "other"];
+
+/// Every delivery a transport handed out: (queue, message id).
+pub type DeliveryLog = Arc<std::sync::Mutex<Vec<(Queue, String)>>>;
+
+/// Wraps a transport and records every message it delivers, to tell the transport's own redeliveries and duplicates
+/// (which SQS may make at any time) from the scheduler's.
+pub struct RecordDeliveries {
+    inner: Arc<dyn Transport>,
+    log: DeliveryLog,
+}
+
+impl RecordDeliveries {
+    pub fn wrap(inner: Arc<dyn Transport>) -> (Arc<dyn Transport>, DeliveryLog) {
+        let log = DeliveryLog::default();
+        (Arc::new(RecordDeliveries { inner, log: log.clone() }), log)
+    }
+}
+
+/// (deliveries, distinct messages) of `queue` so far.
+pub fn deliveries(log: &DeliveryLog, queue: Queue) -> (usize, usize) {
+    let log = log.lock().unwrap();
+    let of_queue: Vec<&String> = log.iter().filter(|(q, _)| *q == queue).map(|(_, id)| id).collect();
+    let distinct: std::collections::HashSet<&String> = of_queue.iter().copied().collect();
+    (of_queue.len(), distinct.len())
+}
+
+#[async_trait::async_trait]
+impl Transport for RecordDeliveries {
+    async fn receive(
+        &self,
+        queue: Queue,
+        max: usize,
+        wait: Duration,
+    ) -> sqs_scheduler::transport::TransportResult<Vec<sqs_scheduler::transport::Message>> {
+        let got = self.inner.receive(queue, max, wait).await?;
+        self.log.lock().unwrap().extend(got.iter().map(|m| (queue, m.id.clone())));
+        Ok(got)
+    }
+    async fn send(
+        &self,
+        queue: Queue,
+        bodies: &[String],
+    ) -> sqs_scheduler::transport::TransportResult<Vec<Result<(), String>>> {
+        self.inner.send(queue, bodies).await
+    }
+    async fn delete(
+        &self,
+        queue: Queue,
+        receipts: &[String],
+    ) -> sqs_scheduler::transport::TransportResult<Vec<String>> {
+        self.inner.delete(queue, receipts).await
+    }
+    async fn change_visibility(
+        &self,
+        queue: Queue,
+        receipts: &[String],
+        timeout: Duration,
+    ) -> sqs_scheduler::transport::TransportResult<()> {
+        self.inner.change_visibility(queue, receipts, timeout).await
+    }
+    async fn depth(&self, queue: Queue) -> sqs_scheduler::transport::TransportResult<u64> {
+        self.inner.depth(queue).await
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
 }
 
 /// Sends `submit:export` for objects `from..=to` to the inbound queue.
