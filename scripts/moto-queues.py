@@ -20,7 +20,7 @@ import sys
 import botocore.session
 
 KINDS = ("inbound", "outbound", "results")
-MAX_RECEIVE_COUNT = 5
+MAX_RECEIVE_COUNT = 50  # as src/transport/sqs.rs: the app dead-letters malformed messages itself
 MAIN_ATTRS = {
     "VisibilityTimeout": "30",
     # Clients pass their own WaitTimeSeconds; the queue default stays 0.

@@ -27,6 +27,23 @@ pub fn build_pool(settings: &DatabaseSettings) -> DbPool {
         .build_unchecked(manager)
 }
 
+/// Can the database be reached now? A fresh connection and `SELECT 1`, bounded by the connect timeout (the circuit
+/// breaker's probe: it must not depend on a pool whose connections may all be dead).
+pub async fn probe(settings: &DatabaseSettings) -> Result<(), String> {
+    let check = async {
+        let (client, conn) =
+            tokio_postgres::connect(&settings.url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+        let driver = actix_rt::spawn(conn);
+        let r = client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string());
+        driver.abort();
+        r
+    };
+    match tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), check).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", settings.connect_timeout_ms)),
+    }
+}
+
 /// A pool listed for `scheduler_db_pool_connections`, as long as its owner keeps this alive.
 pub struct ReportedPool {
     stage: String,

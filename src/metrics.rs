@@ -34,6 +34,8 @@ pub struct Metrics {
     pub actor_in_flight: IntGaugeVec,
     pub supervisor_give_ups: IntCounterVec,
     pub items_refused: IntCounterVec,
+    pub breaker_open: prometheus::IntGauge,
+    pub breaker_opened: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -133,6 +135,18 @@ impl Metrics {
                 "scheduler_supervisor_give_ups_total",
                 "Supervisors that exceeded their restart intensity and escalated (root: the process exits).",
                 &["supervisor"],
+            ),
+            breaker_open: reg(
+                &r,
+                prometheus::IntGauge::new(
+                    "scheduler_breaker_open",
+                    "1 while the database circuit breaker is open (commits failing: pollers do not receive).",
+                )
+                .unwrap(),
+            ),
+            breaker_opened: counter(
+                "scheduler_breaker_opened_total",
+                "Times the database circuit breaker opened.",
             ),
             items_refused: counter_vec(
                 "scheduler_items_refused_total",

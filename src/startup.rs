@@ -4,7 +4,7 @@
 
 use crate::actors::acquirer::Acquirer;
 use crate::actors::due_listener::DueListener;
-use crate::actors::messages::{Hooks, Reaped, Received, RunOnce};
+use crate::actors::messages::{Capacity, Hooks, Reaped, Received, RunOnce};
 use crate::actors::persister::Persister;
 use crate::actors::poller::SqsPoller;
 use crate::actors::reaper::StaleReaper;
@@ -130,22 +130,23 @@ fn queue_stage<A>(
     make: impl Fn(Shared, Link) -> A + 'static,
 ) -> Vec<Box<dyn ChildSpec>>
 where
-    A: Actor<Context = Context<A>> + Handler<Received> + Hooks + Send,
+    A: Actor<Context = Context<A>> + Handler<Received> + Handler<Capacity> + Hooks + Send,
 {
-    let slot: Slot<Received> = Slot::default();
-    let (s, sl) = (shared.clone(), slot.clone());
+    let (slot, capacity): (Slot<Received>, Slot<Capacity>) = Default::default();
+    let (s, sl, cap) = (shared.clone(), slot.clone(), capacity.clone());
     let mut hook = stages.hook::<A>(name);
     let mut children = vec![ActorSpec::new(name, arbiter, move |link| make(s.clone(), link))
         .on_start(move |a: &Addr<A>| {
             sl.set(a.clone().recipient());
+            cap.set(a.clone().recipient());
             hook(a);
         })
         .boxed()];
     for i in 0..pollers.max(1) {
-        let (s, sl) = (shared.clone(), slot.clone());
+        let (s, sl, cap) = (shared.clone(), slot.clone(), capacity.clone());
         children.push(
             ActorSpec::new(format!("{queue}_poller_{i}"), arbiter, move |link| {
-                SqsPoller::new(s.clone(), link, queue, sl.clone())
+                SqsPoller::new(s.clone(), link, queue, sl.clone(), cap.clone())
             })
             .boxed(),
         );
@@ -243,9 +244,10 @@ impl App {
                 queue_prefix: settings.sqs.queue_prefix.clone(),
             }),
             handlers,
-            phases: Phases::default(),
+            phases: Phases { drain_outbound: roles.contains(&Role::Scheduler), ..Phases::default() },
             completions: broadcast::channel(65_536).0,
             acquirer: Slot::default(),
+            breaker: crate::actors::breaker::Breaker::new(),
         };
         let owned: Vec<Arbiter> = (0..4).map(|_| Arbiter::new()).collect();
         let arbiters = Arbiters {

@@ -50,9 +50,9 @@ variable "dlq_message_retention_seconds" {
 }
 
 variable "max_receive_count" {
-  description = "Receives after which SQS moves a message to the queue's dead-letter queue."
+  description = "Receives after which SQS moves a message to the queue's dead-letter queue. The scheduler dead-letters malformed messages itself; this is the last resort, kept high so that receives during a database outage never redrive valid messages (see the README)."
   type        = number
-  default     = 5
+  default     = 50
 
   validation {
     condition     = var.max_receive_count >= 1 && var.max_receive_count <= 1000

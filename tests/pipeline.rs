@@ -256,7 +256,7 @@ async fn malformed_messages_end_in_the_dlqs(kind: Kind) {
         }
         sent.insert(q, bodies);
     }
-    // Dead-lettered at their first receive: the queues' own redrive (maxReceiveCount 5, visibility 10 s) could not
+    // Dead-lettered at their first receive: the queues' own redrive (maxReceiveCount 50, visibility 10 s) could not
     // move anything before 40 s.
     wait_until(Duration::from_secs(15), "every malformed message dead-lettered at once", || async {
         expected.iter().all(|(q, reasons)| reasons.iter().all(|(r, n)| delta(*q, r) >= *n))

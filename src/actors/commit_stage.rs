@@ -185,7 +185,9 @@ async fn commit_group<C: Commit>(commit: &C, items: &[C::Item], counters: &Count
 async fn attempt<C: Commit>(commit: &C, items: &[C::Item], counters: &Counters) -> Result<Vec<C::Output>, StoreError> {
     counters.statements.fetch_add(1, Ordering::Relaxed);
     match commit.commit(items).await {
-        Err(e) if e.class() == ErrorClass::Transient => {
+        // A dead pooled connection, not a pool that timed out waiting for a connection (the database is down).
+        Err(e @ StoreError::Database(_)) if e.class() == ErrorClass::Transient => {
+            tracing::debug!(error = %e, "transient failure; trying once more on a fresh connection");
             counters.statements.fetch_add(1, Ordering::Relaxed);
             commit.commit(items).await
         }
@@ -197,40 +199,72 @@ fn unavailable<T>(n: usize, e: &StoreError) -> Vec<Result<T, ItemError>> {
     (0..n).map(|_| Err(ItemError::Unavailable(e.to_string()))).collect()
 }
 
-/// The queue side of a commit stage: parses each message, dead-letters the malformed ones and the ones the
-/// database refuses (each on its own, with the reason), commits the rest, and settles: the receipts of messages
-/// whose effect is durable or that were dead-lettered. A message whose commit failed transiently is not settled:
-/// it comes back after its visibility timeout.
+/// One entry of a received message: a message holds one, or several when it is a JSON-RPC batch.
+pub struct Entry<T> {
+    pub item: Result<T, RpcError>,
+    /// The entry's own JSON, for a batch entry (dead-lettered on its own); None for a whole message.
+    pub body: Option<String>,
+}
+
+impl<T> Entry<T> {
+    /// The message is the entry.
+    pub fn whole(item: Result<T, RpcError>) -> Vec<Entry<T>> {
+        vec![Entry { item, body: None }]
+    }
+}
+
+/// The queue side of a commit stage: parses each message into its entries, commits every valid entry of every
+/// message in one group, and dead-letters — each on its own, with its reason — the malformed entries and the ones
+/// the database refuses. A message is settled (its receipt returned for deletion) once every entry is durable or
+/// dead-lettered; one whose commit failed transiently is not, and comes back after its visibility timeout.
 pub async fn settle<C: Commit>(
     shared: &Shared,
     queue: Queue,
     committer: &GroupCommitter<C>,
     messages: Vec<QueueMessage>,
-    parse: impl Fn(&str) -> Result<C::Item, RpcError>,
+    parse: impl Fn(&str) -> Vec<Entry<C::Item>>,
 ) -> Settled {
-    let mut bad = Vec::new();
     let mut items = Vec::with_capacity(messages.len());
-    let mut owners = Vec::with_capacity(messages.len());
-    for m in messages {
-        match parse(&m.body) {
-            Ok(item) => {
-                items.push(item);
-                owners.push(m);
+    let mut owners = Vec::with_capacity(messages.len()); // (message index, entry body)
+    let mut bad: Vec<(usize, Option<String>, RpcError)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        for e in parse(&m.body) {
+            match e.item {
+                Ok(item) => {
+                    items.push(item);
+                    owners.push((i, e.body));
+                }
+                Err(err) => bad.push((i, e.body, err)),
             }
-            Err(e) => bad.push((m, e)),
         }
     }
     let outcomes = committer.commit(items).await;
-    let mut receipts = Vec::with_capacity(owners.len());
-    for (m, outcome) in owners.into_iter().zip(outcomes) {
+    // The breaker learns whether the database takes commits (refused data says it does).
+    match outcomes.iter().find_map(|o| match o {
+        Err(ItemError::Unavailable(e)) => Some(e),
+        _ => None,
+    }) {
+        Some(e) => shared.breaker.failure(e),
+        None if !outcomes.is_empty() => shared.breaker.success(),
+        None => {}
+    }
+    let mut settled = vec![true; messages.len()];
+    for ((i, body), outcome) in owners.into_iter().zip(outcomes) {
         match outcome {
-            Ok(_) => receipts.push(m.receipt),
+            Ok(_) => {}
             Err(ItemError::Refused(why)) => {
-                bad.push((m, RpcError::new(INVALID_PARAMS, format!("refused by the database: {why}"))))
+                bad.push((i, body, RpcError::new(INVALID_PARAMS, format!("refused by the database: {why}"))))
             }
-            Err(ItemError::Unavailable(_)) => {}
+            Err(ItemError::Unavailable(_)) => settled[i] = false,
         }
     }
-    receipts.extend(shared.dead_letter(queue, bad).await);
-    Settled { receipts }
+    let entries: Vec<(&str, &str, &RpcError)> = bad
+        .iter()
+        .map(|(i, body, e)| (messages[*i].id.as_str(), body.as_deref().unwrap_or(&messages[*i].body), e))
+        .collect();
+    let sent = shared.dead_letter_bodies(queue, &entries).await;
+    for ((i, _, _), ok) in bad.iter().zip(sent) {
+        settled[*i] &= ok;
+    }
+    Settled { receipts: messages.into_iter().zip(settled).filter(|(_, s)| *s).map(|(m, _)| m.receipt).collect() }
 }

@@ -20,6 +20,12 @@ pub struct Settled {
     pub receipts: Vec<String>,
 }
 
+/// Poller → stage, before each receive: how many messages can you take now? A WorkerPool answers with its free
+/// handler slots (waiting until one is free); the commit stages take a full batch.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "usize")]
+pub struct Capacity;
+
 /// DueListener (LISTEN/NOTIFY), Persister, ResultSink, StaleReaper → Acquirer: tasks may have become due.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod acquirer;
+pub mod breaker;
 pub mod commit_stage;
 pub mod due_listener;
 pub mod messages;
@@ -147,6 +148,9 @@ pub struct Phases {
     pub results: StopSignal,
     /// Grace period over: everything stops now.
     pub hard: StopSignal,
+    /// Outbound pollers drain their queue on shutdown (this process's Acquirer sent those tasks); otherwise they
+    /// stop receiving at once and leave the tasks to the other workers.
+    pub drain_outbound: bool,
     pub inbound_work: Tracker,
     pub outbound_work: Tracker,
     pub results_work: Tracker,
@@ -194,6 +198,8 @@ pub struct Shared {
     pub completions: broadcast::Sender<Applied>,
     /// The Acquirer of this process, if it runs the scheduler role: told [`TasksDue`] after new work commits.
     pub acquirer: Slot<TasksDue>,
+    /// Stops the commit stages' pollers from receiving while the database is unavailable.
+    pub breaker: breaker::Breaker,
 }
 
 impl Shared {
@@ -219,21 +225,30 @@ impl Shared {
 
     /// Moves malformed messages to the queue's DLQ at once; returns the receipts that may now be deleted.
     pub async fn dead_letter(&self, queue: Queue, bad: Vec<(QueueMessage, RpcError)>) -> Vec<String> {
+        let entries: Vec<(&str, &str, &RpcError)> =
+            bad.iter().map(|(m, e)| (m.id.as_str(), m.body.as_str(), e)).collect();
+        let sent = self.dead_letter_bodies(queue, &entries).await;
+        bad.into_iter().zip(sent).filter(|(_, ok)| *ok).map(|((m, _), _)| m.receipt).collect()
+    }
+
+    /// Sends bodies (whole messages, or single entries of a JSON-RPC batch) to the queue's DLQ, each logged with
+    /// the id of the message it came from and counted by reason; true for each one the DLQ accepted.
+    pub async fn dead_letter_bodies(&self, queue: Queue, bad: &[(&str, &str, &RpcError)]) -> Vec<bool> {
         if bad.is_empty() {
             return Vec::new();
         }
         let dlq = self.queue_label(queue.dlq());
-        for (m, e) in &bad {
-            tracing::warn!(queue = %self.queue_label(queue), message_id = %m.id, code = e.code, error = %e.message,
+        for (id, _, e) in bad {
+            tracing::warn!(queue = %self.queue_label(queue), message_id = %id, code = e.code, error = %e.message,
                 "malformed message moved to the dead-letter queue");
             metrics().messages_dead_lettered.with_label_values(&[dlq.as_str(), e.reason()]).inc();
         }
-        let bodies: Vec<String> = bad.iter().map(|(m, _)| m.body.clone()).collect();
+        let bodies: Vec<String> = bad.iter().map(|(_, b, _)| b.to_string()).collect();
         match self.transport.send(queue.dlq(), &bodies).await {
-            Ok(res) => bad.into_iter().zip(res).filter(|(_, r)| r.is_ok()).map(|((m, _), _)| m.receipt).collect(),
+            Ok(res) => res.iter().map(|r| r.is_ok()).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "dead-letter send failed; the messages will be redelivered");
-                Vec::new()
+                vec![false; bad.len()]
             }
         }
     }

@@ -3,7 +3,7 @@
 //! DLQ at once; a submission is acknowledged only after its commit.
 
 use super::commit_stage::{self, GroupCommitter};
-use super::messages::{Received, Settled};
+use super::messages::{Capacity, Received, Settled};
 use super::Shared;
 use crate::chaos::ChaosCommit;
 use crate::metrics::metrics;
@@ -68,6 +68,15 @@ impl Actor for Persister {
     }
 }
 
+impl Handler<Capacity> for Persister {
+    type Result = usize;
+
+    /// A commit stage takes a full batch: its back-pressure is the wait for `Settled`.
+    fn handle(&mut self, _: Capacity, _: &mut Self::Context) -> usize {
+        crate::transport::MAX_BATCH
+    }
+}
+
 impl Handler<Received> for Persister {
     type Result = ResponseFuture<Settled>;
 
@@ -79,7 +88,10 @@ impl Handler<Received> for Persister {
             let s = &shared.settings;
             let (max, default_max) = (s.transport.max_message_bytes, default_max_attempts(&shared));
             let settled = commit_stage::settle(&shared, msg.queue, &committer, msg.messages, |body| {
-                protocol::parse_submit(body, max, default_max)
+                protocol::parse_submissions(body, max, default_max)
+                    .into_iter()
+                    .map(|(entry, item)| commit_stage::Entry { item, body: entry })
+                    .collect()
             })
             .await;
             metrics().actor_in_flight.with_label_values(&["persister"]).set(committer.in_flight() as i64);

@@ -2,7 +2,8 @@
 //! stage answers as [`Settled`] (ack after commit). Works on any `Transport`. On shutdown it drains its queue
 //! (receives until one comes back empty) and stops; the grace deadline stops it regardless.
 
-use super::messages::{Received, Settled};
+use super::breaker::Gate;
+use super::messages::{Capacity, Received, Settled};
 use super::{Shared, Slot};
 use crate::metrics::metrics;
 use crate::supervision::Link;
@@ -15,11 +16,13 @@ pub struct SqsPoller {
     link: Link,
     queue: Queue,
     stage: Slot<Received>,
+    capacity: Slot<Capacity>,
 }
 
 impl SqsPoller {
-    pub fn new(shared: Shared, link: Link, queue: Queue, stage: Slot<Received>) -> Self {
-        Self { shared, link, queue, stage }
+    /// `stage` and `capacity` both reach the stage's current instance.
+    pub fn new(shared: Shared, link: Link, queue: Queue, stage: Slot<Received>, capacity: Slot<Capacity>) -> Self {
+        Self { shared, link, queue, stage, capacity }
     }
 }
 
@@ -28,7 +31,7 @@ impl Actor for SqsPoller {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.link.attach(ctx);
-        let fut = poll_loop(self.shared.clone(), self.queue, self.stage.clone());
+        let fut = poll_loop(self.shared.clone(), self.queue, self.stage.clone(), self.capacity.clone());
         ctx.spawn(fut.into_actor(self).map(|_, act, ctx| {
             if !act.shared.phases.signal(act.queue).is_stopped() {
                 ctx.stop(); // ended without shutdown: its supervisor restarts it
@@ -58,7 +61,16 @@ async fn hand_on(shared: &Shared, queue: Queue, stage: &Slot<Received>, messages
     }
 }
 
-async fn poll_loop(shared: Shared, queue: Queue, stage: Slot<Received>) {
+/// How many messages the stage can take now (a worker only as many as it has free handler slots, so nothing waits
+/// behind a long task while its visibility runs out); waits while it can take none.
+async fn demand(capacity: &Slot<Capacity>) -> usize {
+    match capacity.get() {
+        Some(r) => r.send(Capacity).await.unwrap_or(MAX_BATCH).clamp(1, MAX_BATCH),
+        None => MAX_BATCH, // being restarted: `hand_on` waits for the next instance
+    }
+}
+
+async fn poll_loop(shared: Shared, queue: Queue, stage: Slot<Received>, capacity: Slot<Capacity>) {
     let label = shared.queue_label(queue);
     let stop = shared.phases.signal(queue).clone();
     let hard = shared.phases.hard.clone();
@@ -69,17 +81,43 @@ async fn poll_loop(shared: Shared, queue: Queue, stage: Slot<Received>) {
     let begun = shared.phases.begun.clone();
     // Counted in its phase for as long as it runs, so shutdown moves on only once this queue is drained.
     let _alive = shared.phases.tracker(queue).guard();
+    // On shutdown, new work is left for other processes at once: submissions always, tasks unless this process's
+    // own Acquirer sent them (then it finishes them, so none is left ACQUIRED). Results are always drained.
+    let drains = match queue {
+        Queue::Inbound | Queue::InboundDlq => false,
+        Queue::Outbound | Queue::OutboundDlq => shared.phases.drain_outbound,
+        Queue::Results | Queue::ResultsDlq => true,
+    };
+    let gated = matches!(queue, Queue::Inbound | Queue::Results);
     loop {
-        if hard.is_stopped() {
+        if hard.is_stopped() || (!drains && stop.is_stopped()) {
             break;
+        }
+        // While the database takes no commits, receiving would only count towards the queue's maxReceiveCount.
+        if gated {
+            match shared.breaker.gate() {
+                Gate::Receive => {}
+                Gate::Wait(w) => {
+                    tokio::select! { _ = tokio::time::sleep(w.min(Duration::from_secs(1))) => {}, _ = hard.stopped() => break }
+                    continue;
+                }
+                Gate::Probe => {
+                    match crate::db::probe(&shared.settings.database).await {
+                        Ok(()) => shared.breaker.success(),
+                        Err(e) => shared.breaker.failure(&e),
+                    }
+                    continue;
+                }
+            }
         }
         // Sampled before the receive: an empty answer after our phase's stop means the queue is drained.
         let drained_if_empty = stop.is_stopped();
         let shutting_down = begun.is_stopped();
+        let max = demand(&capacity).await;
         // A receive in flight is never cancelled on shutdown (its messages would stay invisible until their
         // visibility timeout); once shutdown has begun, receives are short polls.
         let res = tokio::select! {
-            r = shared.transport.receive(queue, MAX_BATCH, if shutting_down { Duration::ZERO } else { wait }) => r,
+            r = shared.transport.receive(queue, max, if shutting_down { Duration::ZERO } else { wait }) => r,
             _ = hard.stopped() => break,
         };
         let messages = match res {
@@ -98,8 +136,8 @@ async fn poll_loop(shared: Shared, queue: Queue, stage: Slot<Received>) {
             if drained_if_empty {
                 break;
             }
-            if shutting_down {
-                // Waiting for our phase: poll gently.
+            if shutting_down || wait < Duration::from_secs(1) {
+                // Waiting for our phase, or short polls configured: poll gently instead of spinning.
                 tokio::select! { _ = tokio::time::sleep(Duration::from_millis(50)) => {}, _ = hard.stopped() => break }
             }
             continue;

@@ -3,7 +3,7 @@
 //! counted and acknowledged, never applied. Malformed and refused results go to the results DLQ at once.
 
 use super::commit_stage::{self, GroupCommitter};
-use super::messages::{Received, Settled};
+use super::messages::{Capacity, Received, Settled};
 use super::Shared;
 use crate::chaos::ChaosCommit;
 use crate::metrics::metrics;
@@ -98,6 +98,15 @@ impl Actor for ResultSink {
     }
 }
 
+impl Handler<Capacity> for ResultSink {
+    type Result = usize;
+
+    /// A commit stage takes a full batch: its back-pressure is the wait for `Settled`.
+    fn handle(&mut self, _: Capacity, _: &mut Self::Context) -> usize {
+        crate::transport::MAX_BATCH
+    }
+}
+
 impl Handler<Received> for ResultSink {
     type Result = ResponseFuture<Settled>;
 
@@ -108,7 +117,7 @@ impl Handler<Received> for ResultSink {
         Box::pin(async move {
             let max = shared.settings.transport.max_message_bytes;
             let settled = commit_stage::settle(&shared, msg.queue, &committer, msg.messages, |body| {
-                protocol::parse_result(body, max)
+                commit_stage::Entry::whole(protocol::parse_result(body, max))
             })
             .await;
             metrics().actor_in_flight.with_label_values(&["result_sink"]).set(committer.in_flight() as i64);

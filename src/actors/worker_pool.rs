@@ -3,7 +3,7 @@
 //! was sent (ack after the effect is downstream). Results are batched: up to 10 per send, 10 deletes per call.
 //! A handler running longer than half the visibility timeout gets its message's visibility extended.
 
-use super::messages::{Received, Settled};
+use super::messages::{Capacity, Received, Settled};
 use super::{Shared, TrackGuard};
 use crate::handlers::{HandlerContext, HandlerError};
 use crate::metrics::metrics;
@@ -15,6 +15,7 @@ use actix::prelude::*;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -31,6 +32,8 @@ pub struct WorkerPool {
     settings: WorkerSettings,
     link: Link,
     permits: Arc<Semaphore>,
+    /// Messages handed in but still waiting for a handler slot (promised capacity).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
     done_tx: Option<mpsc::UnboundedSender<Done>>,
     /// The handlers' database pool (reported as `worker_pool`).
     store: Option<TaskStore>,
@@ -39,7 +42,7 @@ pub struct WorkerPool {
 impl WorkerPool {
     pub fn new(shared: Shared, settings: WorkerSettings, link: Link) -> Self {
         let permits = Arc::new(Semaphore::new(settings.concurrency));
-        Self { shared, settings, link, permits, done_tx: None, store: None }
+        Self { shared, settings, link, permits, waiting: Default::default(), done_tx: None, store: None }
     }
 }
 
@@ -64,6 +67,31 @@ impl Handler<super::messages::InjectPanic> for WorkerPool {
     }
 }
 
+impl Handler<Capacity> for WorkerPool {
+    type Result = ResponseFuture<usize>;
+
+    /// Free handler slots not yet promised to a batch; waits until there is one.
+    fn handle(&mut self, _: Capacity, _: &mut Self::Context) -> Self::Result {
+        let (permits, waiting) = (self.permits.clone(), self.waiting.clone());
+        Box::pin(async move {
+            loop {
+                let free = permits.available_permits().saturating_sub(waiting.load(Ordering::SeqCst));
+                if free > 0 {
+                    return free;
+                }
+                // A slot frees when a handler ends: wait for one, then look again.
+                match permits.acquire().await {
+                    Ok(p) => drop(p),
+                    Err(_) => return 0,
+                }
+                if waiting.load(Ordering::SeqCst) > 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    }
+}
+
 impl Handler<Received> for WorkerPool {
     type Result = ResponseFuture<Settled>;
 
@@ -73,12 +101,16 @@ impl Handler<Received> for WorkerPool {
         metrics().actor_messages.with_label_values(&["worker_pool", "received"]).inc();
         let shared = self.shared.clone();
         let permits = self.permits.clone();
+        let waiting = self.waiting.clone();
         let concurrency = self.settings.concurrency;
         let done_tx = self.done_tx.clone().expect("started");
         let db = self.store.as_ref().expect("started").pool().clone();
+        waiting.fetch_add(msg.messages.len(), Ordering::SeqCst);
         Box::pin(async move {
             let mut bad = Vec::new();
             for m in msg.messages {
+                // This message no longer waits for a slot once it has one (or is dead-lettered).
+                let _promised = Promise(&waiting);
                 let max = shared.settings.transport.max_message_bytes;
                 match TaskRequest::parse(&m.body, max) {
                     Ok(req) => {
@@ -98,6 +130,15 @@ impl Handler<Received> for WorkerPool {
             // Dead-lettered messages may be deleted now; the others once their results are sent.
             Settled { receipts: shared.dead_letter(Queue::Outbound, bad).await }
         })
+    }
+}
+
+/// One message's claim on capacity, released when it started (or was dead-lettered).
+struct Promise<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Promise<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

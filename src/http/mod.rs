@@ -288,6 +288,11 @@ async fn readyz(api: web::Data<HttpApi>) -> HttpResponse {
         }
     };
     let mut body = json!({"database": database});
+    // The commit stages' pollers stop receiving while the database breaker is open: not ready, and why.
+    if let Some(why) = crate::actors::breaker::any_open() {
+        ready = false;
+        body["circuit_breaker"] = json!(why);
+    }
     if let Some(t) = &state.transport {
         let transport = match tokio::time::timeout(READY_TIMEOUT, t.depth(Queue::Inbound)).await {
             Ok(Ok(_)) => "ok",

@@ -204,6 +204,28 @@ pub fn parse_submit(body: &str, max_bytes: usize, default_max_attempts: MaxAttem
     submit_task(action, req.params, default_max_attempts)
 }
 
+/// An inbound message body -> its submissions: one, or each entry of a JSON-RPC batch on its own (an entry's
+/// JSON comes with it, so a bad entry can be dead-lettered alone). A body that is not JSON, or an empty batch, is
+/// one bad submission.
+pub fn parse_submissions(
+    body: &str,
+    max_bytes: usize,
+    default_max_attempts: MaxAttempts,
+) -> Vec<(Option<String>, Result<NewTask, RpcError>)> {
+    let one = |v: Value| {
+        let req = parse_request(v).map_err(|(e, _)| e)?;
+        submit_task(submit_action(&req.method)?, req.params, default_max_attempts)
+    };
+    match parse_body(body, max_bytes) {
+        Err(e) => vec![(None, Err(e))],
+        Ok(Value::Array(entries)) if entries.is_empty() => {
+            vec![(None, Err(RpcError::new(INVALID_REQUEST, "invalid request: empty batch")))]
+        }
+        Ok(Value::Array(entries)) => entries.into_iter().map(|e| (Some(e.to_string()), one(e))).collect(),
+        Ok(v) => vec![(None, one(v))],
+    }
+}
+
 /// A submit notification, as a client sends it.
 pub fn submit_message(action: &str, payload: &Value) -> String {
     json!({"jsonrpc": "2.0", "method": format!("{SUBMIT_PREFIX}{action}"), "params": payload}).to_string()

@@ -39,7 +39,7 @@ pub struct MemoryTransport {
 
 impl MemoryTransport {
     pub fn new(visibility: Duration) -> Self {
-        Self::with_redrive(visibility, 5)
+        Self::with_redrive(visibility, crate::transport::sqs::MAX_RECEIVE_COUNT)
     }
 
     pub fn with_redrive(visibility: Duration, max_receive_count: u32) -> Self {

@@ -26,8 +26,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Receives after which SQS moves a message to the DLQ (same as the memory transport's default).
-pub const MAX_RECEIVE_COUNT: u32 = 5;
+/// Receives after which SQS moves a message to the DLQ (same as the memory transport's default). The scheduler
+/// dead-letters malformed messages itself at first receive, so the queue's redrive is only the last resort for a
+/// message that keeps killing its consumer. It must be high: every receive while the database is unreachable counts
+/// (until the circuit breaker stops the pollers), and a valid message must never reach a DLQ because of an outage.
+/// With visibility V, a message can be received at most MAX_RECEIVE_COUNT times in MAX_RECEIVE_COUNT × V
+/// (50 × 30 s = 25 min) before redrive; the breaker stops receiving after 3 failed commits, so what an outage costs
+/// is those few receives, whatever its length.
+pub const MAX_RECEIVE_COUNT: u32 = 50;
 /// Longest long poll SQS accepts.
 pub const MAX_WAIT_SECS: u64 = 20;
 /// Longest visibility timeout SQS accepts (12 hours).

@@ -89,3 +89,4 @@ pub fn promtool_check(exposition: &[u8]) -> Option<String> {
 }
 
 pub mod pipeline;
+pub mod proxy;
