@@ -220,7 +220,7 @@ impl Metrics {
             m.actor_restarts.with_label_values(&[a, "panic"]);
             m.actor_in_flight.with_label_values(&[a]);
         }
-        for s in ["root", "submitter", "scheduler", "worker", "resulter", "supervisor"] {
+        for s in ["root", "submitter", "scheduler", "worker", "resulter", "supervisor", "http"] {
             m.supervisor_give_ups.with_label_values(&[s]);
         }
         for s in ["persister", "result_sink", "http_submit"] {

@@ -15,6 +15,8 @@ use crate::actors::{Phases, PipelineSettings, Shared, Slot};
 use crate::chaos::Chaos;
 use crate::configuration::{Settings, TransportKind};
 use crate::handlers::HandlerRegistry;
+use crate::http::server::HttpServerActor;
+use crate::http::HttpState;
 use crate::metrics::metrics;
 use crate::store::Applied;
 use crate::supervision::{ActorSpec, ChildSpec, Link, Shutdown, SupervisionEvent, Supervisor, SupervisorSpec, Tree};
@@ -230,6 +232,17 @@ pub struct App {
 impl App {
     /// Starts the actors of `roles`. Migrations must already be applied (see `db::run_migrations`).
     pub fn start(settings: Settings, roles: &[Role], transport: Arc<dyn Transport>, handlers: HandlerRegistry) -> App {
+        Self::start_with_http(settings, roles, transport, handlers, None)
+    }
+
+    /// The same, with the HTTP server supervised in the tree (the `http` role) when `http` is given.
+    pub fn start_with_http(
+        settings: Settings,
+        roles: &[Role],
+        transport: Arc<dyn Transport>,
+        handlers: HandlerRegistry,
+        http: Option<HttpState>,
+    ) -> App {
         metrics().init_labels(&settings.sqs.queue_prefix);
         let roles: BTreeSet<Role> =
             if roles.is_empty() { Role::ALL.into_iter().collect() } else { roles.iter().copied().collect() };
@@ -260,7 +273,7 @@ impl App {
         let stages = Stages::new();
         let settings = Arc::new(settings);
         let supervision = &settings.supervision;
-        let role_specs: Vec<Box<dyn ChildSpec>> = roles
+        let mut role_specs: Vec<Box<dyn ChildSpec>> = roles
             .iter()
             .map(|&role| {
                 let (settings, shared) = (settings.clone(), shared.clone());
@@ -271,6 +284,15 @@ impl App {
                 Box::new(spec) as Box<dyn ChildSpec>
             })
             .collect();
+        if let Some(state) = http {
+            let arbiter = actix::Arbiter::current();
+            let spec = SupervisorSpec::new("http", supervision.role_policy(), &tree, move || {
+                let state = state.clone();
+                let make = move |link| HttpServerActor::new(state.clone(), link);
+                vec![ActorSpec::new("http_server", &arbiter, make).boxed()]
+            });
+            role_specs.push(Box::new(spec));
+        }
         let (gave_up_tx, gave_up) = watch::channel(None);
         let root = Supervisor::new("root", supervision.root_policy(), role_specs, &tree)
             .on_give_up(move |reason| {

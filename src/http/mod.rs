@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod rpc;
+pub mod server;
 
 use crate::actors::commit_stage::GroupCommitter;
 use crate::actors::persister::SubmitCommit;
@@ -47,6 +48,7 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the HTTP server serves.
+#[derive(Clone)]
 pub struct HttpState {
     pub settings: Arc<Settings>,
     pub store: TaskStore,
@@ -155,6 +157,18 @@ pub fn build_app(
 /// actix System and returns its handle and the bound address. The server does not handle signals: stop it with
 /// `handle.stop(true)`.
 pub async fn start_server(state: HttpState) -> anyhow::Result<(ServerHandle, SocketAddr)> {
+    let (handle, server, local) = bind_server(state)?;
+    actix_rt::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok((handle, local))
+}
+
+/// Binds and builds the server without running it: the caller awaits the returned `Server` (the supervised
+/// [`server::HttpServerActor`] actor does, so it sees the server end).
+pub fn bind_server(state: HttpState) -> anyhow::Result<(ServerHandle, actix_web::dev::Server, SocketAddr)> {
     let bind = state.settings.http.bind.trim();
     anyhow::ensure!(!bind.is_empty(), "http.bind is empty: no HTTP server configured");
     let addr: SocketAddr =
@@ -170,13 +184,8 @@ pub async fn start_server(state: HttpState) -> anyhow::Result<(ServerHandle, Soc
         .listen(listener)?
         .run();
     let handle = server.handle();
-    actix_rt::spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
     tracing::info!(address = %local, "HTTP server listening");
-    Ok((handle, local))
+    Ok((handle, server, local))
 }
 
 fn json_response(status: StatusCode, v: &Value) -> HttpResponse {

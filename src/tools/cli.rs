@@ -164,15 +164,12 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 // "HTTP server listening" is logged only once signals are handled. Ctrl-C while the transport
                 // connects (which may hang) still ends the process at once.
                 let signals = ShutdownSignals::install()?;
-                let app = App::start(settings.clone(), &roles, transport.clone(), HandlerRegistry::builtin());
-                let server = start_http(&settings, &app, transport).await?;
+                let http = http_state(&settings, &roles, transport.clone())?;
+                let app = App::start_with_http(settings.clone(), &roles, transport, HandlerRegistry::builtin(), http);
                 let gave_up = tokio::select! {
                     _ = signals.wait() => None,
                     reason = app.gave_up() => Some(reason),
                 };
-                if let Some(handle) = server {
-                    handle.stop(true).await;
-                }
                 if let Some(reason) = gave_up {
                     // Past the root's restart intensity: leave it to the orchestrator (compose, systemd,
                     // Kubernetes) to start a fresh process. Unfinished work is redelivered or rescued.
@@ -270,23 +267,25 @@ impl ShutdownSignals {
 
 /// Starts the HTTP server (API on /rpc when this process persists submissions; /metrics, /healthz, /readyz always)
 /// unless `http.bind` is empty.
-async fn start_http(
+/// What the HTTP server of `run` serves (API on /rpc when this process persists submissions; /metrics, /healthz,
+/// /readyz always), or None when `http.bind` is empty. The address is tried here, so a port already taken is an
+/// error at start rather than a server that its supervisor restarts in vain.
+fn http_state(
     settings: &Settings,
-    app: &App,
+    roles: &[Role],
     transport: std::sync::Arc<dyn crate::transport::Transport>,
-) -> anyhow::Result<Option<actix_web::dev::ServerHandle>> {
-    if settings.http.bind.is_empty() {
+) -> anyhow::Result<Option<crate::http::HttpState>> {
+    let bind = settings.http.bind.trim();
+    if bind.is_empty() {
         return Ok(None);
     }
-    let state = crate::http::HttpState {
+    drop(std::net::TcpListener::bind(bind).map_err(|e| anyhow::anyhow!("cannot bind the HTTP server to {bind}: {e}"))?);
+    Ok(Some(crate::http::HttpState {
         settings: std::sync::Arc::new(settings.clone()),
         store: TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff()).reporting_as("http"),
         transport: Some(transport),
-        rpc_enabled: app.roles().contains(&Role::Submitter),
-    };
-    let (handle, addr) = crate::http::start_server(state).await?;
-    tracing::info!(%addr, "HTTP server listening");
-    Ok(Some(handle))
+        rpc_enabled: roles.is_empty() || roles.contains(&Role::Submitter),
+    }))
 }
 
 /// Runs `f` with the settings pointed at a fresh, migrated database next to the configured one; drops it after.
