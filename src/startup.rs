@@ -346,6 +346,21 @@ impl App {
         }
     }
 
+    /// Test hook: panics `stage` again and again, each new instance soon after it starts (a stage that keeps
+    /// failing). `run` does this when built with the feature and `SQS_SCHEDULER_TEST_PANIC_LOOP=<stage>` is set.
+    #[cfg(feature = "test-hooks")]
+    pub fn keep_panicking(&self, stage: &str) {
+        let Some(slot) = self.stages.panics.get(stage).cloned() else { return };
+        actix_rt::spawn(async move {
+            loop {
+                if let Some(r) = slot.get() {
+                    r.do_send(crate::actors::messages::InjectPanic);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
     /// Graceful shutdown: stop taking work, drain each stage in pipeline order within `grace`, then stop.
     pub async fn shutdown(self, grace: Duration) {
         let deadline = Instant::now() + grace;

@@ -192,3 +192,28 @@ async fn database_connections_killed_under_every_stage_lose_nothing() {
     }
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The binary (built with the tests' `test-hooks` feature): a stage that panics again and again takes its role
+/// down, then the root, and `run` exits 70 with a log line that says why.
+#[test]
+fn a_process_whose_stage_keeps_failing_exits_70_and_says_why() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::new());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-scheduler"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SCHEDULER_DATABASE__URL", &db.url)
+        .env("SCHEDULER_TRANSPORT__KIND", "memory")
+        .env("SCHEDULER_HTTP__BIND", "")
+        .env("SCHEDULER_SUPERVISION__INITIAL_BACKOFF_MS", "10")
+        .env("SCHEDULER_SUPERVISION__MAX_BACKOFF_MS", "50")
+        .env("SCHEDULER_SUPERVISION__ROOT_MAX_RESTARTS", "1")
+        .env("SQS_SCHEDULER_TEST_PANIC_LOOP", "persister")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{log}");
+    assert!(log.contains("the root supervisor gave up"), "{log}");
+    assert!(log.contains("submitter"), "the log names the role that kept failing: {log}");
+}

@@ -166,6 +166,10 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 let signals = ShutdownSignals::install()?;
                 let http = http_state(&settings, &roles, transport.clone())?;
                 let app = App::start_with_http(settings.clone(), &roles, transport, HandlerRegistry::builtin(), http);
+                #[cfg(feature = "test-hooks")]
+                if let Ok(stage) = std::env::var("SQS_SCHEDULER_TEST_PANIC_LOOP") {
+                    app.keep_panicking(&stage);
+                }
                 let gave_up = tokio::select! {
                     _ = signals.wait() => None,
                     reason = app.gave_up() => Some(reason),
