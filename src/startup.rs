@@ -168,7 +168,7 @@ fn role_children(
         Role::Submitter => {
             queue_stage(shared, stages, "persister", &arbiters.inbound, Queue::Inbound, settings.persister.pollers, {
                 let own = settings.persister.clone();
-                move |shared, link| Persister::new(shared, own.clone(), link)
+                move |shared, link| Persister::new(shared, own.max_batch, link)
             })
         }
         Role::Scheduler => {
@@ -199,7 +199,7 @@ fn role_children(
             settings.result_sink.pollers,
             {
                 let own = settings.result_sink.clone();
-                move |shared, link| ResultSink::new(shared, own.clone(), link)
+                move |shared, link| ResultSink::new(shared, own.max_batch, link)
             },
         ),
         Role::Supervisor => {

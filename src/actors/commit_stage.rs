@@ -7,12 +7,15 @@
 //! into the next. Error classification (`StoreError::class`) decides the fate of a failed item: refused data is
 //! poison (dead-lettered, or -32602 over HTTP); everything else is retried and never dead-lettered.
 
-use super::messages::Settled;
+use super::messages::{Capacity, Received, Settled};
 use super::Shared;
+use crate::chaos::{ChaosCommit, Stage};
 use crate::metrics::metrics;
 use crate::protocol::{RpcError, INVALID_PARAMS};
 use crate::store::{Commit, ErrorClass, StoreError};
+use crate::supervision::Link;
 use crate::transport::{Message as QueueMessage, Queue};
+use actix::prelude::*;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -267,4 +270,75 @@ pub async fn settle<C: Commit>(
         settled[*i] &= ok;
     }
     Settled { receipts: messages.into_iter().zip(settled).filter(|(_, s)| *s).map(|(m, _)| m.receipt).collect() }
+}
+
+/// What makes a queue-consuming commit stage: its statement (a [`Commit`]) and how it reads a message.
+pub trait QueueStage: Commit + Sized {
+    /// The actor's name in logs and metrics.
+    const NAME: &'static str;
+    /// Which chaos setting applies to its statement.
+    const CHAOS: Stage;
+    /// The statement, built when the stage starts, on its Arbiter (where its pool is opened).
+    fn build(shared: &Shared) -> Self;
+    /// A message body -> its entries.
+    fn parse(shared: &Shared, body: &str) -> Vec<Entry<Self::Item>>;
+}
+
+/// The actor of a queue-consuming commit stage: the Persister is `CommitStage<SubmitCommit>`, the ResultSink
+/// `CommitStage<CompleteCommit>`. It answers [`Capacity`] with a full batch (its back-pressure is the wait for
+/// [`Settled`]) and [`Received`] with what [`settle`] settled.
+pub struct CommitStage<C: QueueStage> {
+    shared: Shared,
+    link: Link,
+    max_batch: usize,
+    committer: Option<GroupCommitter<ChaosCommit<C>>>,
+}
+
+impl<C: QueueStage> CommitStage<C> {
+    pub fn new(shared: Shared, max_batch: usize, link: Link) -> Self {
+        Self { shared, link, max_batch, committer: None }
+    }
+}
+
+impl<C: QueueStage> Actor for CommitStage<C> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.link.attach(ctx);
+        let commit = self.shared.chaos.around_commit(C::build(&self.shared), C::CHAOS);
+        let (committer, loops) = GroupCommitter::new(commit, self.max_batch, 1);
+        self.committer = Some(committer);
+        ctx.spawn(loops.into_actor(self));
+    }
+}
+
+impl<C: QueueStage> Handler<Capacity> for CommitStage<C> {
+    type Result = usize;
+
+    fn handle(&mut self, _: Capacity, _: &mut Self::Context) -> usize {
+        crate::transport::MAX_BATCH
+    }
+}
+
+impl<C: QueueStage> Handler<Received> for CommitStage<C> {
+    type Result = ResponseFuture<Settled>;
+
+    fn handle(&mut self, msg: Received, _: &mut Self::Context) -> Self::Result {
+        metrics().actor_messages.with_label_values(&[C::NAME, "received"]).inc();
+        let shared = self.shared.clone();
+        let committer = self.committer.clone().expect("started");
+        Box::pin(async move {
+            let settled = settle(&shared, msg.queue, &committer, msg.messages, |body| C::parse(&shared, body)).await;
+            metrics().actor_in_flight.with_label_values(&[C::NAME]).set(committer.in_flight() as i64);
+            settled
+        })
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl<C: QueueStage> Handler<super::messages::InjectPanic> for CommitStage<C> {
+    type Result = ();
+    fn handle(&mut self, _: super::messages::InjectPanic, _: &mut Self::Context) {
+        panic!("injected panic in {}", C::NAME);
+    }
 }

@@ -2,15 +2,12 @@
 //! `submit_many` statement per group). Duplicates are harmless. Malformed and refused submissions go to the inbound
 //! DLQ at once; a submission is acknowledged only after its commit.
 
-use super::commit_stage::{self, GroupCommitter};
-use super::messages::{Capacity, Received, Settled};
+use super::commit_stage::{CommitStage, Entry, QueueStage};
 use super::Shared;
-use crate::chaos::ChaosCommit;
+use crate::chaos::Stage;
 use crate::metrics::metrics;
 use crate::protocol;
 use crate::store::{Commit, MaxAttempts, NewTask, StoreError, Submitted, TaskStore};
-use crate::supervision::Link;
-use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// `submit_many` as a commit stage; wakes this process's Acquirer when it created tasks.
@@ -41,76 +38,26 @@ impl Commit for SubmitCommit {
     }
 }
 
-pub struct Persister {
-    shared: Shared,
-    settings: PersisterSettings,
-    link: Link,
-    committer: Option<GroupCommitter<ChaosCommit<SubmitCommit>>>,
-}
+impl QueueStage for SubmitCommit {
+    const NAME: &'static str = "persister";
+    const CHAOS: Stage = Stage::Persister;
 
-impl Persister {
-    pub fn new(shared: Shared, settings: PersisterSettings, link: Link) -> Self {
-        Self { shared, settings, link, committer: None }
+    fn build(shared: &Shared) -> Self {
+        SubmitCommit { store: shared.store("persister", 8), shared: Some(shared.clone()), name: "persister" }
+    }
+
+    fn parse(shared: &Shared, body: &str) -> Vec<Entry<NewTask>> {
+        let s = &shared.settings;
+        let default_max = MaxAttempts::parse(s.retry.default_max_attempts).unwrap_or_default();
+        protocol::parse_submissions(body, s.transport.max_message_bytes, default_max)
+            .into_iter()
+            .map(|(entry, item)| Entry { item, body: entry })
+            .collect()
     }
 }
 
-impl Actor for Persister {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.link.attach(ctx);
-        let store = self.shared.store("persister", 8);
-        let commit = SubmitCommit { store, shared: Some(self.shared.clone()), name: "persister" };
-        let commit = self.shared.chaos.around_commit(commit, crate::chaos::Stage::Persister);
-        let (committer, loops) = GroupCommitter::new(commit, self.settings.max_batch, 1);
-        self.committer = Some(committer);
-        ctx.spawn(loops.into_actor(self));
-    }
-}
-
-impl Handler<Capacity> for Persister {
-    type Result = usize;
-
-    /// A commit stage takes a full batch: its back-pressure is the wait for `Settled`.
-    fn handle(&mut self, _: Capacity, _: &mut Self::Context) -> usize {
-        crate::transport::MAX_BATCH
-    }
-}
-
-impl Handler<Received> for Persister {
-    type Result = ResponseFuture<Settled>;
-
-    fn handle(&mut self, msg: Received, _: &mut Self::Context) -> Self::Result {
-        metrics().actor_messages.with_label_values(&["persister", "received"]).inc();
-        let shared = self.shared.clone();
-        let committer = self.committer.clone().expect("started");
-        Box::pin(async move {
-            let s = &shared.settings;
-            let (max, default_max) = (s.transport.max_message_bytes, default_max_attempts(&shared));
-            let settled = commit_stage::settle(&shared, msg.queue, &committer, msg.messages, |body| {
-                protocol::parse_submissions(body, max, default_max)
-                    .into_iter()
-                    .map(|(entry, item)| commit_stage::Entry { item, body: entry })
-                    .collect()
-            })
-            .await;
-            metrics().actor_in_flight.with_label_values(&["persister"]).set(committer.in_flight() as i64);
-            settled
-        })
-    }
-}
-
-fn default_max_attempts(shared: &Shared) -> MaxAttempts {
-    MaxAttempts::parse(shared.settings.retry.default_max_attempts).unwrap_or_default()
-}
-
-#[cfg(feature = "test-hooks")]
-impl Handler<super::messages::InjectPanic> for Persister {
-    type Result = ();
-    fn handle(&mut self, _: super::messages::InjectPanic, _: &mut Self::Context) {
-        panic!("injected panic in Persister");
-    }
-}
+/// The Persister: the commit stage over `submit_many`.
+pub type Persister = CommitStage<SubmitCommit>;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

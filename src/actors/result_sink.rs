@@ -2,15 +2,12 @@
 //! per group). Fenced: a result applies only to its (task id, attempt) while still ACQUIRED; stale results are
 //! counted and acknowledged, never applied. Malformed and refused results go to the results DLQ at once.
 
-use super::commit_stage::{self, GroupCommitter};
-use super::messages::{Capacity, Received, Settled};
+use super::commit_stage::{CommitStage, Entry, QueueStage};
 use super::Shared;
-use crate::chaos::ChaosCommit;
+use crate::chaos::Stage;
 use crate::metrics::metrics;
 use crate::protocol;
 use crate::store::{Applied, Commit, StoreError, TaskResult, TaskState, TaskStore};
-use crate::supervision::Link;
-use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -72,67 +69,21 @@ impl Commit for CompleteCommit {
     }
 }
 
-pub struct ResultSink {
-    shared: Shared,
-    settings: ResultSinkSettings,
-    link: Link,
-    committer: Option<GroupCommitter<ChaosCommit<CompleteCommit>>>,
-}
+impl QueueStage for CompleteCommit {
+    const NAME: &'static str = "result_sink";
+    const CHAOS: Stage = Stage::ResultSink;
 
-impl ResultSink {
-    pub fn new(shared: Shared, settings: ResultSinkSettings, link: Link) -> Self {
-        Self { shared, settings, link, committer: None }
+    fn build(shared: &Shared) -> Self {
+        CompleteCommit { store: shared.store("result_sink", 8), shared: shared.clone() }
+    }
+
+    fn parse(shared: &Shared, body: &str) -> Vec<Entry<TaskResult>> {
+        Entry::whole(protocol::parse_result(body, shared.settings.transport.max_message_bytes))
     }
 }
 
-impl Actor for ResultSink {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.link.attach(ctx);
-        let commit = CompleteCommit { store: self.shared.store("result_sink", 8), shared: self.shared.clone() };
-        let commit = self.shared.chaos.around_commit(commit, crate::chaos::Stage::ResultSink);
-        let (committer, loops) = GroupCommitter::new(commit, self.settings.max_batch, 1);
-        self.committer = Some(committer);
-        ctx.spawn(loops.into_actor(self));
-    }
-}
-
-impl Handler<Capacity> for ResultSink {
-    type Result = usize;
-
-    /// A commit stage takes a full batch: its back-pressure is the wait for `Settled`.
-    fn handle(&mut self, _: Capacity, _: &mut Self::Context) -> usize {
-        crate::transport::MAX_BATCH
-    }
-}
-
-impl Handler<Received> for ResultSink {
-    type Result = ResponseFuture<Settled>;
-
-    fn handle(&mut self, msg: Received, _: &mut Self::Context) -> Self::Result {
-        metrics().actor_messages.with_label_values(&["result_sink", "received"]).inc();
-        let shared = self.shared.clone();
-        let committer = self.committer.clone().expect("started");
-        Box::pin(async move {
-            let max = shared.settings.transport.max_message_bytes;
-            let settled = commit_stage::settle(&shared, msg.queue, &committer, msg.messages, |body| {
-                commit_stage::Entry::whole(protocol::parse_result(body, max))
-            })
-            .await;
-            metrics().actor_in_flight.with_label_values(&["result_sink"]).set(committer.in_flight() as i64);
-            settled
-        })
-    }
-}
-
-#[cfg(feature = "test-hooks")]
-impl Handler<super::messages::InjectPanic> for ResultSink {
-    type Result = ();
-    fn handle(&mut self, _: super::messages::InjectPanic, _: &mut Self::Context) {
-        panic!("injected panic in ResultSink");
-    }
-}
+/// The ResultSink: the commit stage over `complete_many`.
+pub type ResultSink = CommitStage<CompleteCommit>;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
