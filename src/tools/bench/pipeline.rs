@@ -201,9 +201,8 @@ async fn whole_path(
         }
         anyhow::Ok(())
     };
-    let (sent, waited) = tokio::join!(sending, wait_for_successes(&mut completions, store, opts.tasks, already, t0));
-    sent?;
-    waited?;
+    // try_join: a failed send ends the measurement at once instead of waiting for tasks that were never sent.
+    tokio::try_join!(sending, wait_for_successes(&mut completions, store, opts.tasks, already, t0))?;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let n = opts.tasks as f64;
