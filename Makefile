@@ -33,7 +33,9 @@ migrate: ## apply migrations to the configured database
 bench: services ## every benchmark (release-grade build, profile perf)
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench store
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport memory
-	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport sqs --tasks 2000 --latency-samples 0
+	# The emulator rescans a whole queue for every message it delivers: keep its queues short (as `make run` does).
+	eval "$$(scripts/dev-services env)" && SCHEDULER_ACQUIRER__MAX_OUTBOUND_DEPTH=30 SCHEDULER_ACQUIRER__BATCH_SIZE=30 \
+	  cargo run --locked --profile perf -- bench pipeline --transport sqs --tasks 2000 --latency-samples 0
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench http
 
 fmt: ## format the code

@@ -1,7 +1,12 @@
 //! Transport contract: the same assertions run against the in-process transport and against SQS (a moto server
 //! from `scripts/dev-services up`, endpoint in SCHEDULER_SQS__ENDPOINT_URL). Each SQS test creates its own queue
-//! set under a random prefix, so tests never see each other's messages.
+//! set under a random prefix, so tests never see each other's messages, deletes it when it ends (also when it
+//! fails), and takes its turn on the single-threaded emulator like the pipeline tests (`sqs_turn`).
 
+mod common;
+
+use common::pipeline::{sqs_turn, Kind};
+use common::QueueSetCleanup;
 use sqs_scheduler::configuration::{SqsSettings, TransportSettings};
 use sqs_scheduler::transport::memory::MemoryTransport;
 use sqs_scheduler::transport::sqs::{SqsTransport, MAX_RECEIVE_COUNT};
@@ -39,12 +44,31 @@ fn fresh_prefix() -> String {
     format!("t{}", rand::random::<u32>())
 }
 
-/// A private queue set on the SQS endpoint.
-async fn sqs() -> SqsTransport {
-    let (sqs, transport) = sqs_settings(&fresh_prefix());
-    SqsTransport::create_queues(&sqs, &transport)
+/// A test's turn on the emulator and its private queue set, deleted when this is dropped (fields drop in order:
+/// the transport, then the queues, then the turn).
+struct PrivateQueues {
+    transport: SqsTransport,
+    _cleanup: QueueSetCleanup,
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
+}
+
+impl std::ops::Deref for PrivateQueues {
+    type Target = SqsTransport;
+    fn deref(&self) -> &SqsTransport {
+        &self.transport
+    }
+}
+
+/// Waits for this test's turn on the emulator, then creates a private queue set on it.
+async fn sqs() -> PrivateQueues {
+    let turn = sqs_turn(Kind::Sqs).await;
+    let (sqs, transport_settings) = sqs_settings(&fresh_prefix());
+    // Armed before creating, so that a half-created set is deleted too.
+    let cleanup = QueueSetCleanup::new(&sqs);
+    let transport = SqsTransport::create_queues(&sqs, &transport_settings)
         .await
-        .expect("create SQS queues (is moto up? run scripts/dev-services up)")
+        .expect("create SQS queues (is moto up? run scripts/dev-services up)");
+    PrivateQueues { transport, _cleanup: cleanup, _turn: turn }
 }
 
 fn bodies(n: usize, tag: &str) -> Vec<String> {
@@ -204,8 +228,8 @@ async fn redrive_after_max_receives(t: &dyn Transport) {
     assert_eq!(dead.iter().map(|m| &m.body).collect::<Vec<_>>(), vec![&sent[0]]);
 }
 
-/// One test per transport for each contract function: `memory::<name>` and `sqs::<name>`. SQS tests delete their
-/// queues when they pass (a failed test leaves them for inspection).
+/// One test per transport for each contract function: `memory::<name>` and `sqs::<name>`. SQS tests take turns
+/// and delete their queues when they end, passed or failed.
 macro_rules! contract_tests {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -218,8 +242,7 @@ macro_rules! contract_tests {
             $(#[tokio::test]
             async fn $name() {
                 let t = super::sqs().await;
-                super::$name(&t).await;
-                t.delete_queues().await.expect("delete queues");
+                super::$name(&*t).await;
             })*
         }
     };
@@ -245,23 +268,21 @@ fn calls_of(t: &SqsTransport, op: &str) -> u64 {
 async fn sqs_send_of_23_bodies_is_3_calls() {
     let t = sqs().await;
     let (before, batches_before) = (t.api_calls(), calls_of(&t, "SendMessageBatch"));
-    send_all(&t, Queue::Outbound, &bodies(23, "calls")).await;
+    send_all(&*t, Queue::Outbound, &bodies(23, "calls")).await;
     assert_eq!(t.api_calls() - before, 3);
     assert_eq!(calls_of(&t, "SendMessageBatch") - batches_before, 3);
     // Clones share the counter.
     let clone = t.clone();
     clone.depth(Queue::Outbound).await.expect("depth");
     assert_eq!(t.api_calls() - before, 4);
-    t.delete_queues().await.expect("delete queues");
 }
 
 #[tokio::test]
 async fn sqs_empty_batches_make_no_calls() {
     let t = sqs().await;
     let before = t.api_calls();
-    empty_batches_are_no_ops(&t).await;
+    empty_batches_are_no_ops(&*t).await;
     assert_eq!(t.api_calls(), before);
-    t.delete_queues().await.expect("delete queues");
 }
 
 #[tokio::test]
@@ -276,23 +297,22 @@ async fn sqs_oversized_body_fails_alone_in_its_position() {
         assert_eq!(r.is_err(), i == 12, "entry {i}: {r:?}");
     }
     assert!(results[12].as_ref().unwrap_err().contains("SendMessageBatch"), "{:?}", results[12]);
-    t.delete_queues().await.expect("delete queues");
 }
 
 #[tokio::test]
 async fn sqs_delete_returns_rejected_receipts() {
     let t = sqs().await;
-    send_all(&t, Queue::Inbound, &bodies(1, "reject")).await;
-    let got = receive_until(&t, Queue::Inbound, Instant::now() + PATIENCE).await;
+    send_all(&*t, Queue::Inbound, &bodies(1, "reject")).await;
+    let got = receive_until(&*t, Queue::Inbound, Instant::now() + PATIENCE).await;
     assert_eq!(got.len(), 1);
     let receipts = vec!["not-a-receipt".to_string(), got[0].receipt.clone(), got[0].receipt.clone()];
     let failed = t.delete(Queue::Inbound, &receipts).await.expect("delete");
     assert_eq!(failed, vec!["not-a-receipt".to_string()]);
-    t.delete_queues().await.expect("delete queues");
 }
 
 #[tokio::test]
 async fn sqs_connect_to_missing_queues_names_them() {
+    let _turn = sqs_turn(Kind::Sqs).await;
     let prefix = fresh_prefix();
     let (sqs, transport) = sqs_settings(&prefix);
     let err = SqsTransport::connect(&sqs, &transport).await.expect_err("no queues exist under a fresh prefix");
@@ -305,8 +325,11 @@ async fn sqs_connect_to_missing_queues_names_them() {
 
 #[tokio::test]
 async fn sqs_connect_finds_created_queues() {
+    let _turn = sqs_turn(Kind::Sqs).await;
     let prefix = fresh_prefix();
     let (sqs, transport) = sqs_settings(&prefix);
+    // In case the test fails before its own delete_queues (a no-op after it).
+    let _cleanup = QueueSetCleanup::new(&sqs);
     let created = SqsTransport::create_queues(&sqs, &transport).await.expect("create");
     assert_eq!(calls_of(&created, "CreateQueue"), 6);
     // Creating again is a no-op, and plain connect now finds them.

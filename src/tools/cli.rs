@@ -86,7 +86,7 @@ pub enum Command {
 pub enum BenchCommand {
     /// submit_many -> acquire_batch -> complete_many throughput, and acquire latency against table size.
     Store {
-        /// Tasks per batch size.
+        /// Tasks per batch size (at most 5,000 at batch size 1).
         #[arg(long, default_value_t = 100_000)]
         tasks: usize,
         /// Batch sizes to measure.
@@ -103,14 +103,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 50_000)]
         total: usize,
     },
-    /// Drain pre-submitted noop tasks through the pipeline; idle single-task latency.
+    /// Drain pre-inserted noop tasks; the whole path from the inbound queue; idle single-task latency.
     Pipeline {
         /// Transport to measure (sqs: the configured endpoint; a fresh queue set is created).
         #[arg(long, value_enum, default_value = "memory")]
         transport: TransportKind,
+        /// Tasks per measurement (drain of pre-inserted tasks, and whole path from the inbound queue).
         #[arg(long, default_value_t = 20_000)]
         tasks: usize,
-        #[arg(long, default_value_t = 200)]
+        /// Idle single-task latency samples (p99 is printed from 1,000 samples on; 0 skips the measurement).
+        #[arg(long, default_value_t = 1_000)]
         latency_samples: usize,
     },
 }

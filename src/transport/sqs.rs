@@ -164,6 +164,24 @@ impl SqsTransport {
         deleted.into_iter().try_for_each(|r| r.map(drop))
     }
 
+    /// Deletes whichever of the six queues of `sqs.queue_prefix` exist, with a client of its own; returns how many
+    /// it deleted (0 when none exist). For test and benchmark cleanup that runs where no transport is at hand, e.g.
+    /// in a `Drop` on another thread and runtime than the one that created the queues.
+    pub async fn delete_queue_set(sqs: &SqsSettings) -> anyhow::Result<usize> {
+        let client = build_client(sqs).await?;
+        let calls = CallCounts::default();
+        let found = lookup_all(&client, &calls, &sqs.queue_prefix).await?;
+        let deleted = join_all(found.into_iter().filter_map(|(_, url)| url).map(|url| {
+            let client = &client;
+            async move {
+                let out = client.delete_queue().queue_url(&url).send().await;
+                out.map_err(|e| anyhow!("DeleteQueue {url}: {}", describe(&e)))
+            }
+        }))
+        .await;
+        deleted.into_iter().try_fold(0, |n, r| r.map(|_| n + 1))
+    }
+
     /// The URL of a queue (for logs and operators).
     pub fn queue_url(&self, queue: Queue) -> &str {
         &self.urls[&queue]

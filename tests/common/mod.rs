@@ -1,33 +1,81 @@
 //! Test support: each test gets its own freshly created and migrated database, dropped afterwards.
 #![allow(dead_code)]
 
-use sqs_scheduler::configuration::DatabaseSettings;
+use sqs_scheduler::configuration::{DatabaseSettings, SqsSettings};
 use sqs_scheduler::db;
 use sqs_scheduler::store::{Backoff, TaskStore};
+use sqs_scheduler::transport::sqs::SqsTransport;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// The server tests run against: DATABASE_URL, or the local trust-auth PostgreSQL.
 pub fn base_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+// Connections: the suite stays well under PostgreSQL's default max_connections = 100.
+//
+// Cargo runs the test binaries one after another; inside a binary the tests run in parallel on
+// RUST_TEST_THREADS threads (default: the number of cores, so unbounded in general). What bounds a binary is
+// MAX_LIVE_DBS: at most that many tests hold a TestDb at once, whatever the thread count. Pools open their
+// connections lazily and never more than their size. Worst case per test:
+// - store.rs: one TestDb::store() pool (STORE_POOL_SIZE = 4) + 1 (create/migrate/drop of the database) = 5.
+// - http_api.rs: the API's store (db.settings(): 4) + a db.store() checking the outcome (4) + 1 = 9.
+// - pipeline.rs: an App with pipeline::APP_POOL_SIZE = 2 caps every stage pool (Shared::new_store takes the
+//   minimum of the stage's wish and database.pool_size): persister 2 + acquirer 2 (+ its LISTEN connection 1)
+//   + worker pool 2 + result sink 2 + reaper 2 + stats 1 = 12; + 2 while a restarted stage opens its new pool
+//   before the old one is closed; + db.store() 4; + 2 for exec/count_rows and create/drop = 20.
+// So a binary peaks at MAX_LIVE_DBS x 20 = 60 connections (pipeline.rs), 27 (http_api.rs), 15 (store.rs).
+// (tests/processes.rs starts the binary as separate processes: they get database.pool_size from their
+// environment, not from these settings.)
+
+/// Pool size of TestDb::store() and TestDb::settings().
+pub const STORE_POOL_SIZE: u32 = 4;
+/// At most this many tests of one binary hold a test database at once (see the arithmetic above). A test must not
+/// hold two TestDbs at once; if one does and the permits run out, TestDb::new goes ahead after PERMIT_WAIT.
+pub const MAX_LIVE_DBS: usize = 3;
+const PERMIT_WAIT: Duration = Duration::from_secs(600);
+static LIVE_DBS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LIVE_DBS);
+
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// SQS queue sets that belong to this test (see `delete_queues_on_drop`), deleted after the database.
+    queue_sets: Mutex<Vec<QueueSetCleanup>>,
+    _permit: Option<tokio::sync::SemaphorePermit<'static>>,
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        let permit = match tokio::time::timeout(PERMIT_WAIT, LIVE_DBS.acquire()).await {
+            Ok(p) => Some(p.expect("the semaphore is never closed")),
+            Err(_) => {
+                eprintln!("TestDb: no permit after {PERMIT_WAIT:?} (does a test hold two TestDbs?); going ahead");
+                None
+            }
+        };
         let name = format!("t_{}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst), rand::random::<u32>());
         let url = db::create_database(&base_url(), &name).await.expect("create test database");
         db::run_migrations(&url).await.expect("migrate test database");
-        TestDb { name, url }
+        TestDb { name, url, queue_sets: Mutex::new(Vec::new()), _permit: permit }
     }
 
     pub fn settings(&self) -> DatabaseSettings {
-        DatabaseSettings { url: self.url.clone(), pool_size: 12, min_idle: 0, ..DatabaseSettings::default() }
+        DatabaseSettings {
+            url: self.url.clone(),
+            pool_size: STORE_POOL_SIZE,
+            min_idle: 0,
+            ..DatabaseSettings::default()
+        }
+    }
+
+    /// Deletes the SQS queue set of `sqs.queue_prefix` (whichever of its queues exist) when this TestDb is dropped:
+    /// at the end of the test, also when it fails.
+    pub fn delete_queues_on_drop(&self, sqs: &SqsSettings) {
+        self.queue_sets.lock().unwrap().push(QueueSetCleanup::new(sqs));
     }
 
     pub fn store(&self) -> TaskStore {
@@ -42,12 +90,46 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // Drop runs inside the test's runtime: use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let _ = rt.block_on(db::drop_database(&base_url(), &name));
+        // Drop runs inside the test's runtime: use a thread with its own. Failures are reported, not raised: a
+        // panic here would abort a test that is already unwinding.
+        let outcome = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(db::drop_database(&base_url(), &name))
         })
         .join();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("TestDb: could not drop test database {}: {e:#}", self.name),
+            Err(_) => eprintln!("TestDb: dropping test database {} panicked", self.name),
+        }
+    }
+}
+
+/// Deletes an SQS queue set when dropped, also when the test fails. It uses a client of its own on a thread of its
+/// own: the test's runtime may be blocked in this very drop, and the test's client is bound to that runtime.
+pub struct QueueSetCleanup {
+    sqs: SqsSettings,
+}
+
+impl QueueSetCleanup {
+    pub fn new(sqs: &SqsSettings) -> QueueSetCleanup {
+        QueueSetCleanup { sqs: sqs.clone() }
+    }
+}
+
+impl Drop for QueueSetCleanup {
+    fn drop(&mut self) {
+        let sqs = self.sqs.clone();
+        let outcome = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(SqsTransport::delete_queue_set(&sqs))
+        })
+        .join();
+        match outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("could not delete the SQS queues of prefix {}: {e:#}", self.sqs.queue_prefix),
+            Err(_) => eprintln!("deleting the SQS queues of prefix {} panicked", self.sqs.queue_prefix),
+        }
     }
 }
 

@@ -20,11 +20,15 @@ pub enum Kind {
     Sqs,
 }
 
-/// Settings for tests: quick wake-ups, short backoff, short long-polls.
+/// database.pool_size of test Apps: caps every stage's pool (see the connection arithmetic in common/mod.rs).
+pub const APP_POOL_SIZE: u32 = 2;
+
+/// Settings for tests: quick wake-ups, short backoff, short long-polls. For SQS, a fresh queue prefix whose queues
+/// are deleted when `db` is dropped (at the end of the test, also when it fails).
 pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
     let mut s = Settings::default();
     s.database.url = db.url.clone();
-    s.database.pool_size = 8;
+    s.database.pool_size = APP_POOL_SIZE;
     s.transport.kind = if kind == Kind::Memory { TransportKind::Memory } else { TransportKind::Sqs };
     s.transport.wait_time_secs = 1;
     s.transport.visibility_timeout_secs = 10;
@@ -46,11 +50,13 @@ pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
         s.acquirer.max_outbound_depth = 30;
         s.acquirer.batch_size = 30;
         s.reaper.stale_timeout_secs = 300.0;
+        db.delete_queues_on_drop(&s.sqs);
     }
     s
 }
 
-/// The transport for `settings`: a fresh in-process one, or a fresh queue set on the local SQS endpoint.
+/// The transport for `settings`: a fresh in-process one, or a fresh queue set on the local SQS endpoint (deleted
+/// with the TestDb of `test_settings`).
 pub async fn transport(settings: &Settings) -> Arc<dyn Transport> {
     match settings.transport.kind {
         TransportKind::Memory => {
