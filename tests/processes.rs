@@ -49,6 +49,8 @@ fn spawn(settings: &sqs_scheduler::configuration::Settings, roles: &[&str], extr
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SCHEDULER_DATABASE__URL", &settings.database.url)
+        // Each child process opens a pool per stage: keep them as small as the in-process test pipelines.
+        .env("SCHEDULER_DATABASE__POOL_SIZE", settings.database.pool_size.to_string())
         .env("SCHEDULER_TRANSPORT__KIND", "sqs")
         .env("SCHEDULER_TRANSPORT__WAIT_TIME_SECS", "1")
         .env("SCHEDULER_SQS__ENDPOINT_URL", settings.sqs.endpoint_url.clone().unwrap())
