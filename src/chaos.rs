@@ -151,6 +151,10 @@ impl Transport for ChaosTransport {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
+
+    fn cancel_safe_receive(&self) -> bool {
+        self.inner.cancel_safe_receive()
+    }
 }
 
 /// Fault injection, like the original's "monkey": each stage fails at random with this probability.

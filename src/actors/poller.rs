@@ -79,8 +79,6 @@ async fn poll_loop(shared: Shared, queue: Queue, stage: Slot<Received>, capacity
     let in_flight_max = shared.settings.transport.in_flight_batches.max(1);
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight_max));
     let begun = shared.phases.begun.clone();
-    // Counted in its phase for as long as it runs, so shutdown moves on only once this queue is drained.
-    let _alive = shared.phases.tracker(queue).guard();
     // On shutdown, new work is left for other processes at once: submissions always, tasks unless this process's
     // own Acquirer sent them (then it finishes them, so none is left ACQUIRED). Results are always drained.
     let drains = match queue {
@@ -89,6 +87,11 @@ async fn poll_loop(shared: Shared, queue: Queue, stage: Slot<Received>, capacity
         Queue::Results | Queue::ResultsDlq => true,
     };
     let gated = matches!(queue, Queue::Inbound | Queue::Results);
+    let cancel_safe = shared.transport.cancel_safe_receive();
+    // A draining poller is counted in its phase for as long as it runs, so shutdown moves on only once its queue is
+    // drained; one that stops taking work is not waited for (a long poll in flight ends at the hard stop at the
+    // latest), only the batches it handed on are.
+    let _alive = drains.then(|| shared.phases.tracker(queue).guard());
     loop {
         if hard.is_stopped() || (!drains && stop.is_stopped()) {
             break;
@@ -118,6 +121,8 @@ async fn poll_loop(shared: Shared, queue: Queue, stage: Slot<Received>, capacity
         // visibility timeout); once shutdown has begun, receives are short polls.
         let res = tokio::select! {
             r = shared.transport.receive(queue, max, if shutting_down { Duration::ZERO } else { wait }) => r,
+            // Where that is safe, shutdown ends a long poll at once (then short polls follow).
+            _ = begun.stopped(), if !shutting_down && cancel_safe => continue,
             _ = hard.stopped() => break,
         };
         let messages = match res {

@@ -163,4 +163,9 @@ impl Transport for MemoryTransport {
     fn kind(&self) -> &'static str {
         "memory"
     }
+
+    /// Messages are taken in the same poll that returns them: a waiting receive can be dropped safely.
+    fn cancel_safe_receive(&self) -> bool {
+        true
+    }
 }

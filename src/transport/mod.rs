@@ -115,6 +115,13 @@ pub trait Transport: Send + Sync + 'static {
 
     /// A short name for logs and metrics ("sqs", "memory").
     fn kind(&self) -> &'static str;
+
+    /// Whether a `receive` may be dropped while it waits without hiding messages: true for the in-process queues;
+    /// false for SQS, where a cancelled request may already have made messages invisible until their visibility
+    /// timeout. Shutdown cancels only cancel-safe long polls.
+    fn cancel_safe_receive(&self) -> bool {
+        false
+    }
 }
 
 /// Maximum entries per batch call (the SQS limit, kept by every transport).
