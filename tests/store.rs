@@ -305,17 +305,64 @@ async fn cancel_scheduled_and_acquired_tasks() {
     assert_eq!(store.acquire_batch(10).await.unwrap()[0].id, ids[0].id);
 }
 
+/// A release (after an uncertain outbound send) keeps the attempt: the send may have gone out, so the next
+/// execution must have a new fencing token. The task is retried after backoff, as after a failure.
 #[tokio::test]
-async fn release_hands_tasks_back_without_burning_the_attempt() {
+async fn release_keeps_the_attempt_and_retries_after_backoff() {
     let db = TestDb::new().await;
-    let store = db.store();
+    let store = db.store_with(Backoff { base_seconds: 60.0, max_seconds: 60.0, jitter: 0.0 });
     store.submit_many(&[task("noop", json!({}))]).await.unwrap();
     let a = store.acquire_batch(1).await.unwrap().remove(0);
     assert_eq!(store.release(&[(a.id, a.attempt), (a.id, a.attempt + 5)]).await.unwrap(), 1);
     let t = store.get(a.id).await.unwrap().unwrap();
-    assert_eq!((t.state, t.attempts), (TaskState::Scheduled, 0));
+    assert_eq!((t.state, t.attempts, t.acquired_at), (TaskState::Error, 1, None), "release lowered the attempt");
+    assert_eq!(t.error.as_ref().unwrap()["code"], json!(RELEASED_ERROR_CODE));
+    assert_eq!(t.error.as_ref().unwrap()["attempt"], json!(1));
+    // Due after the backoff, not at once.
+    assert!((t.run_at - store.db_now().await.unwrap()).as_seconds_f64() > 50.0, "{t:?}");
+    assert!(store.acquire_batch(1).await.unwrap().is_empty());
+    exec(&db.url, "UPDATE tasks SET run_at = now() - interval '1 ms'").await;
     let again = store.acquire_batch(1).await.unwrap().remove(0);
-    assert_eq!(again.attempt, 1);
+    assert_eq!(again.attempt, 2, "the next execution has a new fencing token");
+}
+
+/// The late result of a released attempt (its send did go out after all) is stale: while the task waits for its
+/// retry, and after the retry was acquired.
+#[tokio::test]
+async fn the_late_result_of_a_released_attempt_is_stale() {
+    let db = TestDb::new().await;
+    let store = db.store_with(Backoff { base_seconds: 0.0, max_seconds: 0.0, jitter: 0.0 });
+    store.submit_many(&[task("noop", json!({}))]).await.unwrap();
+    let a = store.acquire_batch(1).await.unwrap().remove(0);
+    assert_eq!(store.release(&[(a.id, a.attempt)]).await.unwrap(), 1);
+    let c = store.complete_many(&[ok(&a)]).await.unwrap();
+    assert!(c.applied.is_empty() && c.stale == vec![(a.id, a.attempt)], "{c:?}");
+    let b = store.acquire_batch(1).await.unwrap().remove(0);
+    assert_eq!(b.attempt, a.attempt + 1);
+    let c = store.complete_many(&[ok(&a)]).await.unwrap();
+    assert!(c.applied.is_empty(), "the released attempt's result applied to the next attempt: {c:?}");
+    let c = store.complete_many(&[ok(&b)]).await.unwrap();
+    assert_eq!(c.applied[0].state, TaskState::Success);
+}
+
+/// A task that can never be sent ends CRITICAL_ERROR after max_attempts releases instead of looping.
+#[tokio::test]
+async fn a_task_released_max_attempts_times_ends_critical_error() {
+    let db = TestDb::new().await;
+    let store = db.store_with(Backoff { base_seconds: 0.0, max_seconds: 0.0, jitter: 0.0 });
+    let mut t = task("noop", json!({}));
+    t.max_attempts = MaxAttempts::parse(3).unwrap();
+    let id = store.submit_many(&[t]).await.unwrap()[0].id;
+    for attempt in 1..=3 {
+        let a = store.acquire_batch(1).await.unwrap();
+        assert_eq!(a.len(), 1, "attempt {attempt} acquired");
+        assert_eq!(a[0].attempt, attempt);
+        assert_eq!(store.release(&[(a[0].id, a[0].attempt)]).await.unwrap(), 1);
+    }
+    assert!(store.acquire_batch(1).await.unwrap().is_empty(), "acquired after its last attempt");
+    let t = store.get(id).await.unwrap().unwrap();
+    assert_eq!((t.state, t.attempts), (TaskState::CriticalError, 3));
+    assert!(t.finished_at.is_some());
 }
 
 #[tokio::test]

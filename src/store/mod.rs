@@ -20,6 +20,8 @@ use std::collections::HashSet;
 
 /// JSON-RPC error code recorded on tasks rescued by the StaleReaper (server-defined range).
 pub const STALE_ERROR_CODE: i64 = -32001;
+/// JSON-RPC error code recorded on tasks released after a failed outbound send.
+pub const RELEASED_ERROR_CODE: i64 = -32002;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -298,8 +300,12 @@ impl TaskStore {
         Ok(Completion { applied, stale })
     }
 
-    /// Hands acquired tasks back (their outbound send failed) without burning the attempt: ACQUIRED with that
-    /// attempt becomes SCHEDULED (first attempt) or ERROR (a retry), due now. Returns how many were released.
+    /// Hands acquired tasks back after their outbound send failed (or may have failed). The attempt stays
+    /// consumed, so no two executions ever share an (id, attempt) fencing token even if the uncertain send did go
+    /// out: ACQUIRED with that attempt becomes ERROR, due after the retry backoff, with an error that says
+    /// "released"; CRITICAL_ERROR once attempts reached max_attempts (a task that can never be sent ends instead
+    /// of looping); CANCELLED if cancel was requested meanwhile. A late result of the released attempt is stale.
+    /// Returns how many were released.
     pub async fn release(&self, tasks: &[(i64, i32)]) -> StoreResult<usize> {
         if tasks.is_empty() {
             return Ok(0);
@@ -310,6 +316,9 @@ impl TaskStore {
         let n = diesel::sql_query(RELEASE_SQL)
             .bind::<Array<BigInt>, _>(&ids)
             .bind::<Array<Integer>, _>(&attempts)
+            .bind::<Double, _>(self.backoff.base_seconds)
+            .bind::<Double, _>(self.backoff.max_seconds)
+            .bind::<Double, _>(self.backoff.jitter)
             .execute(&mut conn)
             .await?;
         Ok(n)
@@ -513,13 +522,17 @@ const COMPLETE_SQL: &str = "SELECT * FROM tasks_complete($1, $2, $3, $4, $5, $6,
 const RELEASE_SQL: &str = r#"
 UPDATE tasks t SET
     state = CASE WHEN t.cancel_requested THEN 'CANCELLED'
-                 WHEN t.attempts <= 1 THEN 'SCHEDULED'
+                 WHEN t.attempts >= t.max_attempts THEN 'CRITICAL_ERROR'
                  ELSE 'ERROR' END,
-    attempts = t.attempts - 1,
-    run_at = now(),
+    error = jsonb_build_object(
+        'code', -32002,
+        'message', 'released: the task could not be sent to the outbound queue',
+        'attempt', t.attempts),
+    run_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN t.run_at
+                  ELSE now() + tasks_retry_delay(t.attempts, $3, $4, $5) END,
     acquired_at = NULL,
     updated_at = now(),
-    finished_at = CASE WHEN t.cancel_requested THEN now() END
+    finished_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN now() END
 FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
 WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
 "#;
