@@ -488,3 +488,98 @@ async fn a_panicking_handler_fails_its_task_and_the_worker_goes_on() {
     wait_for_counts(&store, Duration::from_secs(8), |c| c.get(&TaskState::Success) == Some(&20)).await;
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Records the outbound queue's depth after every send to it, and counts the depth measurements.
+struct WatchOutbound {
+    inner: Arc<dyn sqs_scheduler::transport::Transport>,
+    max_depth: std::sync::atomic::AtomicU64,
+    depth_calls: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl sqs_scheduler::transport::Transport for WatchOutbound {
+    async fn receive(
+        &self,
+        queue: Queue,
+        max: usize,
+        wait: Duration,
+    ) -> sqs_scheduler::transport::TransportResult<Vec<sqs_scheduler::transport::Message>> {
+        self.inner.receive(queue, max, wait).await
+    }
+    async fn send(
+        &self,
+        queue: Queue,
+        bodies: &[String],
+    ) -> sqs_scheduler::transport::TransportResult<Vec<Result<(), String>>> {
+        let r = self.inner.send(queue, bodies).await;
+        if queue == Queue::Outbound {
+            let depth = self.inner.depth(Queue::Outbound).await?;
+            self.max_depth.fetch_max(depth, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+    async fn delete(
+        &self,
+        queue: Queue,
+        receipts: &[String],
+    ) -> sqs_scheduler::transport::TransportResult<Vec<String>> {
+        self.inner.delete(queue, receipts).await
+    }
+    async fn change_visibility(
+        &self,
+        queue: Queue,
+        receipts: &[String],
+        timeout: Duration,
+    ) -> sqs_scheduler::transport::TransportResult<()> {
+        self.inner.change_visibility(queue, receipts, timeout).await
+    }
+    async fn depth(&self, queue: Queue) -> sqs_scheduler::transport::TransportResult<u64> {
+        if queue == Queue::Outbound {
+            self.depth_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.depth(queue).await
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
+/// While the outbound queue is deeper than `acquirer.max_outbound_depth`, the Acquirer keeps pausing: with no
+/// worker draining it, the queue never holds more than the limit plus one batch, however long it waits.
+#[actix_rt::test]
+async fn the_acquirer_pauses_while_the_outbound_queue_is_too_deep() {
+    use std::sync::atomic::Ordering;
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    settings.acquirer.max_outbound_depth = 5;
+    settings.acquirer.batch_size = 3;
+    settings.acquirer.concurrency = 1;
+    let inner = transport(&settings).await;
+    let watch = Arc::new(WatchOutbound {
+        inner: inner.clone(),
+        max_depth: Default::default(),
+        depth_calls: Default::default(),
+    });
+    let app = start(&settings, &[Role::Submitter, Role::Scheduler], watch.clone(), HandlerRegistry::builtin());
+    let bodies: Vec<String> =
+        (0..100).map(|i| sqs_scheduler::protocol::submit_message("noop", &json!({"i": i}))).collect();
+    for c in bodies.chunks(10) {
+        inner.send(Queue::Inbound, c).await.unwrap();
+    }
+    let store = db.store();
+    wait_for_counts(&store, Duration::from_secs(10), |c| c.get(&TaskState::Scheduled).unwrap_or(&0) > &0).await;
+    // Paused: the depth was measured again and again (about once a second) while the queue stayed too deep.
+    let calls = || watch.depth_calls.load(Ordering::SeqCst);
+    wait_until(Duration::from_secs(10), "the outbound queue over its limit", || async {
+        inner.depth(Queue::Outbound).await.unwrap() > 5
+    })
+    .await;
+    let first = calls();
+    wait_until(Duration::from_secs(10), "four more depth measurements", || async { calls() >= first + 4 }).await;
+    let max = watch.max_depth.load(Ordering::SeqCst);
+    assert!(max <= 5 + 3, "the outbound queue reached {max} messages (limit 5, batch 3)");
+    let c = counts(&store).await;
+    assert_eq!(c.get(&TaskState::Acquired).copied().unwrap_or(0) as u64, inner.depth(Queue::Outbound).await.unwrap());
+    assert!(c.get(&TaskState::Scheduled).copied().unwrap_or(0) >= 90, "{c:?}");
+    app.shutdown(Duration::from_secs(5)).await;
+}
