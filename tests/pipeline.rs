@@ -583,3 +583,32 @@ async fn the_acquirer_pauses_while_the_outbound_queue_is_too_deep() {
     assert!(c.get(&TaskState::Scheduled).copied().unwrap_or(0) >= 90, "{c:?}");
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A submission that fits the inbound queue but whose task message (with `_meta` and the task id) would not fit
+/// the outbound queue is dead-lettered at once as invalid_params; nothing is stored.
+#[actix_rt::test]
+async fn a_submission_whose_task_message_would_be_too_large_is_dead_lettered() {
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    settings.transport.max_message_bytes = 4096;
+    let transport = transport(&settings).await;
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
+    let body =
+        |n: usize| sqs_scheduler::protocol::submit_message("export", &json!({"objectID": 1, "pad": "x".repeat(n)}));
+    let n = (3900..4096).find(|n| body(*n).len() == 4096 - 4).unwrap();
+    let big = body(n);
+    let before = dead_lettered(&settings, Queue::Inbound, "invalid_params");
+    transport
+        .send(Queue::Inbound, &[big.clone(), sqs_scheduler::protocol::submit_message("noop", &json!({}))])
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the oversized submission dead-lettered", || async {
+        dead_lettered(&settings, Queue::Inbound, "invalid_params") == before + 1
+    })
+    .await;
+    let store = db.store();
+    wait_for_counts(&store, Duration::from_secs(10), |c| c.get(&TaskState::Success) == Some(&1)).await;
+    assert_eq!(peek_all(transport.as_ref(), Queue::InboundDlq, 1, Duration::from_secs(5)).await, vec![big]);
+    assert_eq!(count_rows(&db, "tasks").await, 1, "only the small submission was stored");
+    app.shutdown(Duration::from_secs(5)).await;
+}
