@@ -128,6 +128,18 @@ impl Settings {
         {
             return err("database.url", "must be a postgres:// URL");
         }
+        if let Err(e) = crate::db::parse_url(&self.database.url) {
+            return err("database.url", e);
+        }
+        if self.database.statement_timeout_ms > 24 * 3600 * 1000 {
+            return err("database.statement_timeout_ms", "must be at most 86400000 (a day); 0 means no limit");
+        }
+        if self.database.connect_timeout_ms == 0 {
+            return err("database.connect_timeout_ms", "must be at least 1");
+        }
+        if self.database.tcp_keepalive_secs > 7200 {
+            return err("database.tcp_keepalive_secs", "must be at most 7200; 0 turns keepalive off");
+        }
         if self.database.pool_size == 0 {
             return err("database.pool_size", "must be at least 1");
         }

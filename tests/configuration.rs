@@ -104,6 +104,20 @@ fn an_invalid_value_names_the_key_and_exits_2() {
     let out = bin().arg("config").env("SCHEDULER_WORKER__BOGUS", "1").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "unknown keys are refused");
 
+    for (key, value, name) in [
+        ("SCHEDULER_DATABASE__URL", "postgres://u@h/db?sslmode=prefer", "database.url"),
+        ("SCHEDULER_DATABASE__URL", "postgres://u@h/db?sslmode=verify-ca", "database.url"),
+        ("SCHEDULER_DATABASE__STATEMENT_TIMEOUT_MS", "-1", "statement_timeout_ms"),
+        ("SCHEDULER_DATABASE__STATEMENT_TIMEOUT_MS", "100000000", "database.statement_timeout_ms"),
+        ("SCHEDULER_DATABASE__CONNECT_TIMEOUT_MS", "0", "database.connect_timeout_ms"),
+        ("SCHEDULER_DATABASE__TCP_KEEPALIVE_SECS", "100000", "database.tcp_keepalive_secs"),
+    ] {
+        let out = bin().arg("config").env(key, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{key}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name), "{key}={value}: {err}");
+    }
+
     let out = bin().args(["--config", "/nonexistent.toml", "config"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

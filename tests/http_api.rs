@@ -650,6 +650,7 @@ async fn readyz_checks_the_database_and_the_transport() {
             pool_size: 1,
             min_idle: 0,
             connect_timeout_ms: 500,
+            ..DatabaseSettings::default()
         }),
         Backoff::default(),
     );
