@@ -612,3 +612,51 @@ async fn a_submission_whose_task_message_would_be_too_large_is_dead_lettered() {
     assert_eq!(count_rows(&db, "tasks").await, 1, "only the small submission was stored");
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A handler running longer than `reaper.stale_timeout_secs` is not rescued while its worker runs it: the worker's
+/// heartbeats keep it. It runs once, as attempt 1.
+#[actix_rt::test]
+async fn a_handler_longer_than_the_stale_timeout_is_not_rescued_while_it_runs() {
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    settings.reaper.stale_timeout_secs = 1.5;
+    settings.reaper.queue_timeout_secs = 1.5;
+    settings.reaper.interval_secs = 0.1;
+    settings.worker.heartbeat_interval_secs = 0.3;
+    let transport = transport(&settings).await;
+    let runs = ExecLog::default();
+    let handlers = HandlerRegistry::builtin().with("long", Counting(sqs_scheduler::handlers::Sleep, runs.clone()));
+    let app = start(&settings, &[], transport.clone(), handlers);
+    let body = json!({"jsonrpc": "2.0", "method": "submit:long", "params": {"ms": 4000}}).to_string();
+    transport.send(Queue::Inbound, &[body]).await.unwrap();
+    let store = db.store();
+    wait_for_counts(&store, Duration::from_secs(20), |c| c.get(&TaskState::Success) == Some(&1)).await;
+    let task = store.list(&Default::default()).await.unwrap().remove(0);
+    assert_eq!(task.attempts, 1, "rescued while its handler ran: {task:?}");
+    assert_eq!(runs.lock().unwrap().clone(), vec![(task.id, 1)]);
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Messages a worker received but that wait for a handler slot keep their visibility too: with one slot and a
+/// visibility timeout shorter than the queue of work in hand, every task is still delivered and run once.
+#[actix_rt::test]
+async fn messages_waiting_for_a_slot_do_not_reappear() {
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    settings.transport.visibility_timeout_secs = 3;
+    settings.worker.concurrency = 1;
+    let transport = transport(&settings).await;
+    let (recorded, delivered) = RecordDeliveries::wrap(transport.clone());
+    let runs = ExecLog::default();
+    let handlers = HandlerRegistry::builtin().with("slow", Counting(sqs_scheduler::handlers::Sleep, runs.clone()));
+    let app = start(&settings, &[], recorded, handlers);
+    let bodies: Vec<String> = (0..5)
+        .map(|i| json!({"jsonrpc": "2.0", "method": "submit:slow", "params": {"ms": 1500, "i": i}}).to_string())
+        .collect();
+    transport.send(Queue::Inbound, &bodies).await.unwrap();
+    let store = db.store();
+    wait_for_counts(&store, Duration::from_secs(30), |c| c.get(&TaskState::Success) == Some(&5)).await;
+    assert_eq!(deliveries(&delivered, Queue::Outbound), (5, 5), "outbound messages delivered more than once");
+    assert_eq!(runs.lock().unwrap().len(), 5, "{:?}", runs.lock().unwrap());
+    app.shutdown(Duration::from_secs(5)).await;
+}
