@@ -184,7 +184,7 @@ impl Settings {
             return err("worker.pollers", "must be at least 1");
         }
         let heartbeat = self.worker.heartbeat_interval_secs;
-        if !(heartbeat >= 0.1 && heartbeat <= 3600.0) {
+        if !(0.1..=3600.0).contains(&heartbeat) {
             return err("worker.heartbeat_interval_secs", "must be between 0.1 and 3600");
         }
         if !(1..=1000).contains(&self.retry.default_max_attempts) {

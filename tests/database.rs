@@ -99,8 +99,10 @@ async fn sslmode_require_against_a_server_without_tls_fails_clearly() {
         let _ = sock.read_to_end(&mut rest).await;
         rest
     });
-    let mut settings = sqs_scheduler::configuration::DatabaseSettings::default();
-    settings.url = format!("postgres://postgres@127.0.0.1:{port}/x?sslmode=require");
+    let settings = sqs_scheduler::configuration::DatabaseSettings {
+        url: format!("postgres://postgres@127.0.0.1:{port}/x?sslmode=require"),
+        ..Default::default()
+    };
     let e = Connector::new(&settings).unwrap().connect().await.err().expect("connected without TLS");
     let msg = db::describe(&e);
     assert!(msg.contains("TLS"), "{msg}");
