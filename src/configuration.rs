@@ -128,14 +128,31 @@ impl Settings {
         {
             return err("database.url", "must be a postgres:// URL");
         }
+        if let Err(e) = crate::db::parse_url(&self.database.url) {
+            return err("database.url", e);
+        }
+        if self.database.statement_timeout_ms > 24 * 3600 * 1000 {
+            return err("database.statement_timeout_ms", "must be at most 86400000 (a day); 0 means no limit");
+        }
+        if self.database.connect_timeout_ms == 0 {
+            return err("database.connect_timeout_ms", "must be at least 1");
+        }
+        if self.database.tcp_keepalive_secs > 7200 {
+            return err("database.tcp_keepalive_secs", "must be at most 7200; 0 turns keepalive off");
+        }
         if self.database.pool_size == 0 {
             return err("database.pool_size", "must be at least 1");
         }
-        if self.transport.wait_time_secs > 20 {
-            return err("transport.wait_time_secs", "must be at most 20 (the SQS limit)");
+        // The pollers receive again at once after an empty answer: without a long poll they would spin.
+        if !(1..=20).contains(&self.transport.wait_time_secs) {
+            return err("transport.wait_time_secs", "must be between 1 and 20 (long polling; the SQS limit is 20)");
         }
-        if !(1..=43_200).contains(&self.transport.visibility_timeout_secs) {
-            return err("transport.visibility_timeout_secs", "must be between 1 and 43200");
+        // Workers extend held messages' visibility every third of it, and need a second or more for each round.
+        if !(3..=43_200).contains(&self.transport.visibility_timeout_secs) {
+            return err(
+                "transport.visibility_timeout_secs",
+                "must be between 3 and 43200 (workers extend it every third of it)",
+            );
         }
         if !(1024..=1024 * 1024).contains(&self.transport.max_message_bytes) {
             return err("transport.max_message_bytes", "must be between 1024 and 1048576");
@@ -163,6 +180,13 @@ impl Settings {
         if self.worker.concurrency == 0 {
             return err("worker.concurrency", "must be at least 1");
         }
+        if self.worker.pollers == 0 {
+            return err("worker.pollers", "must be at least 1");
+        }
+        let heartbeat = self.worker.heartbeat_interval_secs;
+        if !(0.1..=3600.0).contains(&heartbeat) {
+            return err("worker.heartbeat_interval_secs", "must be between 0.1 and 3600");
+        }
         if !(1..=1000).contains(&self.retry.default_max_attempts) {
             return err("retry.default_max_attempts", "must be between 1 and 1000");
         }
@@ -173,6 +197,15 @@ impl Settings {
             return err("retry.jitter", "must be between 0.0 and 1.0");
         }
         self.reaper.validate().map_err(ConfigError)?;
+        if self.reaper.stale_timeout_secs < 2.0 * heartbeat {
+            return err(
+                "reaper.stale_timeout_secs",
+                format!(
+                    "must be at least twice worker.heartbeat_interval_secs ({heartbeat} s), or a running task is \
+                     rescued when one heartbeat is late"
+                ),
+            );
+        }
         for (key, v) in [
             ("chaos.error_rate", Some(self.chaos.error_rate)),
             ("chaos.persister", self.chaos.persister),

@@ -14,9 +14,23 @@ pub type DbConn<'a> = PooledConnection<'a, AsyncPgConnection>;
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Builds the pool. Connections are opened lazily, so this succeeds even while the database is down; the first
-/// query then waits up to `connect_timeout_ms`.
+/// query then waits up to `connect_timeout_ms`. Every connection is opened by [`Connector`]: TLS per `sslmode`,
+/// statement timeout, connect timeout and TCP keepalive.
 pub fn build_pool(settings: &DatabaseSettings) -> DbPool {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(settings.url.clone());
+    use diesel_async::pooled_connection::ManagerConfig;
+    use futures::FutureExt;
+    let mut config = ManagerConfig::default();
+    // The URL was validated at start (Settings::validate); a bad one here fails every connection, with its reason.
+    let connector = Connector::new(settings).map_err(|e| e.to_string());
+    config.custom_setup = Box::new(move |_url| {
+        let connector = connector.clone();
+        async move {
+            let connector = connector.map_err(diesel::ConnectionError::BadConnection)?;
+            connector.establish().await
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(settings.url.clone(), config);
     Pool::builder()
         .max_size(settings.pool_size)
         .min_idle(Some(settings.min_idle.min(settings.pool_size)))
@@ -24,23 +38,220 @@ pub fn build_pool(settings: &DatabaseSettings) -> DbPool {
         // A health-check query on every checkout would add a round trip to every operation; a broken connection
         // fails its statement instead and is discarded by the pool.
         .test_on_check_out(false)
+        .error_sink(Box::new(LogErrors))
         .build_unchecked(manager)
 }
 
-/// Can the database be reached now? A fresh connection and `SELECT 1`, bounded by the connect timeout (the circuit
-/// breaker's probe: it must not depend on a pool whose connections may all be dead).
-pub async fn probe(settings: &DatabaseSettings) -> Result<(), String> {
-    let check = async {
-        let (client, conn) =
-            tokio_postgres::connect(&settings.url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
-        let driver = actix_rt::spawn(conn);
-        let r = client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string());
-        driver.abort();
-        r
-    };
-    match tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), check).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {} ms", settings.connect_timeout_ms)),
+/// Logs why the pool could not open a connection (a checkout only reports that it timed out).
+#[derive(Debug, Clone, Copy)]
+struct LogErrors;
+
+impl bb8::ErrorSink<diesel_async::pooled_connection::PoolError> for LogErrors {
+    fn sink(&self, e: diesel_async::pooled_connection::PoolError) {
+        tracing::warn!(error = %e, "cannot open a database connection");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<diesel_async::pooled_connection::PoolError>> {
+        Box::new(*self)
+    }
+}
+
+/// How a connection is secured, from the URL's `sslmode` (libpq's names; only these three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP (the default when the URL has no sslmode).
+    Disable,
+    /// TLS or no connection; the server's certificate is not verified (encryption against passive listeners only).
+    Require,
+    /// TLS, the certificate chain verified against the system's roots (plus `sslrootcert`, a PEM file, if given)
+    /// and the host name checked.
+    VerifyFull,
+}
+
+/// The connection parameters of the database URL as the scheduler reads them: `sslmode` and `sslrootcert` are
+/// taken out (tokio-postgres knows neither verify-full nor sslrootcert); the rest is tokio-postgres's.
+pub struct ParsedUrl {
+    pub config: tokio_postgres::Config,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<String>,
+}
+
+/// Parses a postgres:// URL. The error names what is wrong (`Settings::validate` reports it under `database.url`).
+pub fn parse_url(url: &str) -> Result<ParsedUrl, String> {
+    let mut u = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let (mut sslmode, mut sslrootcert) = (SslMode::Disable, None);
+    let mut rest = Vec::new();
+    for (k, v) in u.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => {
+                sslmode = match v.as_ref() {
+                    "disable" => SslMode::Disable,
+                    "require" => SslMode::Require,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => return Err(format!("sslmode must be disable, require or verify-full, not {other:?}")),
+                }
+            }
+            "sslrootcert" => sslrootcert = Some(v.into_owned()),
+            _ => rest.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    if rest.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    let config: tokio_postgres::Config = u.as_str().parse().map_err(|e| format!("{e}"))?;
+    if sslrootcert.is_some() && sslmode != SslMode::VerifyFull {
+        return Err("sslrootcert is used only with sslmode=verify-full".into());
+    }
+    Ok(ParsedUrl { config, sslmode, sslrootcert })
+}
+
+/// The TLS stream of every database connection (plain TCP when sslmode=disable: TLS is then never negotiated).
+pub type TlsStream =
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream;
+
+/// Opens database connections the one way this process does (pool, DueListener, migrations): TLS per the URL's
+/// `sslmode`, `statement_timeout` set in the startup packet (no extra round trip), connect timeout and TCP
+/// keepalive from [`DatabaseSettings`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Connector {
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+impl Connector {
+    pub fn new(settings: &DatabaseSettings) -> Result<Connector, String> {
+        Self::with_statement_timeout(settings, settings.statement_timeout_ms)
+    }
+
+    fn with_statement_timeout(settings: &DatabaseSettings, statement_timeout_ms: u64) -> Result<Connector, String> {
+        let parsed = parse_url(&settings.url)?;
+        let mut config = parsed.config;
+        let mut options = config.get_options().map(str::to_owned).unwrap_or_default();
+        if statement_timeout_ms > 0 {
+            options = format!("{options} -c statement_timeout={statement_timeout_ms}").trim().to_owned();
+        }
+        config.options(options);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_millis(settings.connect_timeout_ms));
+        }
+        if settings.tcp_keepalive_secs > 0 {
+            config.keepalives(true).keepalives_idle(Duration::from_secs(settings.tcp_keepalive_secs));
+        } else {
+            config.keepalives(false);
+        }
+        config.ssl_mode(match parsed.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+        });
+        let tls = tls_config(parsed.sslmode, parsed.sslrootcert.as_deref())?;
+        Ok(Connector { config, tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls) })
+    }
+
+    /// A client and its connection (which the caller drives).
+    pub async fn connect(
+        &self,
+    ) -> Result<
+        (tokio_postgres::Client, tokio_postgres::Connection<tokio_postgres::Socket, TlsStream>),
+        tokio_postgres::Error,
+    > {
+        self.config.connect(self.tls.clone()).await
+    }
+
+    /// A diesel-async connection (its connection task spawned on the current thread's runtime).
+    pub async fn establish(&self) -> diesel::ConnectionResult<AsyncPgConnection> {
+        let (client, conn) = self.connect().await.map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+        AsyncPgConnection::try_from_client_and_connection(client, conn).await
+    }
+}
+
+/// An error with its causes ("error performing TLS handshake: invalid peer certificate: UnknownIssuer").
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn tls_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    Ok(match mode {
+        // Never used for a handshake (TLS is not negotiated), but the connector type is the same.
+        SslMode::Disable | SslMode::VerifyFull => {
+            let mut roots = rustls::RootCertStore::empty();
+            if mode == SslMode::VerifyFull {
+                let native = rustls_native_certs::load_native_certs();
+                for cert in native.certs {
+                    let _ = roots.add(cert);
+                }
+                if let Some(path) = rootcert {
+                    use rustls::pki_types::pem::PemObject;
+                    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                        .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                    for cert in certs {
+                        roots.add(cert.map_err(|e| format!("sslrootcert {path}: {e}"))?).map_err(|e| e.to_string())?;
+                    }
+                }
+                if roots.is_empty() {
+                    return Err("sslmode=verify-full: no root certificates (system store empty, no sslrootcert)".into());
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        SslMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth(),
+    })
+}
+
+/// sslmode=require: like libpq, the channel is encrypted but the server's certificate is not checked (the
+/// handshake signatures still are).
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -79,15 +290,27 @@ pub fn pool_states() -> Vec<(String, u32, u32)> {
 }
 
 /// Applies pending migrations; returns the versions applied. Blocking: the async migration harness panics inside an
-/// actix System, so call it before the System starts or through `run_migrations`.
+/// actix System, so call it before the System starts or through `run_migrations`. Connects like the pools (TLS per
+/// sslmode), but without a statement timeout: a migration may take long.
 pub fn run_migrations_blocking(url: &str) -> anyhow::Result<Vec<String>> {
-    use diesel::Connection;
-    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
+    let settings = DatabaseSettings { url: url.to_owned(), ..DatabaseSettings::default() };
+    let connector =
+        Connector::with_statement_timeout(&settings, 0).map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+    // Its own runtime, with a worker thread to drive the connection while the harness blocks on it.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let _enter = rt.enter();
+    let conn = rt
+        .block_on(connector.establish())
         .map_err(|e| anyhow::anyhow!("cannot connect to the database for migrations: {e}"))?;
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
     // Several processes may start at once: one migrates, the others wait and then find nothing pending.
     diesel::RunQueryDsl::execute(diesel::sql_query("SELECT pg_advisory_lock(7261737)"), &mut conn)?;
     let applied = conn.run_pending_migrations(MIGRATIONS).map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
-    Ok(applied.into_iter().map(|v| v.to_string()).collect())
+    let applied = applied.into_iter().map(|v| v.to_string()).collect();
+    drop(conn);
+    drop(_enter);
+    rt.shutdown_background();
+    Ok(applied)
 }
 
 /// `run_migrations_blocking` on a blocking thread, for async callers.
@@ -125,13 +348,19 @@ pub async fn drop_database(base_url: &str, name: &str) -> anyhow::Result<()> {
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// Postgres URL, e.g. postgres://user:password@host:5432/db. The password is redacted by `config`.
+    /// `?sslmode=disable` (default), `require` or `verify-full` (optionally `&sslrootcert=<PEM file>`) selects TLS.
     pub url: String,
     /// Maximum connections in the pool.
     pub pool_size: u32,
     /// Connections kept open while idle.
     pub min_idle: u32,
-    /// How long to wait for a connection before an operation fails.
+    /// How long to wait for a connection before an operation fails; also the limit for opening one (TCP and TLS).
     pub connect_timeout_ms: u64,
+    /// Every statement is cancelled by the server after this long (ms; 0: no limit). Set per connection.
+    pub statement_timeout_ms: u64,
+    /// TCP keepalive: probes start after the connection was idle this long (seconds; 0: keepalive off), so a dead
+    /// server or a dropped NAT entry is noticed instead of hanging.
+    pub tcp_keepalive_secs: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -141,6 +370,26 @@ impl Default for DatabaseSettings {
             pool_size: 16,
             min_idle: 2,
             connect_timeout_ms: 5_000,
+            statement_timeout_ms: 30_000,
+            tcp_keepalive_secs: 60,
         }
+    }
+}
+
+/// Can the database be reached now? A fresh connection (the way every connection is opened) and `SELECT 1`,
+/// bounded by the connect timeout: the circuit breaker's probe, which must not depend on a pool whose connections
+/// may all be dead.
+pub async fn probe(settings: &DatabaseSettings) -> Result<(), String> {
+    let check = async {
+        let connector = Connector::new(settings)?;
+        let (client, conn) = connector.connect().await.map_err(|e| describe(&e))?;
+        let driver = actix_rt::spawn(conn);
+        let r = client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| describe(&e));
+        driver.abort();
+        r
+    };
+    match tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), check).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", settings.connect_timeout_ms)),
     }
 }

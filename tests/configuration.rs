@@ -104,6 +104,28 @@ fn an_invalid_value_names_the_key_and_exits_2() {
     let out = bin().arg("config").env("SCHEDULER_WORKER__BOGUS", "1").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "unknown keys are refused");
 
+    for (key, value, name) in [
+        ("SCHEDULER_DATABASE__URL", "postgres://u@h/db?sslmode=prefer", "database.url"),
+        ("SCHEDULER_DATABASE__URL", "postgres://u@h/db?sslmode=verify-ca", "database.url"),
+        ("SCHEDULER_DATABASE__STATEMENT_TIMEOUT_MS", "-1", "statement_timeout_ms"),
+        ("SCHEDULER_DATABASE__STATEMENT_TIMEOUT_MS", "100000000", "database.statement_timeout_ms"),
+        ("SCHEDULER_DATABASE__CONNECT_TIMEOUT_MS", "0", "database.connect_timeout_ms"),
+        ("SCHEDULER_DATABASE__TCP_KEEPALIVE_SECS", "100000", "database.tcp_keepalive_secs"),
+        ("SCHEDULER_TRANSPORT__WAIT_TIME_SECS", "0", "transport.wait_time_secs"),
+        ("SCHEDULER_TRANSPORT__VISIBILITY_TIMEOUT_SECS", "2", "transport.visibility_timeout_secs"),
+        ("SCHEDULER_WORKER__CONCURRENCY", "0", "worker.concurrency"),
+        ("SCHEDULER_WORKER__POLLERS", "0", "worker.pollers"),
+        ("SCHEDULER_WORKER__HEARTBEAT_INTERVAL_SECS", "0", "worker.heartbeat_interval_secs"),
+        // The default heartbeat is every 30 s: a 45 s stale timeout would rescue a task after one late heartbeat.
+        ("SCHEDULER_REAPER__STALE_TIMEOUT_SECS", "45", "reaper.stale_timeout_secs"),
+        ("SCHEDULER_REAPER__QUEUE_TIMEOUT_SECS", "60", "reaper.queue_timeout_secs"),
+    ] {
+        let out = bin().arg("config").env(key, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{key}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name), "{key}={value}: {err}");
+    }
+
     let out = bin().args(["--config", "/nonexistent.toml", "config"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

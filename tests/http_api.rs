@@ -506,6 +506,24 @@ async fn oversized_bodies_get_413() {
     assert_eq!(db.store().list(&Default::default()).await.unwrap().len(), 1);
 }
 
+/// A submission whose task message would exceed `transport.max_message_bytes` (though its HTTP body is within
+/// `http.body_limit_bytes`) gets -32602 naming the limit; nothing is stored.
+#[actix_rt::test]
+async fn a_payload_too_large_for_the_queue_is_refused_naming_the_limit() {
+    let db = TestDb::new().await;
+    let mut s = settings(&db, &[TOKEN]);
+    s.transport.max_message_bytes = 2048;
+    let app = test::init_service(build_app(HttpApi::new(state_with(s, db.store())))).await;
+    let e = call_err!(app, "submit:export", json!({"objectID": 1, "pad": "x".repeat(3000)}));
+    assert_eq!(e["code"], -32602, "{e}");
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains("2048") && message.contains("transport.max_message_bytes"), "{e}");
+    assert_eq!(e["data"]["field"], "payload");
+    let r = call_ok!(app, "submit:export", json!({"objectID": 1, "pad": "x".repeat(1500)}));
+    assert_eq!(r["created"], true);
+    assert_eq!(db.store().list(&Default::default()).await.unwrap().len(), 1);
+}
+
 #[actix_rt::test]
 async fn rpc_disabled_is_404_and_unknown_paths_count_as_other() {
     let db = TestDb::new().await;
@@ -632,6 +650,7 @@ async fn readyz_checks_the_database_and_the_transport() {
             pool_size: 1,
             min_idle: 0,
             connect_timeout_ms: 500,
+            ..DatabaseSettings::default()
         }),
         Backoff::default(),
     );

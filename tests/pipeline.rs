@@ -494,3 +494,175 @@ async fn a_panicking_handler_fails_its_task_and_the_worker_goes_on() {
     wait_for_counts(&store, Duration::from_secs(8), |c| c.get(&TaskState::Success) == Some(&20)).await;
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Records the outbound queue's depth after every send to it, and counts the depth measurements.
+struct WatchOutbound {
+    inner: Arc<dyn sqs_scheduler::transport::Transport>,
+    max_depth: std::sync::atomic::AtomicU64,
+    depth_calls: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl sqs_scheduler::transport::Transport for WatchOutbound {
+    async fn receive(
+        &self,
+        queue: Queue,
+        max: usize,
+        wait: Duration,
+    ) -> sqs_scheduler::transport::TransportResult<Vec<sqs_scheduler::transport::Message>> {
+        self.inner.receive(queue, max, wait).await
+    }
+    async fn send(
+        &self,
+        queue: Queue,
+        bodies: &[String],
+    ) -> sqs_scheduler::transport::TransportResult<Vec<Result<(), String>>> {
+        let r = self.inner.send(queue, bodies).await;
+        if queue == Queue::Outbound {
+            let depth = self.inner.depth(Queue::Outbound).await?;
+            self.max_depth.fetch_max(depth, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+    async fn delete(
+        &self,
+        queue: Queue,
+        receipts: &[String],
+    ) -> sqs_scheduler::transport::TransportResult<Vec<String>> {
+        self.inner.delete(queue, receipts).await
+    }
+    async fn change_visibility(
+        &self,
+        queue: Queue,
+        receipts: &[String],
+        timeout: Duration,
+    ) -> sqs_scheduler::transport::TransportResult<()> {
+        self.inner.change_visibility(queue, receipts, timeout).await
+    }
+    async fn depth(&self, queue: Queue) -> sqs_scheduler::transport::TransportResult<u64> {
+        if queue == Queue::Outbound {
+            self.depth_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.depth(queue).await
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
+/// While the outbound queue is deeper than `acquirer.max_outbound_depth`, the Acquirer keeps pausing: with no
+/// worker draining it, the queue never holds more than the limit plus one batch, however long it waits.
+#[actix_rt::test]
+async fn the_acquirer_pauses_while_the_outbound_queue_is_too_deep() {
+    use std::sync::atomic::Ordering;
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    settings.acquirer.max_outbound_depth = 5;
+    settings.acquirer.batch_size = 3;
+    settings.acquirer.concurrency = 1;
+    let inner = transport(&settings).await;
+    let watch = Arc::new(WatchOutbound {
+        inner: inner.clone(),
+        max_depth: Default::default(),
+        depth_calls: Default::default(),
+    });
+    let app = start(&settings, &[Role::Submitter, Role::Scheduler], watch.clone(), HandlerRegistry::builtin());
+    let bodies: Vec<String> =
+        (0..100).map(|i| sqs_scheduler::protocol::submit_message("noop", &json!({"i": i}))).collect();
+    for c in bodies.chunks(10) {
+        inner.send(Queue::Inbound, c).await.unwrap();
+    }
+    let store = db.store();
+    wait_for_counts(&store, Duration::from_secs(10), |c| c.get(&TaskState::Scheduled).unwrap_or(&0) > &0).await;
+    // Paused: the depth was measured again and again (about once a second) while the queue stayed too deep.
+    let calls = || watch.depth_calls.load(Ordering::SeqCst);
+    wait_until(Duration::from_secs(10), "the outbound queue over its limit", || async {
+        inner.depth(Queue::Outbound).await.unwrap() > 5
+    })
+    .await;
+    let first = calls();
+    wait_until(Duration::from_secs(10), "four more depth measurements", || async { calls() >= first + 4 }).await;
+    let max = watch.max_depth.load(Ordering::SeqCst);
+    assert!(max <= 5 + 3, "the outbound queue reached {max} messages (limit 5, batch 3)");
+    let c = counts(&store).await;
+    assert_eq!(c.get(&TaskState::Acquired).copied().unwrap_or(0) as u64, inner.depth(Queue::Outbound).await.unwrap());
+    assert!(c.get(&TaskState::Scheduled).copied().unwrap_or(0) >= 90, "{c:?}");
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A submission that fits the inbound queue but whose task message (with `_meta` and the task id) would not fit
+/// the outbound queue is dead-lettered at once as invalid_params; nothing is stored.
+#[actix_rt::test]
+async fn a_submission_whose_task_message_would_be_too_large_is_dead_lettered() {
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    settings.transport.max_message_bytes = 4096;
+    let transport = transport(&settings).await;
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
+    let body =
+        |n: usize| sqs_scheduler::protocol::submit_message("export", &json!({"objectID": 1, "pad": "x".repeat(n)}));
+    let n = (3900..4096).find(|n| body(*n).len() == 4096 - 4).unwrap();
+    let big = body(n);
+    let before = dead_lettered(&settings, Queue::Inbound, "invalid_params");
+    transport
+        .send(Queue::Inbound, &[big.clone(), sqs_scheduler::protocol::submit_message("noop", &json!({}))])
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the oversized submission dead-lettered", || async {
+        dead_lettered(&settings, Queue::Inbound, "invalid_params") == before + 1
+    })
+    .await;
+    let store = db.store();
+    wait_for_counts(&store, Duration::from_secs(10), |c| c.get(&TaskState::Success) == Some(&1)).await;
+    assert_eq!(peek_all(transport.as_ref(), Queue::InboundDlq, 1, Duration::from_secs(5)).await, vec![big]);
+    assert_eq!(count_rows(&db, "tasks").await, 1, "only the small submission was stored");
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A handler running longer than `reaper.stale_timeout_secs` is not rescued while its worker runs it: the worker's
+/// heartbeats keep it. It runs once, as attempt 1.
+#[actix_rt::test]
+async fn a_handler_longer_than_the_stale_timeout_is_not_rescued_while_it_runs() {
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    settings.reaper.stale_timeout_secs = 1.5;
+    settings.reaper.queue_timeout_secs = 1.5;
+    settings.reaper.interval_secs = 0.1;
+    settings.worker.heartbeat_interval_secs = 0.3;
+    let transport = transport(&settings).await;
+    let runs = ExecLog::default();
+    let handlers = HandlerRegistry::builtin().with("long", Counting(sqs_scheduler::handlers::Sleep, runs.clone()));
+    let app = start(&settings, &[], transport.clone(), handlers);
+    let body = json!({"jsonrpc": "2.0", "method": "submit:long", "params": {"ms": 4000}}).to_string();
+    transport.send(Queue::Inbound, &[body]).await.unwrap();
+    let store = db.store();
+    wait_for_counts(&store, Duration::from_secs(20), |c| c.get(&TaskState::Success) == Some(&1)).await;
+    let task = store.list(&Default::default()).await.unwrap().remove(0);
+    assert_eq!(task.attempts, 1, "rescued while its handler ran: {task:?}");
+    assert_eq!(runs.lock().unwrap().clone(), vec![(task.id, 1)]);
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Messages a worker received but that wait for a handler slot keep their visibility too: with one slot and a
+/// visibility timeout shorter than the queue of work in hand, every task is still delivered and run once.
+#[actix_rt::test]
+async fn messages_waiting_for_a_slot_do_not_reappear() {
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    settings.transport.visibility_timeout_secs = 3;
+    settings.worker.concurrency = 1;
+    let transport = transport(&settings).await;
+    let (recorded, delivered) = RecordDeliveries::wrap(transport.clone());
+    let runs = ExecLog::default();
+    let handlers = HandlerRegistry::builtin().with("slow", Counting(sqs_scheduler::handlers::Sleep, runs.clone()));
+    let app = start(&settings, &[], recorded, handlers);
+    let bodies: Vec<String> = (0..5)
+        .map(|i| json!({"jsonrpc": "2.0", "method": "submit:slow", "params": {"ms": 1500, "i": i}}).to_string())
+        .collect();
+    transport.send(Queue::Inbound, &bodies).await.unwrap();
+    let store = db.store();
+    wait_for_counts(&store, Duration::from_secs(30), |c| c.get(&TaskState::Success) == Some(&5)).await;
+    assert_eq!(deliveries(&delivered, Queue::Outbound), (5, 5), "outbound messages delivered more than once");
+    assert_eq!(runs.lock().unwrap().len(), 5, "{:?}", runs.lock().unwrap());
+    app.shutdown(Duration::from_secs(5)).await;
+}

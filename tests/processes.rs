@@ -106,9 +106,12 @@ async fn a_worker_killed_mid_task_is_rescued_and_completed() {
     let db = TestDb::new().await;
     let settings = test_settings(&db, Kind::Sqs);
     let transport = transport(&settings).await;
-    // Stale after 8 s; the outbound message stays invisible for 60 s, so it is the StaleReaper that rescues it.
+    // Stale after 8 s without a heartbeat (or 8 s after acquisition if the worker died before marking the start);
+    // the outbound message stays invisible for 60 s, so it is the StaleReaper that rescues it.
     let env = [
         ("SCHEDULER_REAPER__STALE_TIMEOUT_SECS", "8".to_string()),
+        ("SCHEDULER_REAPER__QUEUE_TIMEOUT_SECS", "8".to_string()),
+        ("SCHEDULER_WORKER__HEARTBEAT_INTERVAL_SECS", "1".to_string()),
         ("SCHEDULER_REAPER__INTERVAL_SECS", "0.5".to_string()),
         ("SCHEDULER_TRANSPORT__VISIBILITY_TIMEOUT_SECS", "60".to_string()),
     ];

@@ -137,7 +137,7 @@ async fn a_result_after_stale_rescue_does_not_apply() {
     store.submit_many(&[task("noop", json!({}))]).await.unwrap();
     let a = store.acquire_batch(1).await.unwrap().remove(0);
     exec(&db.url, "UPDATE tasks SET acquired_at = now() - interval '10 minutes'").await;
-    let rescued = store.rescue_stale(120.0, 100).await.unwrap();
+    let rescued = store.rescue_stale(120.0, 120.0, 100).await.unwrap();
     assert_eq!(rescued, vec![(a.id, TaskState::Error)]);
     let t = store.get(a.id).await.unwrap().unwrap();
     assert_eq!(t.error.as_ref().unwrap()["code"], json!(STALE_ERROR_CODE));
@@ -207,6 +207,51 @@ async fn a_task_failing_max_attempts_times_ends_critical_error() {
     assert_eq!(a[0].attempt, 11);
 }
 
+/// Heartbeats are fenced on (id, attempt) while ACQUIRED, one statement for many tasks; the rescue rule: a task
+/// with a heartbeat is stale once its last heartbeat is older than the stale timeout, however long ago it was
+/// acquired; a task without one (still queued) only after the queue timeout.
+#[tokio::test]
+async fn heartbeats_keep_running_tasks_and_queued_tasks_get_the_queue_timeout() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let tasks: Vec<NewTask> = (0..5).map(|i| task("noop", json!({"i": i}))).collect();
+    let ids: Vec<i64> = store.submit_many(&tasks).await.unwrap().iter().map(|s| s.id).collect();
+    let a = store.acquire_batch(4).await.unwrap();
+    let key = |i: usize| (a[i].id, a[i].attempt);
+    // Only (id, current attempt) of ACQUIRED tasks: not a wrong attempt, not a SCHEDULED task.
+    let queued = *ids.iter().find(|id| a.iter().all(|t| t.id != **id)).unwrap();
+    let n = store.heartbeat(&[key(0), key(1), (a[2].id, a[2].attempt + 1), (queued, 1)]).await.unwrap();
+    assert_eq!(n, 2);
+    assert!(store.heartbeat_at(a[0].id).await.unwrap().is_some());
+    assert_eq!(store.heartbeat_at(a[2].id).await.unwrap(), None);
+    // All acquired 200 s ago. 0: heartbeat just now (running long); 1: last heartbeat 150 s ago (its worker died);
+    // 2: no heartbeat (queued) for 200 s; 3: no heartbeat, acquired 700 s ago.
+    exec(&db.url, "UPDATE tasks SET acquired_at = now() - interval '200 seconds' WHERE state = 'ACQUIRED'").await;
+    exec(&db.url, &format!("UPDATE tasks SET heartbeat_at = now() WHERE id = {}", a[0].id)).await;
+    exec(&db.url, &format!("UPDATE tasks SET heartbeat_at = now() - interval '150 seconds' WHERE id = {}", a[1].id))
+        .await;
+    exec(&db.url, &format!("UPDATE tasks SET acquired_at = now() - interval '700 seconds' WHERE id = {}", a[3].id))
+        .await;
+    let mut rescued = store.rescue_stale(120.0, 600.0, 100).await.unwrap();
+    rescued.sort_by_key(|r| r.0);
+    assert_eq!(rescued, vec![(a[1].id, TaskState::Error), (a[3].id, TaskState::Error)]);
+    let t = store.get(a[1].id).await.unwrap().unwrap();
+    assert!(t.error.as_ref().unwrap()["message"].as_str().unwrap().starts_with("stale: no heartbeat"), "{t:?}");
+    assert_eq!(store.heartbeat_at(t.id).await.unwrap(), None, "a heartbeat of a finished attempt is not shown");
+    let t = store.get(a[3].id).await.unwrap().unwrap();
+    assert!(t.error.as_ref().unwrap()["message"].as_str().unwrap().starts_with("stale: not started"), "{t:?}");
+    for i in [0, 2] {
+        assert_eq!(store.get(a[i].id).await.unwrap().unwrap().state, TaskState::Acquired);
+    }
+    // The rescued attempt's heartbeat no longer applies; the next attempt starts without one.
+    assert_eq!(store.heartbeat(&[key(1)]).await.unwrap(), 0);
+    exec(&db.url, "UPDATE tasks SET run_at = now() WHERE state = 'ERROR'").await;
+    let again = store.acquire_batch(10).await.unwrap();
+    let b = again.iter().find(|t| t.id == a[1].id).unwrap();
+    assert_eq!(b.attempt, 2);
+    assert_eq!(store.heartbeat_at(b.id).await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn stale_rescue_ends_critical_on_the_last_attempt() {
     let db = TestDb::new().await;
@@ -223,7 +268,7 @@ async fn stale_rescue_ends_critical_on_the_last_attempt() {
         &format!("UPDATE tasks SET acquired_at = now() - interval '200 seconds' WHERE id IN ({last}, {other})"),
     )
     .await;
-    let mut rescued = store.rescue_stale(120.0, 100).await.unwrap();
+    let mut rescued = store.rescue_stale(120.0, 120.0, 100).await.unwrap();
     let mut want = vec![(last, TaskState::CriticalError), (other, TaskState::Error)];
     rescued.sort_by_key(|r| r.0);
     want.sort_by_key(|r| r.0);
@@ -305,17 +350,64 @@ async fn cancel_scheduled_and_acquired_tasks() {
     assert_eq!(store.acquire_batch(10).await.unwrap()[0].id, ids[0].id);
 }
 
+/// A release (after an uncertain outbound send) keeps the attempt: the send may have gone out, so the next
+/// execution must have a new fencing token. The task is retried after backoff, as after a failure.
 #[tokio::test]
-async fn release_hands_tasks_back_without_burning_the_attempt() {
+async fn release_keeps_the_attempt_and_retries_after_backoff() {
     let db = TestDb::new().await;
-    let store = db.store();
+    let store = db.store_with(Backoff { base_seconds: 60.0, max_seconds: 60.0, jitter: 0.0 });
     store.submit_many(&[task("noop", json!({}))]).await.unwrap();
     let a = store.acquire_batch(1).await.unwrap().remove(0);
     assert_eq!(store.release(&[(a.id, a.attempt), (a.id, a.attempt + 5)]).await.unwrap(), 1);
     let t = store.get(a.id).await.unwrap().unwrap();
-    assert_eq!((t.state, t.attempts), (TaskState::Scheduled, 0));
+    assert_eq!((t.state, t.attempts, t.acquired_at), (TaskState::Error, 1, None), "release lowered the attempt");
+    assert_eq!(t.error.as_ref().unwrap()["code"], json!(RELEASED_ERROR_CODE));
+    assert_eq!(t.error.as_ref().unwrap()["attempt"], json!(1));
+    // Due after the backoff, not at once.
+    assert!((t.run_at - store.db_now().await.unwrap()).as_seconds_f64() > 50.0, "{t:?}");
+    assert!(store.acquire_batch(1).await.unwrap().is_empty());
+    exec(&db.url, "UPDATE tasks SET run_at = now() - interval '1 ms'").await;
     let again = store.acquire_batch(1).await.unwrap().remove(0);
-    assert_eq!(again.attempt, 1);
+    assert_eq!(again.attempt, 2, "the next execution has a new fencing token");
+}
+
+/// The late result of a released attempt (its send did go out after all) is stale: while the task waits for its
+/// retry, and after the retry was acquired.
+#[tokio::test]
+async fn the_late_result_of_a_released_attempt_is_stale() {
+    let db = TestDb::new().await;
+    let store = db.store_with(Backoff { base_seconds: 0.0, max_seconds: 0.0, jitter: 0.0 });
+    store.submit_many(&[task("noop", json!({}))]).await.unwrap();
+    let a = store.acquire_batch(1).await.unwrap().remove(0);
+    assert_eq!(store.release(&[(a.id, a.attempt)]).await.unwrap(), 1);
+    let c = store.complete_many(&[ok(&a)]).await.unwrap();
+    assert!(c.applied.is_empty() && c.stale == vec![(a.id, a.attempt)], "{c:?}");
+    let b = store.acquire_batch(1).await.unwrap().remove(0);
+    assert_eq!(b.attempt, a.attempt + 1);
+    let c = store.complete_many(&[ok(&a)]).await.unwrap();
+    assert!(c.applied.is_empty(), "the released attempt's result applied to the next attempt: {c:?}");
+    let c = store.complete_many(&[ok(&b)]).await.unwrap();
+    assert_eq!(c.applied[0].state, TaskState::Success);
+}
+
+/// A task that can never be sent ends CRITICAL_ERROR after max_attempts releases instead of looping.
+#[tokio::test]
+async fn a_task_released_max_attempts_times_ends_critical_error() {
+    let db = TestDb::new().await;
+    let store = db.store_with(Backoff { base_seconds: 0.0, max_seconds: 0.0, jitter: 0.0 });
+    let mut t = task("noop", json!({}));
+    t.max_attempts = MaxAttempts::parse(3).unwrap();
+    let id = store.submit_many(&[t]).await.unwrap()[0].id;
+    for attempt in 1..=3 {
+        let a = store.acquire_batch(1).await.unwrap();
+        assert_eq!(a.len(), 1, "attempt {attempt} acquired");
+        assert_eq!(a[0].attempt, attempt);
+        assert_eq!(store.release(&[(a[0].id, a[0].attempt)]).await.unwrap(), 1);
+    }
+    assert!(store.acquire_batch(1).await.unwrap().is_empty(), "acquired after its last attempt");
+    let t = store.get(id).await.unwrap().unwrap();
+    assert_eq!((t.state, t.attempts), (TaskState::CriticalError, 3));
+    assert!(t.finished_at.is_some());
 }
 
 #[tokio::test]

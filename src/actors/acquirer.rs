@@ -69,19 +69,34 @@ impl Handler<super::messages::InjectPanic> for Acquirer {
 async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, due: Arc<Notify>) {
     let stop = shared.phases.inbound.clone();
     let idle = Duration::from_millis(cfg.idle_wakeup_ms);
+    // Back-pressure state: the outbound depth last measured, when, and how many tasks this loop sent since.
     let mut depth_checked = Instant::now() - Duration::from_secs(10);
+    let mut depth_known: u64 = 0;
     let mut error_delay = Duration::from_millis(100);
     // Counted in the inbound phase while it runs: shutdown waits until no acquire or send is in flight.
     let _alive = shared.phases.inbound_work.guard();
     while !stop.is_stopped() {
-        // Back-pressure: stop filling the outbound queue when workers are far behind (checked at most once a second).
-        if cfg.max_outbound_depth > 0 && depth_checked.elapsed() >= Duration::from_secs(1) {
+        // Back-pressure: stop filling the outbound queue while it holds more than max_outbound_depth. The depth is
+        // measured at most once a second; in between this loop counts what it sent itself, so it never sends more
+        // than one batch beyond the limit, and while the queue stays too deep it keeps pausing and re-measuring.
+        if cfg.max_outbound_depth > 0
+            && (depth_checked.elapsed() >= Duration::from_secs(1) || depth_known > cfg.max_outbound_depth)
+        {
+            let wait = Duration::from_secs(1).saturating_sub(depth_checked.elapsed());
+            if !wait.is_zero() {
+                tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = stop.stopped() => continue }
+            }
             depth_checked = Instant::now();
-            if let Ok(depth) = shared.transport.depth(Queue::Outbound).await {
-                if depth > cfg.max_outbound_depth {
-                    tokio::select! { _ = tokio::time::sleep(Duration::from_millis(200)) => {}, _ = stop.stopped() => {} }
-                    continue;
+            match shared.transport.depth(Queue::Outbound).await {
+                Ok(depth) => depth_known = depth,
+                Err(e) => {
+                    // Unknown: acquire on (the depth is a brake, not a fence), measure again in a second.
+                    tracing::debug!(error = %e, "outbound depth unavailable");
+                    depth_known = 0;
                 }
+            }
+            if depth_known > cfg.max_outbound_depth {
+                continue;
             }
         }
         let tasks = match store.acquire_batch(cfg.batch_size).await {
@@ -116,6 +131,7 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
             let failed: Vec<(i64, i32)> =
                 tasks.iter().zip(&sent).filter(|(_, r)| r.is_err()).map(|(t, _)| (t.id, t.attempt)).collect();
             metrics().tasks_sent.inc_by((tasks.len() - failed.len()) as u64);
+            depth_known += (tasks.len() - failed.len()) as u64;
             if !failed.is_empty() {
                 tracing::warn!(failed = failed.len(), error = ?sent.iter().find_map(|r| r.as_ref().err()), "outbound send failed; releasing");
                 match store.release(&failed).await {

@@ -26,14 +26,23 @@ impl Actor for DueListener {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.link.attach(ctx);
-        let run = listen(self.shared.settings.database.url.clone(), self.shared.acquirer.clone());
+        let run = listen(self.shared.settings.database.clone(), self.shared.acquirer.clone());
         ctx.spawn(run.into_actor(self));
     }
 }
 
-async fn listen(url: String, acquirer: Slot<TasksDue>) {
+async fn listen(settings: crate::db::DatabaseSettings, acquirer: Slot<TasksDue>) {
+    // The same connections as the pools: TLS per sslmode, connect timeout, TCP keepalive (a LISTEN connection is
+    // idle most of the time: keepalive is what notices that it died).
+    let connector = match crate::db::Connector::new(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "database.url unusable; no notification connection");
+            return;
+        }
+    };
     loop {
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        match connector.connect().await {
             Ok((client, mut conn)) => {
                 let (tx, mut rx) = futures::channel::mpsc::unbounded();
                 let stream =
@@ -56,7 +65,7 @@ async fn listen(url: String, acquirer: Slot<TasksDue>) {
                     r = listen => if let Err(e) = r { tracing::warn!(error = %e, "LISTEN failed") },
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot open the notification connection"),
+            Err(e) => tracing::warn!(error = %crate::db::describe(&e), "cannot open the notification connection"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

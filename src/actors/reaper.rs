@@ -1,5 +1,6 @@
-//! StaleReaper: every `reaper.interval_secs`, tasks ACQUIRED for longer than `reaper.stale_timeout_secs` become
-//! ERROR (retried) or CRITICAL_ERROR; every `reaper.clean_interval_secs`, finished tasks older than
+//! StaleReaper: every `reaper.interval_secs`, ACQUIRED tasks whose worker went silent become ERROR (retried) or
+//! CRITICAL_ERROR: no heartbeat for `reaper.stale_timeout_secs` once their handler started, or not started within
+//! `reaper.queue_timeout_secs` of their acquisition (see `TaskStore::rescue_stale`); every `reaper.clean_interval_secs`, finished tasks older than
 //! `reaper.retention_secs` are deleted. Both in batches of `reaper.batch_size`, until a batch comes back short,
 //! each statement bounded by `reaper.query_timeout_secs`. River-style: its settings, defaults and validation live
 //! here, and `rescue_once` / `clean_once` return what they did ([`RunOnce`] runs both now).
@@ -85,7 +86,7 @@ where
 pub async fn rescue_once(shared: Shared, cfg: ReaperSettings, store: TaskStore) -> usize {
     let mut total = 0;
     loop {
-        let call = store.rescue_stale(cfg.stale_timeout_secs, cfg.batch_size);
+        let call = store.rescue_stale(cfg.stale_timeout_secs, cfg.queue_timeout_secs, cfg.batch_size);
         match tokio::time::timeout(cfg.query_timeout(), call).await {
             Ok(Ok(rescued)) => {
                 total += rescued.len();
@@ -147,8 +148,12 @@ pub async fn clean_once(_shared: Shared, cfg: ReaperSettings, store: TaskStore) 
 pub struct ReaperSettings {
     /// How often stale rescue runs (seconds).
     pub interval_secs: f64,
-    /// A task ACQUIRED for longer than this is rescued (seconds). Must exceed your longest handler.
+    /// A running task whose worker sent no heartbeat for this long is rescued (seconds). Workers refresh it every
+    /// `worker.heartbeat_interval_secs`, so a long handler is not rescued while it runs.
     pub stale_timeout_secs: f64,
+    /// A task acquired this long ago whose handler never started (it waits in the outbound queue, or its worker died
+    /// first) is rescued (seconds): longer than the stale timeout, so a backlog is not rescued and sent again.
+    pub queue_timeout_secs: f64,
     /// Rows per rescue or clean statement.
     pub batch_size: i64,
     /// How often the cleaner runs (seconds).
@@ -167,6 +172,7 @@ impl Default for ReaperSettings {
         Self {
             interval_secs: 5.0,
             stale_timeout_secs: 120.0,
+            queue_timeout_secs: 600.0,
             batch_size: 1_000,
             clean_interval_secs: 60.0,
             retention_secs: 3_600.0,
@@ -186,12 +192,16 @@ impl ReaperSettings {
         for (key, v) in [
             ("interval_secs", self.interval_secs),
             ("stale_timeout_secs", self.stale_timeout_secs),
+            ("queue_timeout_secs", self.queue_timeout_secs),
             ("clean_interval_secs", self.clean_interval_secs),
             ("query_timeout_secs", self.query_timeout_secs),
         ] {
             if !(v > 0.0 && v.is_finite()) {
                 return Err(format!("reaper.{key}: must be greater than 0"));
             }
+        }
+        if self.queue_timeout_secs < self.stale_timeout_secs {
+            return Err("reaper.queue_timeout_secs: must be at least reaper.stale_timeout_secs".into());
         }
         if !(self.retention_secs >= 0.0) {
             return Err("reaper.retention_secs: must not be negative".into());

@@ -1,7 +1,17 @@
 //! WorkerPool: runs the action's handler for each task from the outbound queue, with bounded concurrency, and
 //! sends a JSON-RPC result or error to the results queue. The outbound message is deleted only after its result
 //! was sent (ack after the effect is downstream). Results are batched: up to 10 per send, 10 deletes per call.
-//! A handler running longer than half the visibility timeout gets its message's visibility extended.
+//!
+//! Heartbeats, both batched, for every message this pool holds:
+//! - visibility: from the moment a message is received (waiting for a handler slot or running) until its result
+//!   was sent, every third of the visibility timeout its visibility is extended by a full timeout, all held
+//!   messages in one `change_visibility` (the transport makes one call per 10 receipts);
+//! - database: a handler's start is marked in `heartbeat_at` (starts within [`START_BATCH_WINDOW`] share one
+//!   statement), and every `worker.heartbeat_interval_secs` all running tasks are refreshed in one statement, so the
+//!   StaleReaper never rescues a task whose handler still runs.
+//!
+//! Finished tasks go through a bounded channel to the result sender: when it cannot keep up, handlers wait to hand
+//! their results on (and keep their slot), so no unbounded pile of results builds up.
 
 use super::messages::{Capacity, Received, Settled};
 use super::{Shared, TrackGuard};
@@ -14,11 +24,72 @@ use crate::transport::{Message as QueueMessage, Queue, MAX_BATCH};
 use actix::prelude::*;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+
+/// Handler starts that arrive within this window are marked in one statement.
+pub const START_BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// Finished tasks waiting for the result sender at most; beyond that, finishing handlers wait.
+const DONE_CAPACITY: usize = MAX_BATCH * 10;
+
+/// The outbound messages this pool holds, for the heartbeats: receipt -> (task id, attempt) once its handler
+/// started. A message is held from its receipt until its result was sent (or it was given up).
+#[derive(Default)]
+struct Held {
+    messages: HashMap<String, Option<(i64, i32)>>,
+    /// Handler starts not yet marked in the database.
+    started: Vec<(i64, i32)>,
+}
+
+#[derive(Clone, Default)]
+struct HeldRef {
+    inner: Arc<Mutex<Held>>,
+    /// Wakes the database heartbeat when a handler started.
+    started: Arc<Notify>,
+}
+
+impl HeldRef {
+    fn received(&self, receipts: impl IntoIterator<Item = String>) {
+        let mut h = self.inner.lock().unwrap();
+        for r in receipts {
+            h.messages.insert(r, None);
+        }
+    }
+
+    fn handler_started(&self, receipt: &str, task: (i64, i32)) {
+        let mut h = self.inner.lock().unwrap();
+        h.messages.insert(receipt.to_owned(), Some(task));
+        h.started.push(task);
+        drop(h);
+        self.started.notify_one();
+    }
+
+    fn release(&self, receipts: impl IntoIterator<Item = String>) {
+        let mut h = self.inner.lock().unwrap();
+        for r in receipts {
+            h.messages.remove(&r);
+        }
+    }
+
+    fn receipts(&self) -> Vec<String> {
+        self.inner.lock().unwrap().messages.keys().cloned().collect()
+    }
+
+    fn running(&self) -> Vec<(i64, i32)> {
+        let mut h = self.inner.lock().unwrap();
+        h.started.clear();
+        h.messages.values().flatten().copied().collect()
+    }
+
+    fn take_started(&self) -> Vec<(i64, i32)> {
+        std::mem::take(&mut self.inner.lock().unwrap().started)
+    }
+}
 
 /// A finished task waiting for its result to be sent and its outbound message deleted.
 struct Done {
@@ -32,9 +103,10 @@ pub struct WorkerPool {
     settings: WorkerSettings,
     link: Link,
     permits: Arc<Semaphore>,
-    /// Messages handed in but still waiting for a handler slot (promised capacity).
-    waiting: Arc<std::sync::atomic::AtomicUsize>,
-    done_tx: Option<mpsc::UnboundedSender<Done>>,
+    /// Messages handed in but still waiting for a handler slot (capacity already promised to them).
+    waiting: Arc<AtomicUsize>,
+    done_tx: Option<mpsc::Sender<Done>>,
+    held: HeldRef,
     /// The handlers' database pool (reported as `worker_pool`).
     store: Option<TaskStore>,
 }
@@ -42,7 +114,8 @@ pub struct WorkerPool {
 impl WorkerPool {
     pub fn new(shared: Shared, settings: WorkerSettings, link: Link) -> Self {
         let permits = Arc::new(Semaphore::new(settings.concurrency));
-        Self { shared, settings, link, permits, waiting: Default::default(), done_tx: None, store: None }
+        let waiting = Arc::default();
+        Self { shared, settings, link, permits, waiting, done_tx: None, held: HeldRef::default(), store: None }
     }
 }
 
@@ -51,11 +124,16 @@ impl Actor for WorkerPool {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.link.attach(ctx);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(DONE_CAPACITY);
         self.done_tx = Some(tx);
         let pool_size = self.settings.concurrency.min(16) as u32;
         self.store = Some(self.shared.store("worker_pool", pool_size));
-        ctx.spawn(send_results(self.shared.clone(), rx).into_actor(self));
+        ctx.spawn(send_results(self.shared.clone(), rx, self.held.clone()).into_actor(self));
+        ctx.spawn(visibility_heartbeat(self.shared.clone(), self.held.clone()).into_actor(self));
+        // Its own connection: handlers holding the pool's connections cannot delay the heartbeat.
+        let heartbeat_store = self.shared.store("worker_pool", 1);
+        let every = Duration::from_secs_f64(self.settings.heartbeat_interval_secs);
+        ctx.spawn(database_heartbeat(heartbeat_store, self.held.clone(), every).into_actor(self));
     }
 }
 
@@ -92,6 +170,15 @@ impl Handler<Capacity> for WorkerPool {
     }
 }
 
+/// One message's claim on capacity, released when it started (or was given up).
+struct Promise<'a>(&'a AtomicUsize);
+
+impl Drop for Promise<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Handler<Received> for WorkerPool {
     type Result = ResponseFuture<Settled>;
 
@@ -101,29 +188,35 @@ impl Handler<Received> for WorkerPool {
         metrics().actor_messages.with_label_values(&["worker_pool", "received"]).inc();
         let shared = self.shared.clone();
         let permits = self.permits.clone();
-        let waiting = self.waiting.clone();
         let concurrency = self.settings.concurrency;
         let done_tx = self.done_tx.clone().expect("started");
         let db = self.store.as_ref().expect("started").pool().clone();
+        let held = self.held.clone();
+        let waiting = self.waiting.clone();
         waiting.fetch_add(msg.messages.len(), Ordering::SeqCst);
         Box::pin(async move {
+            let max = shared.settings.transport.max_message_bytes;
             let mut bad = Vec::new();
+            let mut tasks = Vec::new();
             for m in msg.messages {
-                // This message no longer waits for a slot once it has one (or is dead-lettered).
-                let _promised = Promise(&waiting);
-                let max = shared.settings.transport.max_message_bytes;
                 match TaskRequest::parse(&m.body, max) {
-                    Ok(req) => {
-                        // One slot at a time, so a batch larger than the pool (concurrency below 10) still runs.
-                        let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                        let guard = shared.phases.outbound_work.guard();
-                        let run = run_task(shared.clone(), db.clone(), req, m, permit, guard, done_tx.clone());
-                        // spawn_local: handlers run on this arbiter, outside the actor, so a handler's panic is
-                        // contained (caught in run_task) and never takes the pool down.
-                        actix_rt::spawn(run);
-                    }
+                    Ok(req) => tasks.push((req, m)),
                     Err(e) => bad.push((m, e)),
                 }
+            }
+            waiting.fetch_sub(bad.len(), Ordering::SeqCst);
+            // Held from now on: their visibility is extended while they wait for a slot, not only once they run.
+            held.received(tasks.iter().map(|(_, m)| m.receipt.clone()));
+            for (req, m) in tasks {
+                // This message no longer waits for a slot once it has one.
+                let _promised = Promise(&waiting);
+                // One slot at a time, so a batch larger than the pool (concurrency below 10) still runs.
+                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let guard = shared.phases.outbound_work.guard();
+                let run = run_task(shared.clone(), db.clone(), req, m, permit, guard, done_tx.clone(), held.clone());
+                // spawn_local: handlers run on this arbiter, outside the actor, so a handler's panic is
+                // contained (caught in run_task) and never takes the pool down.
+                actix_rt::spawn(run);
             }
             let running = concurrency - permits.available_permits();
             metrics().actor_in_flight.with_label_values(&["worker_pool"]).set(running as i64);
@@ -133,15 +226,7 @@ impl Handler<Received> for WorkerPool {
     }
 }
 
-/// One message's claim on capacity, released when it started (or was dead-lettered).
-struct Promise<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for Promise<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
+#[allow(clippy::too_many_arguments)]
 async fn run_task(
     shared: Shared,
     db: crate::db::DbPool,
@@ -149,7 +234,8 @@ async fn run_task(
     msg: QueueMessage,
     permit: OwnedSemaphorePermit,
     guard: TrackGuard,
-    done_tx: mpsc::UnboundedSender<Done>,
+    done_tx: mpsc::Sender<Done>,
+    held: HeldRef,
 ) {
     let ctx = HandlerContext { task_id: req.id, attempt: req.attempt, db };
     let started = Instant::now();
@@ -158,16 +244,15 @@ async fn run_task(
             Err(HandlerError::with_code(protocol::METHOD_NOT_FOUND, format!("no handler for action {:?}", req.action)))
         }
         Some(handler) => {
-            let run = AssertUnwindSafe(handler.handle(&ctx, &req.payload)).catch_unwind();
-            let heartbeat = extend_visibility(&shared, &msg.receipt);
-            tokio::select! {
-                r = run => r.unwrap_or_else(|p| {
-                    let what = p.downcast_ref::<&str>().map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
-                    Err(HandlerError::new(format!("handler panicked: {what}")))
-                }),
-                _ = heartbeat => unreachable!("heartbeat never ends"),
-            }
+            held.handler_started(&msg.receipt, (req.id, req.attempt));
+            AssertUnwindSafe(handler.handle(&ctx, &req.payload)).catch_unwind().await.unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(HandlerError::new(format!("handler panicked: {what}")))
+            })
         }
     };
     metrics().handler_duration.with_label_values(&[req.action.as_str()]).observe(started.elapsed().as_secs_f64());
@@ -178,25 +263,64 @@ async fn run_task(
             Outcome::Failure(e.to_value())
         }
     };
-    drop(permit);
     let body = protocol::result_body(&TaskResult { id: req.id, attempt: req.attempt, outcome });
-    let _ = done_tx.send(Done { body, receipt: msg.receipt, _guard: guard });
+    // Bounded: when the result sender is behind, this handler keeps its slot until its result is queued.
+    let receipt = msg.receipt.clone();
+    if done_tx.send(Done { body, receipt, _guard: guard }).await.is_err() {
+        // The pool stopped: its message comes back after its visibility timeout.
+        held.release([msg.receipt]);
+    }
+    drop(permit);
 }
 
-/// Every half visibility timeout, extends the message's visibility by a full timeout. Never returns.
-async fn extend_visibility(shared: &Shared, receipt: &str) {
+/// Every third of the visibility timeout, extends the visibility of every message this pool holds (waiting for a
+/// slot or running) by a full timeout, in one call (the transport batches it by 10). Never returns.
+async fn visibility_heartbeat(shared: Shared, held: HeldRef) {
     let vis = Duration::from_secs(shared.settings.transport.visibility_timeout_secs as u64);
-    let receipts = [receipt.to_owned()];
+    let period = vis / 3;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(vis / 2).await;
+        tick.tick().await;
+        let receipts = held.receipts();
+        if receipts.is_empty() {
+            continue;
+        }
         if let Err(e) = shared.transport.change_visibility(Queue::Outbound, &receipts, vis).await {
-            tracing::warn!(error = %e, "visibility heartbeat failed");
+            tracing::warn!(error = %e, messages = receipts.len(), "visibility heartbeat failed");
+        }
+    }
+}
+
+/// Marks handler starts (batched over [`START_BATCH_WINDOW`]) and, every `every`, refreshes `heartbeat_at` of
+/// all running tasks, each in one statement. Never returns.
+async fn database_heartbeat(store: TaskStore, held: HeldRef, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let tasks = tokio::select! {
+            _ = tick.tick() => held.running(),
+            _ = held.started.notified() => {
+                tokio::time::sleep(START_BATCH_WINDOW).await;
+                held.take_started()
+            }
+        };
+        if tasks.is_empty() {
+            continue;
+        }
+        match store.heartbeat(&tasks).await {
+            Ok(n) if n < tasks.len() => {
+                tracing::debug!(sent = tasks.len(), refreshed = n, "heartbeat: some tasks are no longer ours")
+            }
+            Ok(_) => {}
+            // The next tick tries again; the stale timeout is at least two intervals.
+            Err(e) => tracing::warn!(error = %e, tasks = tasks.len(), "database heartbeat failed"),
         }
     }
 }
 
 /// Sends results in batches of up to 10, then deletes the outbound messages whose results went out.
-async fn send_results(shared: Shared, mut rx: mpsc::UnboundedReceiver<Done>) {
+async fn send_results(shared: Shared, mut rx: mpsc::Receiver<Done>, held: HeldRef) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH * 10 {
@@ -218,6 +342,8 @@ async fn send_results(shared: Shared, mut rx: mpsc::UnboundedReceiver<Done>) {
         if let Err(e) = shared.transport.delete(Queue::Outbound, &receipts).await {
             tracing::warn!(error = %e, "outbound delete failed; the tasks' results will be stale duplicates");
         }
+        // No longer held: deleted, or (result not sent) left to come back after their visibility timeout.
+        held.release(batch.iter().map(|d| d.receipt.clone()));
         drop(batch); // releases the shutdown guards after the delete
     }
 }
@@ -229,10 +355,13 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// Receivers on the outbound queue.
     pub pollers: usize,
+    /// How often `heartbeat_at` of all running tasks is refreshed, in one statement (seconds).
+    /// `reaper.stale_timeout_secs` must be at least twice this.
+    pub heartbeat_interval_secs: f64,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self { concurrency: 64, pollers: 2 }
+        Self { concurrency: 64, pollers: 2, heartbeat_interval_secs: 30.0 }
     }
 }

@@ -95,6 +95,7 @@ impl HttpApi {
                 committer
             },
             default_max_attempts: MaxAttempts::parse(state.settings.retry.default_max_attempts).unwrap_or_default(),
+            max_message_bytes: state.settings.transport.max_message_bytes,
         };
         HttpApi(Arc::new(Inner { state, access, rpc }))
     }

@@ -45,6 +45,8 @@ pub struct RpcContext {
     /// Group commit of submissions (the commit stage the Persister uses too).
     pub submits: GroupCommitter<SubmitCommit>,
     pub default_max_attempts: MaxAttempts,
+    /// `transport.max_message_bytes`: a submission whose task message would be larger is refused.
+    pub max_message_bytes: usize,
 }
 
 /// An error response object, counted in `rpc_errors{code}`.
@@ -207,7 +209,7 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         m if m.starts_with(SUBMIT_PREFIX) => {
             let action = protocol::submit_action(m)?;
-            let task = protocol::submit_task(action, params, ctx.default_max_attempts)?;
+            let task = protocol::submit_task(action, params, ctx.default_max_attempts, ctx.max_message_bytes)?;
             check_storable(&task)?;
             let s = match ctx.submits.commit(vec![task]).await.pop() {
                 Some(Ok(s)) => s,

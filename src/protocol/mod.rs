@@ -124,11 +124,14 @@ pub fn submit_action(method: &str) -> Result<Action, RpcError> {
     Action::parse(action).map_err(|e| RpcError::new(METHOD_NOT_FOUND, format!("method not found: {e}")))
 }
 
-/// Builds a task from a submit's params (the payload, or the structured form with options).
+/// Builds a task from a submit's params (the payload, or the structured form with options). `max_message_bytes`
+/// is `transport.max_message_bytes`: a task whose outbound message could exceed it is refused here, the one place
+/// submissions (queue and HTTP) are checked, since no queue could ever carry it to a worker.
 pub fn submit_task(
     action: Action,
     params: Option<Value>,
     default_max_attempts: MaxAttempts,
+    max_message_bytes: usize,
 ) -> Result<NewTask, RpcError> {
     let params = match params {
         None => Value::Object(Map::new()),
@@ -189,7 +192,31 @@ pub fn submit_task(
     if task.run_at == RunAt::After(Duration::ZERO) {
         task.run_at = RunAt::Now;
     }
+    let outbound = outbound_size(&task);
+    if outbound > max_message_bytes {
+        return Err(RpcError {
+            code: INVALID_PARAMS,
+            message: format!(
+                "payload too large: its task message would be {outbound} bytes, over the limit of \
+                 {max_message_bytes} bytes (transport.max_message_bytes)"
+            ),
+            data: Some(json!({"field": "payload", "size": outbound, "limit": max_message_bytes})),
+        });
+    }
     Ok(task)
+}
+
+/// The largest outbound message `task` can become: its [`TaskRequest::to_body`] with the widest id and attempt
+/// (the envelope, `_meta` and the id included).
+pub fn outbound_size(task: &NewTask) -> usize {
+    TaskRequest {
+        id: i64::MIN,
+        attempt: i32::MAX,
+        action: task.action.as_str().to_owned(),
+        payload: task.payload.clone().into_value(),
+    }
+    .to_body()
+    .len()
 }
 
 fn int_field(field: &'static str, v: &Value) -> Result<i64, RpcError> {
@@ -201,7 +228,7 @@ pub fn parse_submit(body: &str, max_bytes: usize, default_max_attempts: MaxAttem
     let v = parse_body(body, max_bytes)?;
     let req = parse_request(v).map_err(|(e, _)| e)?;
     let action = submit_action(&req.method)?;
-    submit_task(action, req.params, default_max_attempts)
+    submit_task(action, req.params, default_max_attempts, max_bytes)
 }
 
 /// An inbound message body -> its submissions: one, or each entry of a JSON-RPC batch on its own (an entry's
@@ -214,7 +241,7 @@ pub fn parse_submissions(
 ) -> Vec<(Option<String>, Result<NewTask, RpcError>)> {
     let one = |v: Value| {
         let req = parse_request(v).map_err(|(e, _)| e)?;
-        submit_task(submit_action(&req.method)?, req.params, default_max_attempts)
+        submit_task(submit_action(&req.method)?, req.params, default_max_attempts, max_bytes)
     };
     match parse_body(body, max_bytes) {
         Err(e) => vec![(None, Err(e))],
@@ -377,6 +404,23 @@ mod tests {
         }
         let big = format!(r#"{{"jsonrpc":"2.0","method":"submit:x","params":{{"s":"{}"}}}}"#, "a".repeat(2000));
         assert_eq!(parse_submit(&big, 1024, d()).unwrap_err().code, INVALID_REQUEST);
+    }
+
+    #[test]
+    fn a_submit_whose_task_message_would_be_too_large_is_refused_naming_the_limit() {
+        // The submission fits (under 1024 bytes), its outbound message (with _meta and the id) would not.
+        let limit = 1024;
+        let fill = |n: usize| json!({"jsonrpc": "2.0", "method": "submit:export", "params": {"s": "a".repeat(n)}});
+        let n = (900..1024).find(|n| fill(*n).to_string().len() == limit - 5).unwrap();
+        let body = fill(n).to_string();
+        let e = parse_submit(&body, limit, d()).unwrap_err();
+        assert_eq!(e.code, INVALID_PARAMS, "{e:?}");
+        assert!(e.message.contains("1024") && e.message.contains("transport.max_message_bytes"), "{e:?}");
+        // A smaller one is accepted, and its largest task message fits.
+        let t = parse_submit(&fill(n - 100).to_string(), limit, d()).unwrap();
+        let most =
+            TaskRequest { id: i64::MIN, attempt: i32::MAX, action: "export".into(), payload: t.payload.into_value() };
+        assert!(most.to_body().len() <= limit);
     }
 
     #[test]

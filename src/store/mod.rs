@@ -20,6 +20,8 @@ use std::collections::HashSet;
 
 /// JSON-RPC error code recorded on tasks rescued by the StaleReaper (server-defined range).
 pub const STALE_ERROR_CODE: i64 = -32001;
+/// JSON-RPC error code recorded on tasks released after a failed outbound send.
+pub const RELEASED_ERROR_CODE: i64 = -32002;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -298,8 +300,12 @@ impl TaskStore {
         Ok(Completion { applied, stale })
     }
 
-    /// Hands acquired tasks back (their outbound send failed) without burning the attempt: ACQUIRED with that
-    /// attempt becomes SCHEDULED (first attempt) or ERROR (a retry), due now. Returns how many were released.
+    /// Hands acquired tasks back after their outbound send failed (or may have failed). The attempt stays
+    /// consumed, so no two executions ever share an (id, attempt) fencing token even if the uncertain send did go
+    /// out: ACQUIRED with that attempt becomes ERROR, due after the retry backoff, with an error that says
+    /// "released"; CRITICAL_ERROR once attempts reached max_attempts (a task that can never be sent ends instead
+    /// of looping); CANCELLED if cancel was requested meanwhile. A late result of the released attempt is stale.
+    /// Returns how many were released.
     pub async fn release(&self, tasks: &[(i64, i32)]) -> StoreResult<usize> {
         if tasks.is_empty() {
             return Ok(0);
@@ -310,14 +316,66 @@ impl TaskStore {
         let n = diesel::sql_query(RELEASE_SQL)
             .bind::<Array<BigInt>, _>(&ids)
             .bind::<Array<Integer>, _>(&attempts)
+            .bind::<Double, _>(self.backoff.base_seconds)
+            .bind::<Double, _>(self.backoff.max_seconds)
+            .bind::<Double, _>(self.backoff.jitter)
             .execute(&mut conn)
             .await?;
         Ok(n)
     }
 
-    /// Tasks ACQUIRED for longer than `timeout_secs` become ERROR (retried after backoff) or CRITICAL_ERROR,
-    /// with an error that says "stale". At most `batch` per call; returns the tasks rescued.
-    pub async fn rescue_stale(&self, timeout_secs: f64, batch: i64) -> StoreResult<Vec<(i64, TaskState)>> {
+    /// Signs of life of running tasks, in one statement: heartbeat_at = now() for each (id, attempt) that is still
+    /// ACQUIRED with that attempt (a worker marks its handlers' starts and then all its running tasks this way).
+    /// Returns how many rows it refreshed.
+    pub async fn heartbeat(&self, tasks: &[(i64, i32)]) -> StoreResult<usize> {
+        if tasks.is_empty() {
+            return Ok(0);
+        }
+        // In id order: concurrent statements over the same rows lock them in the same order.
+        let mut tasks = tasks.to_vec();
+        tasks.sort_unstable();
+        tasks.dedup();
+        let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
+        let attempts: Vec<i32> = tasks.iter().map(|t| t.1).collect();
+        let mut conn = self.conn().await?;
+        let n = diesel::sql_query(HEARTBEAT_SQL)
+            .bind::<Array<BigInt>, _>(&ids)
+            .bind::<Array<Integer>, _>(&attempts)
+            .execute(&mut conn)
+            .await?;
+        Ok(n)
+    }
+
+    /// The current attempt's last heartbeat of task `id` (None: not started, not ACQUIRED, or no such task). The
+    /// column stays out of the diesel schema (it would pass diesel's 16-column limit); tests and tools read it here.
+    pub async fn heartbeat_at(&self, id: i64) -> StoreResult<Option<DateTime<Utc>>> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Nullable<Timestamptz>)]
+            heartbeat_at: Option<DateTime<Utc>>,
+        }
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT heartbeat_at FROM tasks WHERE id = $1 AND state = 'ACQUIRED' AND heartbeat_at >= acquired_at",
+        )
+        .bind::<BigInt, _>(id)
+        .load(&mut conn)
+        .await?;
+        Ok(rows.into_iter().next().and_then(|r| r.heartbeat_at))
+    }
+
+    /// Rescues ACQUIRED tasks whose worker went silent, as ERROR (retried after backoff) or CRITICAL_ERROR, with an
+    /// error that says "stale". The rule: a task whose handler started (it has a heartbeat for this attempt) is
+    /// stale when its last heartbeat is older than `stale_timeout_secs`; a task without one is still waiting in the
+    /// outbound queue (or its worker died before starting it) and is stale only `queue_timeout_secs` after it was
+    /// acquired, so a backlog in the queue is not rescued and sent again. At most `batch` per call; returns the
+    /// tasks rescued.
+    pub async fn rescue_stale(
+        &self,
+        stale_timeout_secs: f64,
+        queue_timeout_secs: f64,
+        batch: i64,
+    ) -> StoreResult<Vec<(i64, TaskState)>> {
         #[derive(QueryableByName)]
         struct Row {
             #[diesel(sql_type = BigInt)]
@@ -327,11 +385,12 @@ impl TaskStore {
         }
         let mut conn = self.conn().await?;
         let rows: Vec<Row> = diesel::sql_query(RESCUE_SQL)
-            .bind::<Double, _>(timeout_secs)
+            .bind::<Double, _>(stale_timeout_secs)
             .bind::<BigInt, _>(batch)
             .bind::<Double, _>(self.backoff.base_seconds)
             .bind::<Double, _>(self.backoff.max_seconds)
             .bind::<Double, _>(self.backoff.jitter)
+            .bind::<Double, _>(queue_timeout_secs)
             .load(&mut conn)
             .await?;
         rows.into_iter().map(|r| Ok((r.id, TaskState::parse(&r.state)?))).collect()
@@ -454,9 +513,10 @@ impl TaskStore {
     }
 }
 
-/// The error body a stale rescue records (also built in SQL; kept here for documentation and tests).
+/// The error body a stale rescue records for a task whose handler had started (also built in SQL; kept here for
+/// documentation and tests).
 pub fn stale_error(timeout_secs: f64, attempt: i32) -> Value {
-    json!({"code": STALE_ERROR_CODE, "message": format!("stale: acquired for longer than {timeout_secs} s without a result"), "attempt": attempt})
+    json!({"code": STALE_ERROR_CODE, "message": format!("stale: no heartbeat from its worker for longer than {timeout_secs} s"), "attempt": attempt})
 }
 
 #[derive(Queryable, Selectable)]
@@ -513,21 +573,37 @@ const COMPLETE_SQL: &str = "SELECT * FROM tasks_complete($1, $2, $3, $4, $5, $6,
 const RELEASE_SQL: &str = r#"
 UPDATE tasks t SET
     state = CASE WHEN t.cancel_requested THEN 'CANCELLED'
-                 WHEN t.attempts <= 1 THEN 'SCHEDULED'
+                 WHEN t.attempts >= t.max_attempts THEN 'CRITICAL_ERROR'
                  ELSE 'ERROR' END,
-    attempts = t.attempts - 1,
-    run_at = now(),
+    error = jsonb_build_object(
+        'code', -32002,
+        'message', 'released: the task could not be sent to the outbound queue',
+        'attempt', t.attempts),
+    run_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN t.run_at
+                  ELSE now() + tasks_retry_delay(t.attempts, $3, $4, $5) END,
     acquired_at = NULL,
     updated_at = now(),
-    finished_at = CASE WHEN t.cancel_requested THEN now() END
+    finished_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN now() END
 FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
 WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
 "#;
 
+const HEARTBEAT_SQL: &str = r#"
+UPDATE tasks t SET heartbeat_at = now()
+FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
+WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
+"#;
+
+// $1 stale timeout (since the last heartbeat), $6 queue timeout (since acquisition, no heartbeat yet). A heartbeat
+// is never older than its attempt's acquisition, so `acquired_at < now() - least($1, $6)` (an index range on
+// tasks_acquired_idx) holds every candidate.
 const RESCUE_SQL: &str = r#"
 WITH stale AS (
     SELECT id FROM tasks
-    WHERE state = 'ACQUIRED' AND acquired_at < now() - make_interval(secs => $1)
+    WHERE state = 'ACQUIRED'
+      AND acquired_at < now() - make_interval(secs => least($1, $6))
+      AND CASE WHEN heartbeat_at >= acquired_at THEN heartbeat_at < now() - make_interval(secs => $1)
+               ELSE acquired_at < now() - make_interval(secs => $6) END
     ORDER BY acquired_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -538,7 +614,9 @@ UPDATE tasks t SET
                  ELSE 'ERROR' END,
     error = jsonb_build_object(
         'code', -32001,
-        'message', 'stale: acquired for longer than ' || $1::text || ' s without a result',
+        'message', CASE WHEN t.heartbeat_at >= t.acquired_at
+                        THEN 'stale: no heartbeat from its worker for longer than ' || $1::text || ' s'
+                        ELSE 'stale: not started within ' || $6::text || ' s of being acquired' END,
         'attempt', t.attempts),
     run_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN t.run_at
                   ELSE now() + tasks_retry_delay(t.attempts, $3, $4, $5) END,

@@ -37,6 +37,7 @@ pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
     s.retry.max_delay_secs = 0.2;
     s.reaper.interval_secs = 0.5;
     s.reaper.stale_timeout_secs = 30.0;
+    s.worker.heartbeat_interval_secs = 2.0;
     s.http.bind = String::new();
     s.sqs.endpoint_url =
         Some(std::env::var("SCHEDULER_SQS__ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into()));
