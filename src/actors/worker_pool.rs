@@ -105,6 +105,8 @@ pub struct WorkerPool {
     permits: Arc<Semaphore>,
     /// Messages handed in but still waiting for a handler slot (capacity already promised to them).
     waiting: Arc<AtomicUsize>,
+    /// Notified whenever a handler slot is released.
+    freed: Arc<Notify>,
     done_tx: Option<mpsc::Sender<Done>>,
     held: HeldRef,
     /// The handlers' database pool (reported as `worker_pool`).
@@ -115,7 +117,8 @@ impl WorkerPool {
     pub fn new(shared: Shared, settings: WorkerSettings, link: Link) -> Self {
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let waiting = Arc::default();
-        Self { shared, settings, link, permits, waiting, done_tx: None, held: HeldRef::default(), store: None }
+        let freed = Arc::default();
+        Self { shared, settings, link, permits, waiting, freed, done_tx: None, held: HeldRef::default(), store: None }
     }
 }
 
@@ -150,23 +153,32 @@ impl Handler<Capacity> for WorkerPool {
 
     /// Free handler slots not yet promised to a batch; waits until there is one.
     fn handle(&mut self, _: Capacity, _: &mut Self::Context) -> Self::Result {
-        let (permits, waiting) = (self.permits.clone(), self.waiting.clone());
+        let (permits, waiting, freed) = (self.permits.clone(), self.waiting.clone(), self.freed.clone());
         Box::pin(async move {
             loop {
+                let notified = freed.notified();
                 let free = permits.available_permits().saturating_sub(waiting.load(Ordering::SeqCst));
                 if free > 0 {
                     return free;
                 }
-                // A slot frees when a handler ends: wait for one, then look again.
-                match permits.acquire().await {
-                    Ok(p) => drop(p),
-                    Err(_) => return 0,
-                }
-                if waiting.load(Ordering::SeqCst) > 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                // Never by taking a permit (askers would hand it to each other forever): wait for a release; the
+                // timeout only covers a promise that is given up without a release.
+                let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
             }
         })
+    }
+}
+
+/// A handler slot: its semaphore permit, and on release a wake-up for [`Capacity`] askers.
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take()); // released first, so a woken asker sees it free
+        self.freed.notify_waiters();
     }
 }
 
@@ -193,6 +205,7 @@ impl Handler<Received> for WorkerPool {
         let db = self.store.as_ref().expect("started").pool().clone();
         let held = self.held.clone();
         let waiting = self.waiting.clone();
+        let freed = self.freed.clone();
         waiting.fetch_add(msg.messages.len(), Ordering::SeqCst);
         Box::pin(async move {
             let max = shared.settings.transport.max_message_bytes;
@@ -212,6 +225,7 @@ impl Handler<Received> for WorkerPool {
                 let _promised = Promise(&waiting);
                 // One slot at a time, so a batch larger than the pool (concurrency below 10) still runs.
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let permit = Slot { permit: Some(permit), freed: freed.clone() };
                 let guard = shared.phases.outbound_work.guard();
                 let run = run_task(shared.clone(), db.clone(), req, m, permit, guard, done_tx.clone(), held.clone());
                 // spawn_local: handlers run on this arbiter, outside the actor, so a handler's panic is
@@ -232,7 +246,7 @@ async fn run_task(
     db: crate::db::DbPool,
     req: TaskRequest,
     msg: QueueMessage,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
     guard: TrackGuard,
     done_tx: mpsc::Sender<Done>,
     held: HeldRef,
