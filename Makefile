@@ -38,7 +38,15 @@ bench: services ## every benchmark (release-grade build, profile perf)
 	  cargo run --locked --profile perf -- bench pipeline --transport sqs --tasks 2000 --latency-samples 0
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench http
 
+chaos: ## chaos suite (issue #9): roles as processes, one fault per scenario, private PostgreSQL + moto (~15 min)
+	cargo build --locked --bin sqs-scheduler
+	scripts/chaos
+
+chaos-fast: ## the fast chaos scenarios only (< 3 min): poison, duplicates, pg-terminate, kill-worker, concurrency-1
+	cargo build --locked --bin sqs-scheduler
+	scripts/chaos --fast
+
 fmt: ## format the code
 	cargo fmt --all
 
-.PHONY: help services services-down run run-local test migrate bench fmt
+.PHONY: help services services-down run run-local test migrate bench chaos chaos-fast fmt
