@@ -21,11 +21,16 @@ run-local: ## the same on the in-process transport (needs only PostgreSQL)
 	scripts/dev-services pg
 	eval "$$(scripts/dev-services env)" && cargo run --locked -- load --objects $(OBJECTS) --via local
 
-test: services ## all tests, against the real PostgreSQL and the local SQS endpoint
+test: services ## all tests: cargo test against the real PostgreSQL and SQS endpoint, then the fast chaos scenarios
 	@mkdir -p .dev
 	set -o pipefail; eval "$$(scripts/dev-services env)" && cargo test --locked --no-fail-fast 2>&1 | tee .dev/test.log; \
-	  status=$$?; awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' .dev/test.log; \
-	  exit $$status
+	  status=$$?; \
+	  cargo build --locked --bin sqs-scheduler && scripts/chaos --fast 2>&1 | tee .dev/chaos-fast.log; \
+	  chaos=$$?; \
+	  awk '/^test result:/ {p += $$4; f += $$6} END {printf "cargo test: %d passed, %d failed\n", p, f}' .dev/test.log; \
+	  awk '/^[0-9]+ passed, [0-9]+ failed$$/ {p = $$1; f = $$3} END {printf "chaos (fast): %d passed, %d failed\n", p, f}' .dev/chaos-fast.log; \
+	  cat .dev/test.log .dev/chaos-fast.log | awk '/^test result:/ {p += $$4; f += $$6} /^[0-9]+ passed, [0-9]+ failed$$/ {p += $$1; f += $$3} END {printf "%d passed, %d failed\n", p, f}'; \
+	  if [ $$status -ne 0 ] || [ $$chaos -ne 0 ]; then exit 1; fi
 
 migrate: ## apply migrations to the configured database
 	cargo run --locked -- migrate
