@@ -20,6 +20,22 @@ pub fn build_pool(settings: &DatabaseSettings) -> DbPool {
     use diesel_async::pooled_connection::ManagerConfig;
     use futures::FutureExt;
     let mut config = ManagerConfig::default();
+    // Checked at every checkout without a round trip: a connection whose task has ended (the server closed it:
+    // restart, pg_terminate_backend, failover) is discarded and another one is taken, instead of failing the next
+    // statement — or a task's handler, which would cost the task an attempt.
+    config.recycling_method =
+        diesel_async::pooled_connection::RecyclingMethod::CustomFunction(Box::new(|conn: &mut AsyncPgConnection| {
+            use diesel_async::pooled_connection::PoolableConnection;
+            let closed = conn.is_broken();
+            async move {
+                if closed {
+                    Err(diesel::result::Error::BrokenTransactionManager)
+                } else {
+                    Ok(())
+                }
+            }
+            .boxed()
+        }));
     // The URL was validated at start (Settings::validate); a bad one here fails every connection, with its reason.
     let connector = Connector::new(settings).map_err(|e| e.to_string());
     config.custom_setup = Box::new(move |_url| {
@@ -35,9 +51,8 @@ pub fn build_pool(settings: &DatabaseSettings) -> DbPool {
         .max_size(settings.pool_size)
         .min_idle(Some(settings.min_idle.min(settings.pool_size)))
         .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        // A health-check query on every checkout would add a round trip to every operation; a broken connection
-        // fails its statement instead and is discarded by the pool.
-        .test_on_check_out(false)
+        // The check is the recycling function above: no query, no round trip.
+        .test_on_check_out(true)
         .error_sink(Box::new(LogErrors))
         .build_unchecked(manager)
 }
