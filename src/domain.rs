@@ -214,6 +214,8 @@ pub struct Submitted {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskState {
+    /// A workflow stage whose parents have not all succeeded: not acquirable, not finished.
+    Waiting,
     Scheduled,
     Acquired,
     Success,
@@ -223,7 +225,8 @@ pub enum TaskState {
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 6] = [
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Waiting,
         TaskState::Scheduled,
         TaskState::Acquired,
         TaskState::Success,
@@ -234,6 +237,7 @@ impl TaskState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskState::Waiting => "WAITING",
             TaskState::Scheduled => "SCHEDULED",
             TaskState::Acquired => "ACQUIRED",
             TaskState::Success => "SUCCESS",
@@ -325,6 +329,12 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The workflow this task is a stage of (filled by `TaskStore::get`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<i64>,
+    /// Its stage name in that workflow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
 
 /// Filter and page for `list`: keyset pagination on id (pass the last id seen as `after_id`).

@@ -17,3 +17,4 @@ pub mod supervision;
 pub mod telemetry;
 pub mod tools;
 pub mod transport;
+pub mod workflow;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub submit_to_acquire: Histogram,
     pub end_to_end: Histogram,
     pub tasks: IntGaugeVec,
+    pub workflows: IntGaugeVec,
+    pub workflows_submitted: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub db_pool_connections: IntGaugeVec,
     pub actor_messages: IntCounterVec,
@@ -115,6 +117,16 @@ impl Metrics {
             ),
             end_to_end: hist("scheduler_end_to_end_seconds", "Time from submission to a final state."),
             tasks: gauge_vec("scheduler_tasks", "Tasks by state.", &["state"]),
+            workflows: gauge_vec(
+                "scheduler_workflows_total",
+                "Workflows stored, by state (RUNNING, SUCCESS, FAILED, CANCELLED), refreshed from the database.",
+                &["state"],
+            ),
+            workflows_submitted: counter_vec(
+                "scheduler_workflows_submitted_total",
+                "workflow.submit requests stored, by outcome (created, duplicate).",
+                &["outcome"],
+            ),
             queue_depth: gauge_vec("scheduler_queue_depth", "Approximate visible messages per queue.", &["queue"]),
             db_pool_connections: gauge_vec(
                 "scheduler_db_pool_connections",
@@ -211,6 +223,12 @@ impl Metrics {
         for s in crate::store::TaskState::ALL {
             m.tasks.with_label_values(&[s.as_str()]);
         }
+        for s in crate::workflow::WorkflowState::ALL {
+            m.workflows.with_label_values(&[s.as_str()]);
+        }
+        for o in ["created", "duplicate"] {
+            m.workflows_submitted.with_label_values(&[o]);
+        }
         for stage in ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper", "stats", "http"] {
             for state in ["in_use", "idle"] {
                 m.db_pool_connections.with_label_values(&[stage, state]);
@@ -223,7 +241,7 @@ impl Metrics {
         for s in ["root", "submitter", "scheduler", "worker", "resulter", "supervisor", "http"] {
             m.supervisor_give_ups.with_label_values(&[s]);
         }
-        for s in ["persister", "result_sink", "http_submit"] {
+        for s in ["persister", "result_sink", "http_submit", "http_workflow_submit", "result_sink_spawn"] {
             m.items_refused.with_label_values(&[s]);
         }
         m.http_requests.with_label_values(&["/rpc", "200"]);

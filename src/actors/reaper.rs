@@ -10,6 +10,7 @@ use super::Shared;
 use crate::metrics::metrics;
 use crate::store::{TaskState, TaskStore};
 use crate::supervision::Link;
+use crate::workflow::WorkflowState;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -114,7 +115,8 @@ pub async fn rescue_once(shared: Shared, cfg: ReaperSettings, store: TaskStore) 
     total
 }
 
-/// One clean pass: batches until one comes back short. Returns how many finished tasks were deleted.
+/// One clean pass: batches until one comes back short. Returns how many finished tasks (outside workflows) and
+/// finished workflows were deleted.
 pub async fn clean_once(_shared: Shared, cfg: ReaperSettings, store: TaskStore) -> usize {
     let mut total = 0;
     loop {
@@ -137,8 +139,39 @@ pub async fn clean_once(_shared: Shared, cfg: ReaperSettings, store: TaskStore) 
             }
         }
     }
+    // Workflows (with all their stages) once the whole workflow finished: SUCCESS ones where SUCCESS tasks are
+    // cleaned, FAILED ones where CRITICAL_ERROR tasks are, CANCELLED ones where CANCELLED tasks are.
+    let workflow_states: Vec<WorkflowState> = cfg
+        .clean_states
+        .iter()
+        .filter_map(|s| match s {
+            TaskState::Success => Some(WorkflowState::Success),
+            TaskState::CriticalError => Some(WorkflowState::Failed),
+            TaskState::Cancelled => Some(WorkflowState::Cancelled),
+            _ => None,
+        })
+        .collect();
+    loop {
+        let call = store.clean_workflows(cfg.retention_secs, &workflow_states, cfg.batch_size);
+        match tokio::time::timeout(cfg.query_timeout(), call).await {
+            Ok(Ok(n)) => {
+                total += n;
+                if (n as i64) < cfg.batch_size {
+                    break;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "clean_workflows failed");
+                break;
+            }
+            Err(_) => {
+                tracing::error!(timeout_secs = cfg.query_timeout_secs, "clean_workflows timed out");
+                break;
+            }
+        }
+    }
     if total > 0 {
-        tracing::info!(deleted = total, "old finished tasks cleaned");
+        tracing::info!(deleted = total, "old finished tasks and workflows cleaned");
     }
     total
 }

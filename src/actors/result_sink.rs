@@ -7,7 +7,7 @@ use super::Shared;
 use crate::chaos::Stage;
 use crate::metrics::metrics;
 use crate::protocol;
-use crate::store::{Applied, Commit, StoreError, TaskResult, TaskState, TaskStore};
+use crate::store::{Applied, Commit, Outcome, StoreError, TaskResult, TaskState, TaskStore};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -78,7 +78,22 @@ impl QueueStage for CompleteCommit {
     }
 
     fn parse(shared: &Shared, body: &str) -> Vec<Entry<TaskResult>> {
-        Entry::whole(protocol::parse_result(body, shared.settings.transport.max_message_bytes))
+        let max = shared.settings.transport.max_message_bytes;
+        Entry::whole(protocol::parse_result(body, max).map(|r| refuse_bad_spawn(r, max)))
+    }
+}
+
+/// A success that spawns stages the database could not store becomes the task's failure (retried, and visible in
+/// its error), instead of a result that fails its whole group commit.
+fn refuse_bad_spawn(r: TaskResult, max_message_bytes: usize) -> TaskResult {
+    let Outcome::Success(v) = &r.outcome else { return r };
+    match crate::workflow::check_spawn(v, max_message_bytes) {
+        Ok(()) => r,
+        Err(e) => {
+            tracing::warn!(task_id = r.id, attempt = r.attempt, error = %e.message, "result spawns invalid stages");
+            metrics().items_refused.with_label_values(&["result_sink_spawn"]).inc();
+            TaskResult { outcome: Outcome::Failure(e.to_value()), ..r }
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! StatsCollector: refreshes the gauges that need a query (tasks by state, queue depths) every 5 s.
+//! StatsCollector: refreshes the gauges that need a query (tasks and workflows by state, queue depths) every 5 s.
 
 use super::Shared;
 use crate::metrics::metrics;
@@ -48,6 +48,14 @@ pub async fn refresh(shared: Shared, store: TaskStore) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "counting tasks failed"),
+    }
+    match store.workflow_counts().await {
+        Ok(counts) => {
+            for (state, n) in counts {
+                m.workflows.with_label_values(&[state.as_str()]).set(n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "counting workflows failed"),
     }
     for q in Queue::ALL {
         if let Ok(depth) = shared.transport.depth(q).await {

@@ -244,14 +244,15 @@ impl Handler<Received> for WorkerPool {
 async fn run_task(
     shared: Shared,
     db: crate::db::DbPool,
-    req: TaskRequest,
+    mut req: TaskRequest,
     msg: QueueMessage,
     permit: Slot,
     guard: TrackGuard,
     done_tx: mpsc::Sender<Done>,
     held: HeldRef,
 ) {
-    let ctx = HandlerContext { task_id: req.id, attempt: req.attempt, db };
+    let mut ctx = HandlerContext::new(req.id, req.attempt, db);
+    ctx.take_meta(&mut req.payload);
     let started = Instant::now();
     let outcome = match shared.handlers.get(&req.action) {
         None => {

@@ -7,7 +7,7 @@ pub use export::ExportHandler;
 
 use crate::db::DbPool;
 use async_trait::async_trait;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,30 @@ pub struct HandlerContext {
     pub attempt: i32,
     /// The scheduler's database pool, for handlers that work on the same database (like `export`).
     pub db: DbPool,
+    /// A workflow stage's parents' results by stage name (empty outside workflows): `_meta.parents` of the task.
+    /// Return [`crate::workflow::spawn_result`] to spawn child stages.
+    pub parents: Map<String, Value>,
+    /// An on_failure stage's report of the stage that failed: `{"stage", "task_id", "state", "error"}`.
+    pub failed: Option<Value>,
+}
+
+impl HandlerContext {
+    /// A context for task `task_id`'s attempt `attempt`, outside workflows.
+    pub fn new(task_id: i64, attempt: i32, db: DbPool) -> Self {
+        Self { task_id, attempt, db, parents: Map::new(), failed: None }
+    }
+
+    /// Takes the workflow metadata (`_meta`) out of a payload into this context.
+    pub fn take_meta(&mut self, payload: &mut Value) {
+        let Some(Value::Object(mut meta)) = payload.as_object_mut().and_then(|p| p.remove(crate::protocol::META_KEY))
+        else {
+            return;
+        };
+        if let Some(Value::Object(parents)) = meta.remove("parents") {
+            self.parents = parents;
+        }
+        self.failed = meta.remove("failed");
+    }
 }
 
 /// A failed run: recorded as the task's error and retried with backoff until max_attempts.

@@ -14,7 +14,7 @@ pub mod rpc;
 pub mod server;
 
 use crate::actors::commit_stage::GroupCommitter;
-use crate::actors::persister::SubmitCommit;
+use crate::actors::persister::{SubmitCommit, WorkflowCommit};
 use crate::configuration::Settings;
 use crate::metrics::metrics;
 use crate::protocol::{RpcError, INVALID_REQUEST};
@@ -90,6 +90,13 @@ impl HttpApi {
             submits: {
                 // The HTTP submit path is the Persister's commit stage, fed by requests instead of a queue.
                 let commit = SubmitCommit { store: state.store.clone(), shared: None, name: "http_submit" };
+                let (committer, loops) = GroupCommitter::new(commit, MAX_SUBMIT_BATCH, SUBMIT_STATEMENTS_IN_FLIGHT);
+                actix_rt::spawn(loops);
+                committer
+            },
+            workflows: {
+                let commit =
+                    WorkflowCommit { store: state.store.clone(), shared: None, name: "http_workflow_submit" };
                 let (committer, loops) = GroupCommitter::new(commit, MAX_SUBMIT_BATCH, SUBMIT_STATEMENTS_IN_FLIGHT);
                 actix_rt::spawn(loops);
                 committer

@@ -1,13 +1,16 @@
 //! The JSON-RPC 2.0 dispatcher of `POST /rpc`: single and batch requests, notifications, and the methods
-//! `submit:<action>`, `task.get`, `task.list`, `task.cancel`, `task.retry` and `stats`.
+//! `submit:<action>`, `task.get`, `task.list`, `task.cancel`, `task.retry`, `stats`, and `workflow.submit`,
+//! `workflow.get`, `workflow.list`, `workflow.cancel`.
 
 use crate::actors::commit_stage::{GroupCommitter, ItemError};
-use crate::actors::persister::SubmitCommit;
+use crate::actors::persister::{SubmitCommit, WorkflowCommit, WORKFLOW_SUBMIT};
 use crate::metrics::metrics;
 use crate::protocol::{self, RpcError, INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, SUBMIT_PREFIX};
 use crate::store::{
     Action, CancelOutcome, ListFilter, MaxAttempts, NewTask, StoreError, Task, TaskState, TaskStore, ValidationError,
+    WorkflowFilter,
 };
+use crate::workflow::{self, WorkflowState};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -16,6 +19,8 @@ use std::collections::BTreeMap;
 pub const TASK_NOT_FOUND: i64 = -32004;
 /// `task.retry` of a task that is not CRITICAL_ERROR or CANCELLED.
 pub const TASK_NOT_RETRYABLE: i64 = -32005;
+/// No workflow has that id.
+pub const WORKFLOW_NOT_FOUND: i64 = -32006;
 /// Missing or wrong bearer token (HTTP 401).
 pub const UNAUTHORIZED: i64 = -32001;
 /// No token configured and the client is not on loopback (HTTP 403).
@@ -37,6 +42,7 @@ pub const ERROR_CODES: &[i64] = &[
     FORBIDDEN,
     TASK_NOT_FOUND,
     TASK_NOT_RETRYABLE,
+    WORKFLOW_NOT_FOUND,
 ];
 
 /// What the dispatcher needs.
@@ -44,6 +50,8 @@ pub struct RpcContext {
     pub store: TaskStore,
     /// Group commit of submissions (the commit stage the Persister uses too).
     pub submits: GroupCommitter<SubmitCommit>,
+    /// Group commit of `workflow.submit`.
+    pub workflows: GroupCommitter<WorkflowCommit>,
     pub default_max_attempts: MaxAttempts,
     /// `transport.max_message_bytes`: a submission whose task message would be larger is refused.
     pub max_message_bytes: usize,
@@ -207,6 +215,61 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
             }
             Ok(json!({"by_state": by_state, "by_action": by_action}))
         }
+        WORKFLOW_SUBMIT => {
+            let wf = workflow::parse_submit(params, ctx.default_max_attempts, ctx.max_message_bytes)?;
+            match ctx.workflows.commit(vec![wf]).await.pop() {
+                Some(Ok(s)) => Ok(s.to_json()),
+                Some(Err(ItemError::Refused(why))) => {
+                    Err(RpcError::new(protocol::INVALID_PARAMS, format!("refused by the database: {why}")))
+                }
+                other => {
+                    tracing::error!(outcome = ?other.map(|o| o.map(|_| ())), "workflow submit failed");
+                    Err(RpcError::new(INTERNAL_ERROR, "internal error: the task store is unavailable"))
+                }
+            }
+        }
+        "workflow.get" => {
+            let mut p = Params::new(params)?;
+            let id = p.required_i64("id")?;
+            p.finish()?;
+            match ctx.store.get_workflow(id).await.map_err(store_error)? {
+                Some(w) => Ok(serde_json::to_value(&w).unwrap_or(Value::Null)),
+                None => Err(workflow_not_found(id)),
+            }
+        }
+        "workflow.list" => {
+            let mut p = Params::new(params)?;
+            let state = match p.optional_str("state")? {
+                None => None,
+                Some(s) => Some(WorkflowState::parse(&s).ok_or_else(|| {
+                    invalid("state", format!("unknown workflow state {s:?} (RUNNING, SUCCESS, FAILED or CANCELLED)"))
+                })?),
+            };
+            let after_id = p.optional_i64("after_id")?;
+            let limit = p.optional_i64("limit")?;
+            p.finish()?;
+            if let Some(l) = limit {
+                if !(1..=1000).contains(&l) {
+                    return Err(invalid("limit", format!("must be between 1 and 1000, got {l}")));
+                }
+            }
+            let list = ctx
+                .store
+                .list_workflows(&WorkflowFilter { state, after_id, limit })
+                .await
+                .map_err(store_error)?;
+            let next = list.last().map(|w| json!(w.id)).unwrap_or(Value::Null);
+            Ok(json!({"workflows": list, "next_after_id": next}))
+        }
+        "workflow.cancel" => {
+            let mut p = Params::new(params)?;
+            let id = p.required_i64("id")?;
+            p.finish()?;
+            match ctx.store.cancel_workflow(id).await.map_err(store_error)? {
+                Some(state) => Ok(json!({"state": state})),
+                None => Err(workflow_not_found(id)),
+            }
+        }
         m if m.starts_with(SUBMIT_PREFIX) => {
             let action = protocol::submit_action(m)?;
             let task = protocol::submit_task(action, params, ctx.default_max_attempts, ctx.max_message_bytes)?;
@@ -226,7 +289,8 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!(
-                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry or stats)"
+                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, \
+                 stats, workflow.submit, workflow.get, workflow.list or workflow.cancel)"
             ),
         )),
     }
@@ -239,6 +303,10 @@ fn task_json(t: &Task) -> Value {
 
 fn not_found(id: i64) -> RpcError {
     RpcError { code: TASK_NOT_FOUND, message: "task not found".into(), data: Some(json!({"id": id})) }
+}
+
+fn workflow_not_found(id: i64) -> RpcError {
+    RpcError { code: WORKFLOW_NOT_FOUND, message: "workflow not found".into(), data: Some(json!({"id": id})) }
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> RpcError {

@@ -4,7 +4,13 @@
 //!   payload, or, to pass options, `{"payload":{...},"priority":5,"dedup_key":"k","run_at":"<RFC 3339>",
 //!   "delay_secs":30,"max_attempts":3}` (the structured form is recognised by its `payload` member).
 //! - outbound (task): `{"jsonrpc":"2.0","method":"export","params":{"objectID":23,"_meta":{"attempt":1}},"id":42}`
-//!   where the id is the task id; `_meta` is reserved in payloads.
+//!   where the id is the task id; `_meta` is reserved in payloads. A workflow stage's `_meta` also carries
+//!   `parents`: its parents' results by stage name (`{"fetch": <result>, ...}`; a spawning parent's `result` member,
+//!   and each child it spawned as `"<parent>/<child>"`), and an on_failure stage's `failed`: `{"stage", "task_id",
+//!   "state", "error"}` of the stage that failed.
+//! - workflows: `{"jsonrpc":"2.0","method":"workflow.submit","params":{"name":"etl","stages":[...]}}` on the inbound
+//!   queue too (see `crate::workflow`). A stage's handler may spawn children by returning
+//!   `{"result": <its result>, "spawn": [{"name","action","payload"?,"priority"?,"max_attempts"?,"delay_secs"?}]}`.
 //! - results: `{"jsonrpc":"2.0","result":{"result":<handler output>,"attempt":1},"id":42}` or
 //!   `{"jsonrpc":"2.0","error":{"code":-1234,"message":"...","attempt":1,"data":...},"id":42}`.
 
@@ -273,7 +279,13 @@ impl TaskRequest {
             Value::Object(m) => m.clone(),
             _ => Map::new(),
         };
-        params.insert(META_KEY.into(), json!({"attempt": self.attempt}));
+        // A workflow stage's payload carries `_meta.parents` (or `failed`): the attempt joins them.
+        let mut meta = match params.remove(META_KEY) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        meta.insert("attempt".into(), json!(self.attempt));
+        params.insert(META_KEY.into(), Value::Object(meta));
         json!({"jsonrpc": "2.0", "method": self.action, "params": params, "id": self.id}).to_string()
     }
 
@@ -287,11 +299,19 @@ impl TaskRequest {
         let Some(Value::Object(mut params)) = req.params else {
             return Err(RpcError::new(INVALID_PARAMS, "params must be an object"));
         };
-        let attempt = params
-            .remove(META_KEY)
-            .and_then(|m| m.get("attempt").and_then(Value::as_i64))
+        let mut meta = match params.remove(META_KEY) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let attempt = meta
+            .remove("attempt")
+            .and_then(|a| a.as_i64())
             .filter(|a| *a >= 1 && *a <= i32::MAX as i64)
             .ok_or_else(|| RpcError::new(INVALID_PARAMS, "params._meta.attempt must be a positive integer"))?;
+        // What else `_meta` holds (a workflow stage's parents) stays in the payload for the worker to hand over.
+        if !meta.is_empty() {
+            params.insert(META_KEY.into(), Value::Object(meta));
+        }
         Ok(TaskRequest { id, attempt: attempt as i32, action: req.method, payload: Value::Object(params) })
     }
 }

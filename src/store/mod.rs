@@ -5,6 +5,10 @@
 //! - fenced: a result applies only to the (id, attempt) that is still `ACQUIRED`;
 //! - every time comes from the database clock (`now()`), never from this process.
 
+mod workflows;
+
+pub use workflows::{WorkflowFilter, WORKFLOW_CANCELLED_CODE};
+
 // The store speaks in domain types; re-exported because its API takes and returns them.
 pub use crate::domain::*;
 
@@ -66,6 +70,8 @@ impl StoreError {
                 K::UnableToSendCommand | K::ClosedConnection | K::SerializationFailure | K::ReadOnlyTransaction => {
                     ErrorClass::Transient
                 }
+                // A deadlock (40P01, which diesel reports without a kind): the statement may run again as it is.
+                _ if self.is_retryable() => ErrorClass::Transient,
                 _ => ErrorClass::Unclear,
             },
             // Our data could not be encoded for the statement.
@@ -75,7 +81,7 @@ impl StoreError {
     }
 
     /// A serialization failure or deadlock: the statement may simply be run again at once.
-    fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         matches!(self, StoreError::Database(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)))
             || matches!(self, StoreError::Database(Error::DatabaseError(_, info)) if info.message().contains("deadlock"))
@@ -267,17 +273,27 @@ impl TaskStore {
             #[diesel(sql_type = Double)]
             age_seconds: f64,
         }
-        let mut conn = self.conn().await?;
-        let rows: Vec<Row> = diesel::sql_query(COMPLETE_SQL)
-            .bind::<Array<BigInt>, _>(&ids)
-            .bind::<Array<Integer>, _>(&attempts)
-            .bind::<Array<Bool>, _>(&oks)
-            .bind::<Array<Jsonb>, _>(&bodies)
-            .bind::<Double, _>(self.backoff.base_seconds)
-            .bind::<Double, _>(self.backoff.max_seconds)
-            .bind::<Double, _>(self.backoff.jitter)
-            .load(&mut conn)
-            .await?;
+        // Workflow stages lock their children and workflow rows in the same statement: two statements completing
+        // stages of the same workflows may deadlock, and the one the database aborts simply runs again.
+        let mut round = 0;
+        let rows: Vec<Row> = loop {
+            let mut conn = self.conn().await?;
+            let res = diesel::sql_query(COMPLETE_SQL)
+                .bind::<Array<BigInt>, _>(&ids)
+                .bind::<Array<Integer>, _>(&attempts)
+                .bind::<Array<Bool>, _>(&oks)
+                .bind::<Array<Jsonb>, _>(&bodies)
+                .bind::<Double, _>(self.backoff.base_seconds)
+                .bind::<Double, _>(self.backoff.max_seconds)
+                .bind::<Double, _>(self.backoff.jitter)
+                .load(&mut conn)
+                .await
+                .map_err(StoreError::from);
+            match res {
+                Err(e) if e.is_retryable() && round < 5 => round += 1,
+                other => break other?,
+            }
+        };
 
         let mut applied_keys: HashSet<(i64, i32)> = HashSet::with_capacity(rows.len());
         let mut applied = Vec::with_capacity(rows.len());
@@ -416,7 +432,10 @@ impl TaskStore {
         let mut conn = self.conn().await?;
         let row: Option<TaskRow> =
             tasks::table.find(id).select(TaskRow::as_select()).first(&mut conn).await.optional()?;
-        row.map(Task::try_from).transpose()
+        drop(conn);
+        let Some(mut task) = row.map(Task::try_from).transpose()? else { return Ok(None) };
+        (task.workflow_id, task.stage) = self.stage_of(id).await?;
+        Ok(Some(task))
     }
 
     pub async fn get_many(&self, ids: &[i64]) -> StoreResult<Vec<Task>> {
@@ -451,7 +470,8 @@ impl TaskStore {
         rows.into_iter().map(Task::try_from).collect()
     }
 
-    /// SCHEDULED or ERROR become CANCELLED; an ACQUIRED task is marked so that a failure is not retried.
+    /// SCHEDULED, ERROR or WAITING (a workflow stage) become CANCELLED; an ACQUIRED task is marked so that a
+    /// failure is not retried.
     pub async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {
         #[derive(QueryableByName)]
         struct Row {
@@ -560,6 +580,8 @@ impl TryFrom<TaskRow> for Task {
             created_at: r.created_at,
             updated_at: r.updated_at,
             finished_at: r.finished_at,
+            workflow_id: None,
+            stage: None,
         })
     }
 }
@@ -633,6 +655,8 @@ DELETE FROM tasks WHERE id IN (
     SELECT id FROM tasks
     WHERE state = ANY($1::text[]) AND finished_at IS NOT NULL
       AND finished_at < now() - make_interval(secs => $2)
+      -- Workflow stages are deleted with their workflow, once all of it finished (clean_workflows).
+      AND workflow_id IS NULL
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
@@ -644,11 +668,11 @@ WITH before AS (
 ),
 upd AS (
     UPDATE tasks SET
-        state = CASE WHEN state IN ('SCHEDULED', 'ERROR') THEN 'CANCELLED' ELSE state END,
+        state = CASE WHEN state IN ('SCHEDULED', 'ERROR', 'WAITING') THEN 'CANCELLED' ELSE state END,
         cancel_requested = cancel_requested OR state = 'ACQUIRED',
-        finished_at = CASE WHEN state IN ('SCHEDULED', 'ERROR') THEN now() ELSE finished_at END,
+        finished_at = CASE WHEN state IN ('SCHEDULED', 'ERROR', 'WAITING') THEN now() ELSE finished_at END,
         updated_at = now()
-    WHERE id = $1 AND state IN ('SCHEDULED', 'ERROR', 'ACQUIRED')
+    WHERE id = $1 AND state IN ('SCHEDULED', 'ERROR', 'ACQUIRED', 'WAITING')
     RETURNING state
 )
 SELECT (SELECT state FROM before) AS before, (SELECT state FROM upd) AS after
