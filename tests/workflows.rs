@@ -1,0 +1,605 @@
+//! Workflows end to end: a diamond's order and parents' results; 1,000 diamonds under chaos on both transports;
+//! failure, on_failure and task.retry resuming; fan-out and fan-in; bad input storing nothing; two schedulers and
+//! two result sinks in separate processes never running a stage early or twice.
+
+mod common;
+
+use actix_web::test;
+use common::pipeline::*;
+use common::TestDb;
+use serde_json::{json, Map, Value};
+use sqs_scheduler::handlers::{Handler, HandlerContext, HandlerError, HandlerRegistry};
+use sqs_scheduler::http::{build_app, HttpApi, HttpState};
+use sqs_scheduler::metrics::metrics;
+use sqs_scheduler::store::{MaxAttempts, Outcome, TaskResult, TaskState, TaskStore};
+use sqs_scheduler::transport::Queue;
+use sqs_scheduler::workflow::{self, WorkflowState};
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One run of a recording handler.
+#[derive(Debug, Clone)]
+struct Exec {
+    task_id: i64,
+    attempt: i32,
+    parents: Map<String, Value>,
+    failed: Option<Value>,
+    /// Parents of this stage that were not SUCCESS while it ran (must stay 0).
+    early: i64,
+}
+
+type Log = Arc<Mutex<Vec<Exec>>>;
+
+/// Records each run (checking in the database that every parent is SUCCESS) and returns `{"task": id}`, or spawns
+/// `payload.spawn` children when given.
+struct Rec(Log);
+
+async fn parents_not_done(ctx: &HandlerContext) -> Result<i64, HandlerError> {
+    use diesel::sql_types::BigInt;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = ctx.db.get().await.map_err(|e| HandlerError::new(format!("no connection: {e}")))?;
+    let r: Row = diesel::sql_query(
+        "SELECT count(*) AS n FROM workflow_edges e JOIN tasks p ON p.id = e.parent_id \
+         WHERE e.child_id = $1 AND p.state <> 'SUCCESS'",
+    )
+    .bind::<BigInt, _>(ctx.task_id)
+    .get_result(&mut conn)
+    .await
+    .map_err(|e| HandlerError::new(format!("parents query: {e}")))?;
+    Ok(r.n)
+}
+
+#[async_trait::async_trait]
+impl Handler for Rec {
+    async fn handle(&self, ctx: &HandlerContext, payload: &Value) -> Result<Value, HandlerError> {
+        let early = parents_not_done(ctx).await?;
+        self.0.lock().unwrap().push(Exec {
+            task_id: ctx.task_id,
+            attempt: ctx.attempt,
+            parents: ctx.parents.clone(),
+            failed: ctx.failed.clone(),
+            early,
+        });
+        if let Some(n) = payload.get("spawn").and_then(Value::as_u64) {
+            let children = (0..n).map(|i| json!({"name": format!("c{i}"), "action": "rec", "payload": {"i": i}}));
+            return Ok(workflow::spawn_result(json!({"task": ctx.task_id}), children.collect()));
+        }
+        Ok(json!({"task": ctx.task_id}))
+    }
+}
+
+/// Fails while its switch is on.
+struct Flaky(Arc<AtomicBool>);
+
+#[async_trait::async_trait]
+impl Handler for Flaky {
+    async fn handle(&self, _: &HandlerContext, _: &Value) -> Result<Value, HandlerError> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(HandlerError::new("flaky: switched on"))
+        } else {
+            Ok(json!("recovered"))
+        }
+    }
+}
+
+fn handlers(log: &Log) -> HandlerRegistry {
+    HandlerRegistry::builtin().with("rec", Rec(log.clone()))
+}
+
+fn diamond(i: usize) -> Value {
+    json!({
+        "name": format!("diamond-{i}"),
+        "dedup_key": format!("diamond-{i}"),
+        "stages": [
+            {"name": "a", "action": "rec", "payload": {"i": i}},
+            {"name": "b", "action": "rec", "depends_on": ["a"]},
+            {"name": "c", "action": "rec", "depends_on": ["a"]},
+            {"name": "d", "action": "rec", "depends_on": ["b", "c"]},
+        ]
+    })
+}
+
+/// Sends `workflow.submit` for each params object to the inbound queue, ten per message (a JSON-RPC batch).
+async fn submit_on_queue(transport: &dyn sqs_scheduler::transport::Transport, workflows: &[Value]) {
+    let bodies: Vec<String> = workflows
+        .chunks(10)
+        .map(|c| {
+            Value::Array(c.iter().map(|p| json!({"jsonrpc": "2.0", "method": "workflow.submit", "params": p})).collect())
+                .to_string()
+        })
+        .collect();
+    for chunk in bodies.chunks(10) {
+        let until = Instant::now() + Duration::from_secs(120);
+        while transport.depth(Queue::Inbound).await.unwrap() > 10 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let res = transport.send(Queue::Inbound, chunk).await.unwrap();
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    }
+}
+
+async fn workflow_counts(store: &TaskStore) -> HashMap<WorkflowState, i64> {
+    store.workflow_counts().await.unwrap().into_iter().collect()
+}
+
+async fn wait_workflows(store: &TaskStore, timeout: Duration, done: impl Fn(&HashMap<WorkflowState, i64>) -> bool) {
+    let until = Instant::now() + timeout;
+    loop {
+        let c = workflow_counts(store).await;
+        if done(&c) {
+            return;
+        }
+        assert!(Instant::now() < until, "timed out; workflows by state: {c:?}; tasks: {:?}", counts(store).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// task id -> (workflow id, stage name) of every stage.
+async fn stages_of(store: &TaskStore, ids: impl IntoIterator<Item = i64>) -> HashMap<i64, (i64, String)> {
+    let mut out = HashMap::new();
+    for wf in ids {
+        for s in store.get_workflow(wf).await.unwrap().unwrap().stages {
+            out.insert(s.task_id, (wf, s.name));
+        }
+    }
+    out
+}
+
+/// Checks n finished diamonds: every workflow SUCCESS, every stage SUCCESS once, no run early, every d saw b and c.
+async fn check_diamonds(store: &TaskStore, log: &Log, n: usize) {
+    let list = store
+        .list_workflows(&sqs_scheduler::store::WorkflowFilter { limit: Some(1000), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(list.len(), n);
+    assert!(list.iter().all(|w| w.state == WorkflowState::Success && w.stages_succeeded == 4), "{list:?}");
+    let stages = stages_of(store, list.iter().map(|w| w.id)).await;
+    let log = log.lock().unwrap().clone();
+    let early: Vec<&Exec> = log.iter().filter(|e| e.early != 0).take(5).collect();
+    assert!(early.is_empty(), "stages ran before all their parents succeeded: {early:?}");
+    let mut d_runs: HashMap<i64, usize> = HashMap::new();
+    for e in &log {
+        let (_, name) = &stages[&e.task_id];
+        if name == "d" {
+            *d_runs.entry(e.task_id).or_default() += 1;
+            let keys: HashSet<&str> = e.parents.keys().map(String::as_str).collect();
+            assert_eq!(keys, HashSet::from(["b", "c"]), "d must see both parents' results: {e:?}");
+            assert!(e.parents.values().all(|v| v["task"].is_i64()), "{e:?}");
+        }
+    }
+    assert_eq!(d_runs.len(), n, "every d ran");
+    // Each d's SUCCESS is recorded once (fenced); reruns come only from chaos losing a result that went out.
+    let tasks = store.get_many(&stages.keys().copied().collect::<Vec<_>>()).await.unwrap();
+    assert!(tasks.iter().all(|t| t.state == TaskState::Success), "every stage SUCCESS");
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+
+#[actix_rt::test]
+async fn diamond_runs_in_dependency_order_and_d_sees_both_results() {
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Memory);
+    let transport = transport(&settings).await;
+    let log = Log::default();
+    let app = start(&settings, &[], transport.clone(), handlers(&log));
+    submit_on_queue(transport.as_ref(), &[diamond(1)]).await;
+    let store = db.store();
+    wait_workflows(&store, Duration::from_secs(30), |c| c.get(&WorkflowState::Success) == Some(&1)).await;
+    let list = store.list_workflows(&Default::default()).await.unwrap();
+    let wf = store.get_workflow(list[0].id).await.unwrap().unwrap();
+    let by_name: HashMap<&str, &workflow::StageView> = wf.stages.iter().map(|s| (s.name.as_str(), s)).collect();
+    assert_eq!(by_name["d"].depends_on, vec!["b", "c"]);
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 4, "each stage ran once: {log:?}");
+    let order: Vec<i64> = log.iter().map(|e| e.task_id).collect();
+    let pos = |s: &str| order.iter().position(|&t| t == by_name[s].task_id).unwrap();
+    assert!(pos("a") < pos("b") && pos("a") < pos("c") && pos("b") < pos("d") && pos("c") < pos("d"));
+    let d = &log[pos("d")];
+    assert_eq!(d.parents["b"], json!({"task": by_name["b"].task_id}));
+    assert_eq!(d.parents["c"], json!({"task": by_name["c"].task_id}));
+    assert!(log.iter().all(|e| e.early == 0 && e.attempt == 1));
+    // Finished after all of its parents, on the database clock.
+    assert!(by_name["d"].finished_at > by_name["b"].finished_at.max(by_name["c"].finished_at));
+    // task.get on a stage names its workflow and stage.
+    let t = store.get(by_name["d"].task_id).await.unwrap().unwrap();
+    assert_eq!((t.workflow_id, t.stage.as_deref()), (Some(wf.id), Some("d")));
+    assert_eq!(wf.finished_at.is_some(), true);
+    app.shutdown(Duration::from_secs(10)).await;
+}
+
+async fn thousand_diamonds_under_chaos(kind: Kind) {
+    let _turn = sqs_turn(kind).await;
+    let _metrics = metrics_turn().await;
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, kind);
+    settings.chaos.error_rate = 0.1;
+    settings.retry.default_max_attempts = 50;
+    // The emulator takes a few hundred messages/s at best: 4 stages x 3 messages per diamond.
+    let n = if kind == Kind::Memory { 1000 } else { 100 };
+    // The commit stages' chaos strikes per statement, and group commits make few of them: strike more often.
+    settings.chaos.persister = Some(0.5);
+    settings.chaos.result_sink = Some(0.3);
+    let transport = transport(&settings).await;
+    let log = Log::default();
+    let injected = || ["persister", "acquirer", "worker", "result_sink"].map(|s| metrics().chaos_injected.with_label_values(&[s]).get());
+    let before = injected();
+    let started = Instant::now();
+    let app = start(&settings, &[], transport.clone(), handlers(&log));
+    let diamonds: Vec<Value> = (0..n).map(diamond).collect();
+    submit_on_queue(transport.as_ref(), &diamonds).await;
+    let store = db.store();
+    wait_workflows(&store, Duration::from_secs(if kind == Kind::Memory { 180 } else { 600 }), |c| {
+        c.get(&WorkflowState::Success) == Some(&(n as i64))
+    })
+    .await;
+    eprintln!("{n} diamonds under chaos on {kind:?}: {:.1} s", started.elapsed().as_secs_f64());
+    check_diamonds(&store, &log, n).await;
+    let after = injected();
+    for (i, stage) in ["persister", "acquirer", "worker", "result_sink"].iter().enumerate() {
+        assert!(after[i] > before[i], "chaos never hit {stage}");
+    }
+    app.shutdown(Duration::from_secs(10)).await;
+}
+
+#[actix_rt::test]
+async fn thousand_diamonds_under_chaos_memory() {
+    thousand_diamonds_under_chaos(Kind::Memory).await
+}
+
+#[actix_rt::test]
+async fn diamonds_under_chaos_sqs() {
+    thousand_diamonds_under_chaos(Kind::Sqs).await
+}
+
+#[actix_rt::test]
+async fn failure_cancels_dependents_runs_on_failure_and_retry_resumes() {
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Memory);
+    let transport = transport(&settings).await;
+    let log = Log::default();
+    let switch = Arc::new(AtomicBool::new(true));
+    let app = start(&settings, &[], transport.clone(), handlers(&log).with("flaky", Flaky(switch.clone())));
+    submit_on_queue(
+        transport.as_ref(),
+        &[json!({
+            "name": "fails",
+            "stages": [
+                {"name": "a", "action": "rec"},
+                {"name": "b", "action": "flaky", "depends_on": ["a"], "max_attempts": 2},
+                {"name": "c", "action": "rec", "depends_on": ["b"]},
+                {"name": "d", "action": "rec", "depends_on": ["c", "a"]},
+                {"name": "side", "action": "rec", "depends_on": ["a"]},
+            ],
+            "on_failure": {"name": "alert", "action": "rec", "payload": {"to": "ops"}}
+        })],
+    )
+    .await;
+    let store = db.store();
+    wait_workflows(&store, Duration::from_secs(30), |c| c.get(&WorkflowState::Failed) == Some(&1)).await;
+    let id = store.list_workflows(&Default::default()).await.unwrap()[0].id;
+    // on_failure runs once the workflow is FAILED, and sees which stage failed and why.
+    let mut wf = store.get_workflow(id).await.unwrap().unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while wf.stages.iter().any(|s| s.on_failure && s.state != TaskState::Success) || !wf.stages.iter().any(|s| s.on_failure) {
+        assert!(Instant::now() < until, "on_failure never ran: {wf:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        wf = store.get_workflow(id).await.unwrap().unwrap();
+    }
+    let st: HashMap<&str, &workflow::StageView> = wf.stages.iter().map(|s| (s.name.as_str(), s)).collect();
+    assert_eq!(st["b"].state, TaskState::CriticalError);
+    assert_eq!(st["b"].attempts, 2);
+    for dep in ["c", "d"] {
+        assert_eq!(st[dep].state, TaskState::Cancelled, "{dep}");
+        assert_eq!(st[dep].error.as_ref().unwrap()["upstream"], "b", "{dep}: the reason names the failed stage");
+    }
+    assert_eq!(st["side"].state, TaskState::Success, "an independent branch runs on");
+    assert_eq!(wf.state, WorkflowState::Failed);
+    let alert = log.lock().unwrap().iter().find(|e| e.task_id == st["alert"].task_id).cloned().unwrap();
+    assert_eq!(alert.failed.as_ref().unwrap()["stage"], "b");
+    assert_eq!(alert.failed.as_ref().unwrap()["task_id"], st["b"].task_id);
+    assert!(log.lock().unwrap().iter().all(|e| e.task_id != st["c"].task_id && e.task_id != st["d"].task_id));
+
+    // task.retry of the failed stage resumes the workflow: its dependents wait again, then run.
+    switch.store(false, Ordering::SeqCst);
+    assert!(store.retry(st["b"].task_id, MaxAttempts::parse(1).unwrap()).await.unwrap());
+    let again = store.get_workflow(id).await.unwrap().unwrap();
+    assert_eq!(again.state, WorkflowState::Running);
+    wait_workflows(&store, Duration::from_secs(30), |c| c.get(&WorkflowState::Success) == Some(&1)).await;
+    let wf = store.get_workflow(id).await.unwrap().unwrap();
+    assert!(wf.stages.iter().filter(|s| !s.on_failure).all(|s| s.state == TaskState::Success), "{wf:?}");
+    let d = log.lock().unwrap().iter().find(|e| e.task_id == st["d"].task_id).cloned().unwrap();
+    assert_eq!(d.parents.keys().collect::<Vec<_>>(), vec!["a", "c"]);
+    assert!(log.lock().unwrap().iter().all(|e| e.early == 0));
+    app.shutdown(Duration::from_secs(10)).await;
+}
+
+#[actix_rt::test]
+async fn fan_out_of_100_then_fan_in_under_chaos_spawns_once() {
+    let _metrics = metrics_turn().await;
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    // Results that went out but "failed": stages run again, and their second results are stale.
+    settings.chaos.worker = Some(0.2);
+    settings.chaos.result_sink = Some(0.2);
+    settings.retry.default_max_attempts = 50;
+    let transport = transport(&settings).await;
+    let log = Log::default();
+    let app = start(&settings, &[], transport.clone(), handlers(&log));
+    submit_on_queue(
+        transport.as_ref(),
+        &[json!({"name": "fan", "stages": [
+            {"name": "fan", "action": "rec", "payload": {"spawn": 100}},
+            {"name": "join", "action": "rec", "depends_on": ["fan"]},
+        ]})],
+    )
+    .await;
+    let store = db.store();
+    wait_workflows(&store, Duration::from_secs(60), |c| c.get(&WorkflowState::Success) == Some(&1)).await;
+    let id = store.list_workflows(&Default::default()).await.unwrap()[0].id;
+    let wf = store.get_workflow(id).await.unwrap().unwrap();
+    assert_eq!(wf.stages.len(), 102, "fan, join and 100 children, each once");
+    assert_eq!(wf.stages_total, 102);
+    let join = wf.stages.iter().find(|s| s.name == "join").unwrap();
+    let mut deps = join.depends_on.clone();
+    deps.sort();
+    assert_eq!(deps.len(), 101, "join waits for fan and each child: {deps:?}");
+    let log = log.lock().unwrap().clone();
+    let join_runs: Vec<&Exec> = log.iter().filter(|e| e.task_id == join.task_id).collect();
+    assert!(!join_runs.is_empty());
+    for r in &join_runs {
+        assert_eq!(r.parents.len(), 101, "join sees fan's and every child's result");
+        assert_eq!(r.parents["fan/c7"], json!({"task": wf.stages.iter().find(|s| s.name == "fan/c7").unwrap().task_id}));
+        assert_eq!(r.parents["fan"], json!({"task": wf.stages.iter().find(|s| s.name == "fan").unwrap().task_id}));
+    }
+    let join_finished = join.finished_at.unwrap();
+    assert!(wf.stages.iter().filter(|s| s.name.starts_with("fan/")).all(|s| s.finished_at.unwrap() < join_finished));
+    assert!(log.iter().all(|e| e.early == 0), "no stage ran early");
+    app.shutdown(Duration::from_secs(10)).await;
+}
+
+/// At the store: the parent's first attempt fails, its second spawns; a duplicate of that result and a late
+/// result of the first attempt are stale, so the children exist once.
+#[actix_rt::test]
+async fn a_retried_parent_does_not_duplicate_its_children() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let wf = workflow::parse_submit(
+        Some(json!({"name": "f", "stages": [
+            {"name": "fan", "action": "noop", "max_attempts": 5},
+            {"name": "join", "action": "noop", "depends_on": ["fan"]}]})),
+        MaxAttempts::default(),
+        256 * 1024,
+    )
+    .unwrap();
+    let sub = store.submit_workflows(&[wf]).await.unwrap().remove(0);
+    let fan = sub.tasks.iter().find(|t| t.0 == "fan").unwrap().1;
+    let spawn = workflow::spawn_result(
+        json!("ok"),
+        (0..100).map(|i| json!({"name": format!("c{i}"), "action": "noop"})).collect(),
+    );
+    let got = store.acquire_batch(10).await.unwrap();
+    assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), vec![fan]);
+    let fail = TaskResult { id: fan, attempt: 1, outcome: Outcome::Failure(json!({"code": 1, "message": "x"})) };
+    store.complete_many(&[fail]).await.unwrap();
+    exec_sql(&db, &format!("UPDATE tasks SET run_at = now() WHERE id = {fan}")).await;
+    let got = store.acquire_batch(10).await.unwrap();
+    assert_eq!((got[0].id, got[0].attempt), (fan, 2));
+    let ok = TaskResult { id: fan, attempt: 2, outcome: Outcome::Success(spawn.clone()) };
+    let late = TaskResult { id: fan, attempt: 1, outcome: Outcome::Success(spawn.clone()) };
+    let c = store.complete_many(&[ok.clone(), ok.clone(), late]).await.unwrap();
+    assert_eq!(c.applied.len(), 1);
+    assert_eq!(c.stale.len(), 2);
+    let c = store.complete_many(&[ok]).await.unwrap();
+    assert_eq!(c.stale.len(), 1);
+    let w = store.get_workflow(sub.workflow_id).await.unwrap().unwrap();
+    assert_eq!(w.stages.len(), 102);
+    assert_eq!(w.stages_total, 102);
+    let children = store.acquire_batch(1000).await.unwrap();
+    assert_eq!(children.len(), 100, "the children are due; join waits for them");
+    assert!(children.iter().all(|t| t.payload["_meta"]["parents"]["fan"] == json!("ok")));
+    let join = w.stages.iter().find(|s| s.name == "join").unwrap();
+    assert_eq!(join.state, TaskState::Waiting);
+    let results: Vec<TaskResult> = children
+        .iter()
+        .map(|t| TaskResult { id: t.id, attempt: t.attempt, outcome: Outcome::Success(json!(t.id)) })
+        .collect();
+    store.complete_many(&results).await.unwrap();
+    let j = store.acquire_batch(10).await.unwrap();
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].id, join.task_id);
+    assert_eq!(j[0].payload["_meta"]["parents"].as_object().unwrap().len(), 101);
+}
+
+async fn exec_sql(db: &TestDb, sql: &str) {
+    common::exec(&db.url, sql).await
+}
+
+#[actix_rt::test]
+async fn every_bad_workflow_gets_its_error_and_stores_nothing() {
+    let db = TestDb::new().await;
+    let mut s = sqs_scheduler::configuration::Settings::default();
+    s.database = db.settings();
+    let api = HttpApi::new(HttpState { settings: Arc::new(s), store: db.store(), transport: None, rpc_enabled: true });
+    let app = test::init_service(build_app(api)).await;
+    let many: Vec<Value> = (0..1001).map(|i| json!({"name": format!("s{i}"), "action": "noop"})).collect();
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"name": "x", "stages": [
+                {"name": "a", "action": "noop", "depends_on": ["c"]},
+                {"name": "b", "action": "noop", "depends_on": ["a"]},
+                {"name": "c", "action": "noop", "depends_on": ["b"]}]}),
+            "dependency cycle",
+        ),
+        (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "depends_on": ["nope"]}]}), "unknown stage \"nope\""),
+        (json!({"name": "x", "stages": [{"name": "a", "action": "noop"}, {"name": "a", "action": "noop"}]}), "duplicate stage name \"a\""),
+        (json!({"name": "x", "stages": []}), "at least one stage"),
+        (json!({"name": "x", "stages": many}), "at most 1000 stages"),
+        (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "payload": [1]}]}), "stage 0 (\"a\"): invalid payload"),
+        (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "priority": 1000}]}), "invalid priority"),
+        (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "retries": 1}]}), "unknown member \"retries\""),
+        (json!({"name": "x", "stages": [{"name": "a"}]}), "action is required"),
+        (json!({"stages": [{"name": "a", "action": "noop"}]}), "invalid name: is required"),
+    ];
+    for (params, want) in cases {
+        let body = json!({"jsonrpc": "2.0", "method": "workflow.submit", "params": params, "id": 1}).to_string();
+        let req = test::TestRequest::post()
+            .uri("/rpc")
+            .peer_addr("127.0.0.1:40000".parse().unwrap())
+            .set_payload(body.clone())
+            .to_request();
+        let res: Value = test::call_and_read_body_json(&app, req).await;
+        assert_eq!(res["error"]["code"], -32602, "{res}");
+        let msg = res["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(want), "expected {want:?} in {msg:?}");
+    }
+    assert_eq!(count_rows(&db, "workflows").await, 0);
+    assert_eq!(count_rows(&db, "tasks").await, 0);
+    assert_eq!(count_rows(&db, "workflow_edges").await, 0);
+    // The cycle is named.
+    let req = test::TestRequest::post()
+        .uri("/rpc")
+        .peer_addr("127.0.0.1:40000".parse().unwrap())
+        .set_payload(
+            json!({"jsonrpc": "2.0", "method": "workflow.submit", "id": 2, "params": {"name": "x", "stages": [
+                {"name": "root", "action": "noop"},
+                {"name": "p", "action": "noop", "depends_on": ["root", "q"]},
+                {"name": "q", "action": "noop", "depends_on": ["p"]}]}})
+            .to_string(),
+        )
+        .to_request();
+    let res: Value = test::call_and_read_body_json(&app, req).await;
+    let cycle: HashSet<String> = serde_json::from_value(res["error"]["data"]["cycle"].clone()).unwrap();
+    assert_eq!(cycle, HashSet::from(["p".to_string(), "q".to_string()]));
+    // A good one is stored, once; workflow.get, workflow.list and workflow.cancel answer.
+    let call = |method: &str, params: Value| {
+        test::TestRequest::post()
+            .uri("/rpc")
+            .peer_addr("127.0.0.1:40000".parse().unwrap())
+            .set_payload(json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 3}).to_string())
+            .to_request()
+    };
+    let good = json!({"name": "ok", "stages": [{"name": "a", "action": "noop"}, {"name": "b", "action": "noop", "depends_on": ["a"]}]});
+    let r1: Value = test::call_and_read_body_json(&app, call("workflow.submit", good.clone())).await;
+    let r2: Value = test::call_and_read_body_json(&app, call("workflow.submit", good)).await;
+    assert_eq!(r1["result"]["created"], true, "{r1}");
+    assert_eq!(r2["result"]["created"], false, "the same submission is the same workflow: {r2}");
+    assert_eq!(r1["result"]["workflow_id"], r2["result"]["workflow_id"]);
+    assert_eq!(r1["result"]["tasks"], r2["result"]["tasks"]);
+    let id = r1["result"]["workflow_id"].clone();
+    let got: Value = test::call_and_read_body_json(&app, call("workflow.get", json!({"id": id}))).await;
+    assert_eq!(got["result"]["state"], "RUNNING");
+    assert_eq!(got["result"]["stages"][1]["state"], "WAITING");
+    assert_eq!(got["result"]["stages"][1]["depends_on"], json!(["a"]));
+    let b = got["result"]["stages"][1]["task_id"].clone();
+    let t: Value = test::call_and_read_body_json(&app, call("task.get", json!({"id": b}))).await;
+    assert_eq!((t["result"]["workflow_id"].clone(), t["result"]["stage"].clone()), (id.clone(), json!("b")));
+    let listed: Value = test::call_and_read_body_json(&app, call("workflow.list", json!({"state": "RUNNING"}))).await;
+    assert_eq!(listed["result"]["workflows"].as_array().unwrap().len(), 1);
+    let c: Value = test::call_and_read_body_json(&app, call("workflow.cancel", json!({"id": id}))).await;
+    assert_eq!(c["result"]["state"], "CANCELLED");
+    let got: Value = test::call_and_read_body_json(&app, call("workflow.get", json!({"id": id}))).await;
+    assert!(got["result"]["stages"].as_array().unwrap().iter().all(|s| s["state"] == "CANCELLED"), "{got}");
+    let missing: Value = test::call_and_read_body_json(&app, call("workflow.get", json!({"id": 999999}))).await;
+    assert_eq!(missing["error"]["code"], -32006);
+}
+
+#[actix_rt::test]
+async fn a_bad_workflow_on_the_inbound_queue_is_dead_lettered_and_stores_nothing() {
+    let _metrics = metrics_turn().await;
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Memory);
+    let transport = transport(&settings).await;
+    let before = dead_lettered(&settings, Queue::Inbound, "invalid_params");
+    let app = start(&settings, &[sqs_scheduler::startup::Role::Submitter], transport.clone(), HandlerRegistry::builtin());
+    let bad = json!({"name": "x", "stages": [{"name": "a", "action": "noop", "depends_on": ["a"]}]});
+    submit_on_queue(transport.as_ref(), &[bad]).await;
+    wait_until(Duration::from_secs(20), "the bad workflow dead-lettered", || async {
+        dead_lettered(&settings, Queue::Inbound, "invalid_params") > before
+    })
+    .await;
+    assert_eq!(count_rows(&db, "workflows").await, 0);
+    assert_eq!(count_rows(&db, "tasks").await, 0);
+    app.shutdown(Duration::from_secs(10)).await;
+}
+
+/// A child process that is killed if the test ends early.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_process(settings: &sqs_scheduler::configuration::Settings, roles: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sqs-scheduler"));
+    cmd.arg("run").arg("--no-migrate").arg("--grace-secs").arg("20");
+    for r in roles {
+        cmd.arg("--role").arg(r);
+    }
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SCHEDULER_DATABASE__URL", &settings.database.url)
+        .env("SCHEDULER_DATABASE__POOL_SIZE", settings.database.pool_size.to_string())
+        .env("SCHEDULER_TRANSPORT__KIND", "sqs")
+        .env("SCHEDULER_TRANSPORT__WAIT_TIME_SECS", "1")
+        .env("SCHEDULER_SQS__ENDPOINT_URL", settings.sqs.endpoint_url.clone().unwrap())
+        .env("SCHEDULER_SQS__REGION", "us-east-1")
+        .env("SCHEDULER_SQS__ACCESS_KEY_ID", "test")
+        .env("SCHEDULER_SQS__SECRET_ACCESS_KEY", "test")
+        .env("SCHEDULER_SQS__QUEUE_PREFIX", &settings.sqs.queue_prefix)
+        .env("SCHEDULER_ACQUIRER__IDLE_WAKEUP_MS", "100")
+        .env("SCHEDULER_ACQUIRER__MAX_OUTBOUND_DEPTH", "30")
+        .env("SCHEDULER_ACQUIRER__BATCH_SIZE", "30")
+        .env("SCHEDULER_HTTP__BIND", "")
+        .env("SCHEDULER_LOG__LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    Proc(cmd.spawn().expect("spawn sqs-scheduler"))
+}
+
+/// Two scheduler+resulter processes (two Acquirers, two ResultSinks) over SQS, the workers in this process:
+/// every stage acquired once, none before all its parents succeeded.
+#[actix_rt::test]
+async fn two_schedulers_and_two_result_sinks_never_run_a_stage_early_or_twice() {
+    let _turn = sqs_turn(Kind::Sqs).await;
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Sqs);
+    let n: usize = std::env::var("WORKFLOWS_PROCESSES_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let transport = transport(&settings).await;
+    let store = db.store();
+    let wfs: Vec<_> = (0..n)
+        .map(|i| workflow::parse_submit(Some(diamond(i)), MaxAttempts::default(), 256 * 1024).unwrap())
+        .collect();
+    for chunk in wfs.chunks(200) {
+        store.submit_workflows(chunk).await.unwrap();
+    }
+    let _p1 = spawn_process(&settings, &["scheduler", "resulter"]);
+    let _p2 = spawn_process(&settings, &["scheduler", "resulter"]);
+    let log = Log::default();
+    let started = Instant::now();
+    let app = start(&settings, &[sqs_scheduler::startup::Role::Worker], transport, handlers(&log));
+    wait_workflows(&store, Duration::from_secs(1500), |c| c.get(&WorkflowState::Success) == Some(&(n as i64))).await;
+    eprintln!("{n} diamonds over two schedulers and result sinks: {:.1} s", started.elapsed().as_secs_f64());
+    check_diamonds(&store, &log, n).await;
+    // None twice: every stage acquired once, run once.
+    assert_eq!(count_rows(&db, "tasks WHERE attempts <> 1").await, 0, "a stage was acquired twice");
+    let runs_log = log.lock().unwrap().clone();
+    let mut runs: HashMap<i64, usize> = HashMap::new();
+    for e in &runs_log {
+        *runs.entry(e.task_id).or_default() += 1;
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, &k)| k > 1).take(5).collect();
+    assert!(twice.is_empty(), "stages run twice: {twice:?}");
+    assert_eq!(runs.len(), 4 * n);
+    app.shutdown(Duration::from_secs(10)).await;
+}
