@@ -107,10 +107,15 @@ fn diamond(i: usize) -> Value {
     })
 }
 
-/// Sends `workflow.submit` for each params object to the inbound queue, ten per message (a JSON-RPC batch).
+/// Sends `workflow.submit` for each params object to the inbound queue, `per_message` in each message (more than
+/// one: a JSON-RPC batch).
 async fn submit_on_queue(transport: &dyn sqs_scheduler::transport::Transport, workflows: &[Value]) {
+    submit_on_queue_by(transport, workflows, 10).await
+}
+
+async fn submit_on_queue_by(transport: &dyn sqs_scheduler::transport::Transport, workflows: &[Value], per_message: usize) {
     let bodies: Vec<String> = workflows
-        .chunks(10)
+        .chunks(per_message)
         .map(|c| {
             Value::Array(c.iter().map(|p| json!({"jsonrpc": "2.0", "method": "workflow.submit", "params": p})).collect())
                 .to_string()
@@ -222,8 +227,13 @@ async fn thousand_diamonds_under_chaos(kind: Kind) {
     let mut settings = test_settings(&db, kind);
     settings.chaos.error_rate = 0.1;
     settings.retry.default_max_attempts = 50;
-    // The emulator takes a few hundred messages/s at best: 4 stages x 3 messages per diamond.
-    let n = if kind == Kind::Memory { 1000 } else { 100 };
+    // The emulator takes a few hundred messages/s at best (4 stages x 2 messages per diamond, plus retries): 100
+    // diamonds take about 35 s there, 1,000 would take six minutes (WORKFLOWS_SQS_N sets it).
+    let n = if kind == Kind::Memory {
+        1000
+    } else {
+        std::env::var("WORKFLOWS_SQS_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
+    };
     // The commit stages' chaos strikes per statement, and group commits make few of them: strike more often.
     settings.chaos.persister = Some(0.5);
     settings.chaos.result_sink = Some(0.3);
@@ -234,7 +244,9 @@ async fn thousand_diamonds_under_chaos(kind: Kind) {
     let started = Instant::now();
     let app = start(&settings, &[], transport.clone(), handlers(&log));
     let diamonds: Vec<Value> = (0..n).map(diamond).collect();
-    submit_on_queue(transport.as_ref(), &diamonds).await;
+    // Single submissions and batches of ten.
+    submit_on_queue_by(transport.as_ref(), &diamonds[..n / 2], 1).await;
+    submit_on_queue(transport.as_ref(), &diamonds[n / 2..]).await;
     let store = db.store();
     wait_workflows(&store, Duration::from_secs(if kind == Kind::Memory { 180 } else { 600 }), |c| {
         c.get(&WorkflowState::Success) == Some(&(n as i64))

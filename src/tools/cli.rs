@@ -115,6 +115,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         latency_samples: usize,
     },
+    /// Diamond workflows a -> (b, c) -> d: workflows/s and stage-to-stage latency p50/p99.
+    Workflows {
+        /// Transport to measure (sqs: the configured endpoint; a fresh queue set is created).
+        #[arg(long, value_enum, default_value = "memory")]
+        transport: TransportKind,
+        /// Diamonds to run.
+        #[arg(long, default_value_t = 1_000)]
+        workflows: usize,
+    },
 }
 
 /// Exit code of `run` when the root supervisor gave up (EX_SOFTWARE).
@@ -231,6 +240,18 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 actix_rt::System::new().block_on(crate::tools::bench::pipeline::run(
                     s,
                     crate::tools::bench::pipeline::PipelineBenchOptions { tasks, latency_samples },
+                ))
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { which: BenchCommand::Workflows { transport, workflows } } => {
+            with_scratch_database(settings, |mut s| {
+                s.transport.kind = transport;
+                s.sqs.queue_prefix = format!("bench{}", std::process::id());
+                s.http.bind = String::new();
+                actix_rt::System::new().block_on(crate::tools::bench::workflows::run(
+                    s,
+                    crate::tools::bench::workflows::WorkflowBenchOptions { workflows },
                 ))
             })?;
             Ok(ExitCode::SUCCESS)

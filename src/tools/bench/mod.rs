@@ -3,6 +3,7 @@
 pub mod http;
 pub mod pipeline;
 pub mod store;
+pub mod workflows;
 
 /// Nearest-rank quantile `p` of ascending `sorted` samples, or None when there are too few samples for it to say
 /// more than the maximum does: at least 10 samples must lie above it (p99 needs 1,000 samples, p90 100, p50 20).
