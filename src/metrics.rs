@@ -118,7 +118,7 @@ impl Metrics {
             end_to_end: hist("scheduler_end_to_end_seconds", "Time from submission to a final state."),
             tasks: gauge_vec("scheduler_tasks", "Tasks by state.", &["state"]),
             workflows: gauge_vec(
-                "scheduler_workflows_total",
+                "scheduler_workflows",
                 "Workflows stored, by state (RUNNING, SUCCESS, FAILED, CANCELLED), refreshed from the database.",
                 &["state"],
             ),
