@@ -230,7 +230,7 @@ async fn task_get_list_cancel_retry_and_stats() {
     // stats: every state, per action.
     let s = call_ok!(app, "stats", Value::Null);
     let by_state = s["by_state"].as_object().unwrap();
-    assert_eq!(by_state.len(), 6, "{s}");
+    assert_eq!(by_state.len(), 7, "{s}"); // every state, WAITING (workflow stages) included
     assert_eq!(s["by_state"]["SCHEDULED"], 3); // a (retried), b, d (retried)
     assert_eq!(s["by_state"]["ACQUIRED"], 1); // c, cancel requested
     assert_eq!(s["by_state"]["SUCCESS"], 0);
