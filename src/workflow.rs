@@ -134,7 +134,11 @@ fn bad(message: impl Into<String>) -> RpcError {
 
 fn bad_field(field: &str, message: impl Into<String>) -> RpcError {
     let message = message.into();
-    RpcError { code: INVALID_PARAMS, message: format!("invalid {field}: {message}"), data: Some(json!({"field": field})) }
+    RpcError {
+        code: INVALID_PARAMS,
+        message: format!("invalid {field}: {message}"),
+        data: Some(json!({"field": field})),
+    }
 }
 
 /// A stage name: 1 to 128 characters, none of them whitespace, control characters, `/` (it joins a spawning
@@ -255,8 +259,15 @@ pub fn parse_submit(
     let on_failure = match obj.remove("on_failure") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
-            parse_stage(&v, "on_failure", default_max_attempts, max_message_bytes, false, Some(DEFAULT_ON_FAILURE_NAME))?
-                .0,
+            parse_stage(
+                &v,
+                "on_failure",
+                default_max_attempts,
+                max_message_bytes,
+                false,
+                Some(DEFAULT_ON_FAILURE_NAME),
+            )?
+            .0,
         ),
     };
     if let Some(k) = obj.keys().next() {
@@ -271,8 +282,7 @@ pub fn parse_submit(
     let mut parsed = Vec::with_capacity(stages.len());
     let mut index: HashMap<String, usize> = HashMap::with_capacity(stages.len());
     for (i, v) in stages.iter().enumerate() {
-        let (stage, deps) =
-            parse_stage(v, &format!("stage {i}"), default_max_attempts, max_message_bytes, true, None)?;
+        let (stage, deps) = parse_stage(v, &format!("stage {i}"), default_max_attempts, max_message_bytes, true, None)?;
         if index.insert(stage.name.clone(), i).is_some() {
             return Err(bad(format!("invalid stages: duplicate stage name {:?}", stage.name)));
         }
@@ -363,8 +373,9 @@ pub fn check_spawn(result: &Value, max_message_bytes: usize) -> Result<(), RpcEr
     }
     let mut names = HashSet::new();
     for (i, v) in spawn.iter().enumerate() {
-        let (stage, _) = parse_stage(v, &format!("spawned stage {i}"), MaxAttempts::default(), max_message_bytes, false, None)
-            .map_err(|e| bad(format!("invalid spawn: {}", e.message)))?;
+        let (stage, _) =
+            parse_stage(v, &format!("spawned stage {i}"), MaxAttempts::default(), max_message_bytes, false, None)
+                .map_err(|e| bad(format!("invalid spawn: {}", e.message)))?;
         if !names.insert(stage.name.clone()) {
             return Err(bad(format!("invalid spawn: duplicate stage name {:?}", stage.name)));
         }
@@ -403,16 +414,25 @@ mod tests {
     fn bad_input_is_named() {
         let cases = [
             (json!({"name": "x", "stages": []}), "at least one stage"),
-            (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "depends_on": ["zz"]}]}), "unknown stage \"zz\""),
-            (json!({"name": "x", "stages": [{"name": "a", "action": "noop"}, {"name": "a", "action": "noop"}]}), "duplicate stage name \"a\""),
+            (
+                json!({"name": "x", "stages": [{"name": "a", "action": "noop", "depends_on": ["zz"]}]}),
+                "unknown stage \"zz\"",
+            ),
+            (
+                json!({"name": "x", "stages": [{"name": "a", "action": "noop"}, {"name": "a", "action": "noop"}]}),
+                "duplicate stage name \"a\"",
+            ),
             (json!({"name": "x", "stages": [{"name": "a", "action": ""}]}), "stage 0 (\"a\")"),
             (json!({"name": "x", "stages": [{"name": "a/b", "action": "noop"}]}), "invalid name"),
             (json!({"stages": [{"name": "a", "action": "noop"}]}), "invalid name: is required"),
-            (json!({"name": "x", "stages": [
+            (
+                json!({"name": "x", "stages": [
                 {"name": "a", "action": "noop", "depends_on": ["c"]},
                 {"name": "b", "action": "noop", "depends_on": ["a"]},
                 {"name": "c", "action": "noop", "depends_on": ["b"]},
-                {"name": "d", "action": "noop", "depends_on": ["c"]}]}), "cycle"),
+                {"name": "d", "action": "noop", "depends_on": ["c"]}]}),
+                "cycle",
+            ),
         ];
         for (v, want) in cases {
             let e = submit(v.clone()).unwrap_err();

@@ -113,12 +113,18 @@ async fn submit_on_queue(transport: &dyn sqs_scheduler::transport::Transport, wo
     submit_on_queue_by(transport, workflows, 10).await
 }
 
-async fn submit_on_queue_by(transport: &dyn sqs_scheduler::transport::Transport, workflows: &[Value], per_message: usize) {
+async fn submit_on_queue_by(
+    transport: &dyn sqs_scheduler::transport::Transport,
+    workflows: &[Value],
+    per_message: usize,
+) {
     let bodies: Vec<String> = workflows
         .chunks(per_message)
         .map(|c| {
-            Value::Array(c.iter().map(|p| json!({"jsonrpc": "2.0", "method": "workflow.submit", "params": p})).collect())
-                .to_string()
+            Value::Array(
+                c.iter().map(|p| json!({"jsonrpc": "2.0", "method": "workflow.submit", "params": p})).collect(),
+            )
+            .to_string()
         })
         .collect();
     for chunk in bodies.chunks(10) {
@@ -239,7 +245,10 @@ async fn thousand_diamonds_under_chaos(kind: Kind) {
     settings.chaos.result_sink = Some(0.3);
     let transport = transport(&settings).await;
     let log = Log::default();
-    let injected = || ["persister", "acquirer", "worker", "result_sink"].map(|s| metrics().chaos_injected.with_label_values(&[s]).get());
+    let injected = || {
+        ["persister", "acquirer", "worker", "result_sink"]
+            .map(|s| metrics().chaos_injected.with_label_values(&[s]).get())
+    };
     let before = injected();
     let started = Instant::now();
     let app = start(&settings, &[], transport.clone(), handlers(&log));
@@ -300,7 +309,9 @@ async fn failure_cancels_dependents_runs_on_failure_and_retry_resumes() {
     // on_failure runs once the workflow is FAILED, and sees which stage failed and why.
     let mut wf = store.get_workflow(id).await.unwrap().unwrap();
     let until = Instant::now() + Duration::from_secs(30);
-    while wf.stages.iter().any(|s| s.on_failure && s.state != TaskState::Success) || !wf.stages.iter().any(|s| s.on_failure) {
+    while wf.stages.iter().any(|s| s.on_failure && s.state != TaskState::Success)
+        || !wf.stages.iter().any(|s| s.on_failure)
+    {
         assert!(Instant::now() < until, "on_failure never ran: {wf:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
         wf = store.get_workflow(id).await.unwrap().unwrap();
@@ -368,7 +379,10 @@ async fn fan_out_of_100_then_fan_in_under_chaos_spawns_once() {
     assert!(!join_runs.is_empty());
     for r in &join_runs {
         assert_eq!(r.parents.len(), 101, "join sees fan's and every child's result");
-        assert_eq!(r.parents["fan/c7"], json!({"task": wf.stages.iter().find(|s| s.name == "fan/c7").unwrap().task_id}));
+        assert_eq!(
+            r.parents["fan/c7"],
+            json!({"task": wf.stages.iter().find(|s| s.name == "fan/c7").unwrap().task_id})
+        );
         assert_eq!(r.parents["fan"], json!({"task": wf.stages.iter().find(|s| s.name == "fan").unwrap().task_id}));
     }
     let join_finished = join.finished_at.unwrap();
@@ -450,11 +464,20 @@ async fn every_bad_workflow_gets_its_error_and_stores_nothing() {
                 {"name": "c", "action": "noop", "depends_on": ["b"]}]}),
             "dependency cycle",
         ),
-        (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "depends_on": ["nope"]}]}), "unknown stage \"nope\""),
-        (json!({"name": "x", "stages": [{"name": "a", "action": "noop"}, {"name": "a", "action": "noop"}]}), "duplicate stage name \"a\""),
+        (
+            json!({"name": "x", "stages": [{"name": "a", "action": "noop", "depends_on": ["nope"]}]}),
+            "unknown stage \"nope\"",
+        ),
+        (
+            json!({"name": "x", "stages": [{"name": "a", "action": "noop"}, {"name": "a", "action": "noop"}]}),
+            "duplicate stage name \"a\"",
+        ),
         (json!({"name": "x", "stages": []}), "at least one stage"),
         (json!({"name": "x", "stages": many}), "at most 1000 stages"),
-        (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "payload": [1]}]}), "stage 0 (\"a\"): invalid payload"),
+        (
+            json!({"name": "x", "stages": [{"name": "a", "action": "noop", "payload": [1]}]}),
+            "stage 0 (\"a\"): invalid payload",
+        ),
         (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "priority": 1000}]}), "invalid priority"),
         (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "retries": 1}]}), "unknown member \"retries\""),
         (json!({"name": "x", "stages": [{"name": "a"}]}), "action is required"),
@@ -530,7 +553,8 @@ async fn a_bad_workflow_on_the_inbound_queue_is_dead_lettered_and_stores_nothing
     let settings = test_settings(&db, Kind::Memory);
     let transport = transport(&settings).await;
     let before = dead_lettered(&settings, Queue::Inbound, "invalid_params");
-    let app = start(&settings, &[sqs_scheduler::startup::Role::Submitter], transport.clone(), HandlerRegistry::builtin());
+    let app =
+        start(&settings, &[sqs_scheduler::startup::Role::Submitter], transport.clone(), HandlerRegistry::builtin());
     let bad = json!({"name": "x", "stages": [{"name": "a", "action": "noop", "depends_on": ["a"]}]});
     submit_on_queue(transport.as_ref(), &[bad]).await;
     wait_until(Duration::from_secs(20), "the bad workflow dead-lettered", || async {
@@ -589,9 +613,8 @@ async fn two_schedulers_and_two_result_sinks_never_run_a_stage_early_or_twice() 
     let n: usize = std::env::var("WORKFLOWS_PROCESSES_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let transport = transport(&settings).await;
     let store = db.store();
-    let wfs: Vec<_> = (0..n)
-        .map(|i| workflow::parse_submit(Some(diamond(i)), MaxAttempts::default(), 256 * 1024).unwrap())
-        .collect();
+    let wfs: Vec<_> =
+        (0..n).map(|i| workflow::parse_submit(Some(diamond(i)), MaxAttempts::default(), 256 * 1024).unwrap()).collect();
     for chunk in wfs.chunks(200) {
         store.submit_workflows(chunk).await.unwrap();
     }

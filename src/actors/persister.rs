@@ -10,8 +10,8 @@ use crate::metrics::metrics;
 use crate::protocol;
 use crate::store::{Commit, MaxAttempts, NewTask, StoreError, Submitted, TaskStore};
 use crate::workflow::{self, NewWorkflow, WorkflowSubmitted};
-use serde_json::Value;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// `submit_many` as a commit stage; wakes this process's Acquirer when it created tasks.
 pub struct SubmitCommit {

@@ -95,8 +95,7 @@ impl HttpApi {
                 committer
             },
             workflows: {
-                let commit =
-                    WorkflowCommit { store: state.store.clone(), shared: None, name: "http_workflow_submit" };
+                let commit = WorkflowCommit { store: state.store.clone(), shared: None, name: "http_workflow_submit" };
                 let (committer, loops) = GroupCommitter::new(commit, MAX_SUBMIT_BATCH, SUBMIT_STATEMENTS_IN_FLIGHT);
                 actix_rt::spawn(loops);
                 committer

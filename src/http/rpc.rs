@@ -289,8 +289,7 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!(
-                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, \
-                 stats, workflow.submit, workflow.get, workflow.list or workflow.cancel)"
+                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, stats, workflow.submit, workflow.get, workflow.list or workflow.cancel)"
             ),
         )),
     }

@@ -78,8 +78,10 @@ impl TaskStore {
         let mut names = Vec::new();
         let mut keys: Vec<Option<String>> = Vec::new();
         let mut on_failure: Vec<Option<Value>> = Vec::new();
-        let (mut stage_wf, mut stage_names, mut actions, mut payloads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut priorities, mut max_attempts, mut delays, mut parents) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut stage_wf, mut stage_names, mut actions, mut payloads) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut priorities, mut max_attempts, mut delays, mut parents) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut edge_parent, mut edge_child) = (Vec::new(), Vec::new());
         for (w, wf) in workflows.iter().enumerate() {
             names.push(wf.name.clone());
@@ -166,10 +168,11 @@ impl TaskStore {
     /// A workflow with its stages (the on_failure stage last, once it ran), None if there is none.
     pub async fn get_workflow(&self, id: i64) -> StoreResult<Option<Workflow>> {
         let mut conn = self.conn().await?;
-        let rows: Vec<WorkflowRow> = diesel::sql_query(format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = $1"))
-            .bind::<BigInt, _>(id)
-            .load(&mut conn)
-            .await?;
+        let rows: Vec<WorkflowRow> =
+            diesel::sql_query(format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = $1"))
+                .bind::<BigInt, _>(id)
+                .load(&mut conn)
+                .await?;
         let Some(row) = rows.into_iter().next() else { return Ok(None) };
         let mut wf = row.into_workflow()?;
 
@@ -289,9 +292,13 @@ impl TaskStore {
 
     /// Deletes up to `batch` workflows in `states` that finished more than `retention_secs` ago and have no stage
     /// left unfinished, with all their stages and edges (ON DELETE CASCADE). Returns how many it deleted.
-    pub async fn clean_workflows(&self, retention_secs: f64, states: &[WorkflowState], batch: i64) -> StoreResult<usize> {
-        let states: Vec<&str> =
-            states.iter().filter(|s| **s != WorkflowState::Running).map(|s| s.as_str()).collect();
+    pub async fn clean_workflows(
+        &self,
+        retention_secs: f64,
+        states: &[WorkflowState],
+        batch: i64,
+    ) -> StoreResult<usize> {
+        let states: Vec<&str> = states.iter().filter(|s| **s != WorkflowState::Running).map(|s| s.as_str()).collect();
         if states.is_empty() {
             return Ok(0);
         }

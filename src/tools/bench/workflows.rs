@@ -141,7 +141,11 @@ async fn measure(
     ms.sort_by(|a, b| a.total_cmp(b));
     println!();
     println!("  submitted {n} workflows ({} stages) in {:.2} s", 4 * n, submitted.as_secs_f64());
-    println!("  all SUCCESS after {wall:.2} s = {:.0} workflows/s ({:.0} stages/s)", n as f64 / wall, 4.0 * n as f64 / wall);
+    println!(
+        "  all SUCCESS after {wall:.2} s = {:.0} workflows/s ({:.0} stages/s)",
+        n as f64 / wall,
+        4.0 * n as f64 / wall
+    );
     println!(
         "  stage-to-stage latency (last parent SUCCESS -> child ACQUIRED), {} samples: p50 {} ms, p99 {} ms",
         ms.len(),
