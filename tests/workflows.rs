@@ -638,3 +638,43 @@ async fn two_schedulers_and_two_result_sinks_never_run_a_stage_early_or_twice() 
     assert_eq!(runs.len(), 4 * n);
     app.shutdown(Duration::from_secs(10)).await;
 }
+
+/// At the store: the two parents of 300 diamonds' d complete in two concurrent statements (b's in one, c's in the
+/// other, in opposite orders): every d is promoted exactly once, with both results, and no d before both.
+#[actix_rt::test]
+async fn concurrent_completions_of_two_parents_promote_each_child_once() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let other = db.store();
+    let n = 300;
+    let wfs: Vec<_> = (0..n)
+        .map(|i| workflow::parse_submit(Some(diamond(i)), MaxAttempts::default(), 256 * 1024).unwrap())
+        .collect();
+    let subs = store.submit_workflows(&wfs).await.unwrap();
+    let stage = |s: &workflow::WorkflowSubmitted, name: &str| s.tasks.iter().find(|t| t.0 == name).unwrap().1;
+    let ok = |t: &sqs_scheduler::store::AcquiredTask| TaskResult {
+        id: t.id,
+        attempt: t.attempt,
+        outcome: Outcome::Success(json!({"from": t.id})),
+    };
+    let a = store.acquire_batch(10_000).await.unwrap();
+    assert_eq!(a.len(), n, "only the a stages are due");
+    store.complete_many(&a.iter().map(ok).collect::<Vec<_>>()).await.unwrap();
+    let bc = store.acquire_batch(10_000).await.unwrap();
+    assert_eq!(bc.len(), 2 * n, "b and c of every diamond, d waits");
+    let bs: HashSet<i64> = subs.iter().map(|s| stage(s, "b")).collect();
+    let (b_results, mut c_results): (Vec<_>, Vec<_>) = bc.iter().map(ok).partition(|r| bs.contains(&r.id));
+    c_results.reverse();
+    let (x, y) = futures::join!(store.complete_many(&b_results), other.complete_many(&c_results));
+    assert_eq!(x.unwrap().applied.len() + y.unwrap().applied.len(), 2 * n);
+    let ds = store.acquire_batch(10_000).await.unwrap();
+    assert_eq!(ds.len(), n, "every d promoted once");
+    for d in &ds {
+        let parents = d.payload["_meta"]["parents"].as_object().unwrap();
+        assert_eq!(parents.len(), 2, "{d:?}");
+    }
+    assert_eq!(count_rows(&db, "tasks WHERE pending_parents <> 0").await, 0);
+    store.complete_many(&ds.iter().map(ok).collect::<Vec<_>>()).await.unwrap();
+    let c = workflow_counts(&store).await;
+    assert_eq!(c[&WorkflowState::Success], n as i64, "{c:?}");
+}

@@ -252,10 +252,14 @@ impl TaskStore {
         if results.is_empty() {
             return Ok(Completion::default());
         }
-        let ids: Vec<i64> = results.iter().map(|r| r.id).collect();
-        let attempts: Vec<i32> = results.iter().map(|r| r.attempt).collect();
-        let oks: Vec<bool> = results.iter().map(|r| matches!(r.outcome, Outcome::Success(_))).collect();
-        let bodies: Vec<Value> = results
+        // In id order: the rows (and, for workflow stages, their children and workflows) are locked in the same
+        // order by concurrent statements, which keeps them from deadlocking.
+        let mut sorted: Vec<&TaskResult> = results.iter().collect();
+        sorted.sort_by_key(|r| (r.id, r.attempt));
+        let ids: Vec<i64> = sorted.iter().map(|r| r.id).collect();
+        let attempts: Vec<i32> = sorted.iter().map(|r| r.attempt).collect();
+        let oks: Vec<bool> = sorted.iter().map(|r| matches!(r.outcome, Outcome::Success(_))).collect();
+        let bodies: Vec<Value> = sorted
             .iter()
             .map(|r| match &r.outcome {
                 Outcome::Success(v) | Outcome::Failure(v) => v.clone(),
@@ -290,7 +294,10 @@ impl TaskStore {
                 .await
                 .map_err(StoreError::from);
             match res {
-                Err(e) if e.is_retryable() && round < 5 => round += 1,
+                Err(e) if e.is_retryable() && round < 10 => {
+                    round += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(5..50))).await;
+                }
                 other => break other?,
             }
         };
