@@ -222,7 +222,7 @@ async fn diamond_runs_in_dependency_order_and_d_sees_both_results() {
     // task.get on a stage names its workflow and stage.
     let t = store.get(by_name["d"].task_id).await.unwrap().unwrap();
     assert_eq!((t.workflow_id, t.stage.as_deref()), (Some(wf.id), Some("d")));
-    assert_eq!(wf.finished_at.is_some(), true);
+    assert!(wf.finished_at.is_some());
     app.shutdown(Duration::from_secs(10)).await;
 }
 
@@ -451,8 +451,7 @@ async fn exec_sql(db: &TestDb, sql: &str) {
 #[actix_rt::test]
 async fn every_bad_workflow_gets_its_error_and_stores_nothing() {
     let db = TestDb::new().await;
-    let mut s = sqs_scheduler::configuration::Settings::default();
-    s.database = db.settings();
+    let s = sqs_scheduler::configuration::Settings { database: db.settings(), ..Default::default() };
     let api = HttpApi::new(HttpState { settings: Arc::new(s), store: db.store(), transport: None, rpc_enabled: true });
     let app = test::init_service(build_app(api)).await;
     let many: Vec<Value> = (0..1001).map(|i| json!({"name": format!("s{i}"), "action": "noop"})).collect();
@@ -653,9 +652,8 @@ async fn concurrent_completions_of_two_parents_promote_each_child_once() {
     let store = db.store();
     let other = db.store();
     let n = 300;
-    let wfs: Vec<_> = (0..n)
-        .map(|i| workflow::parse_submit(Some(diamond(i)), MaxAttempts::default(), 256 * 1024).unwrap())
-        .collect();
+    let wfs: Vec<_> =
+        (0..n).map(|i| workflow::parse_submit(Some(diamond(i)), MaxAttempts::default(), 256 * 1024).unwrap()).collect();
     let subs = store.submit_workflows(&wfs).await.unwrap();
     let stage = |s: &workflow::WorkflowSubmitted, name: &str| s.tasks.iter().find(|t| t.0 == name).unwrap().1;
     let ok = |t: &sqs_scheduler::store::AcquiredTask| TaskResult {
