@@ -682,3 +682,61 @@ async fn concurrent_completions_of_two_parents_promote_each_child_once() {
     let c = workflow_counts(&store).await;
     assert_eq!(c[&WorkflowState::Success], n as i64, "{c:?}");
 }
+
+/// The cleaner deletes a workflow with all its stages and edges once the whole workflow finished, never a stage
+/// alone, and never a workflow with a stage still running.
+#[actix_rt::test]
+async fn the_cleaner_deletes_a_workflow_only_whole_and_finished() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let parse = |v: Value| workflow::parse_submit(Some(v), MaxAttempts::default(), 256 * 1024).unwrap();
+    let two = |name: &str| {
+        parse(json!({"name": name, "stages": [
+            {"name": "a", "action": "noop"}, {"name": "b", "action": "noop", "depends_on": ["a"]},
+            {"name": "side", "action": "noop"}]}))
+    };
+    let subs = store.submit_workflows(&[two("done"), two("failed")]).await.unwrap();
+    let due = store.acquire_batch(100).await.unwrap(); // a and side of both
+    assert_eq!(due.len(), 4);
+    let failed_a = subs[1].tasks.iter().find(|t| t.0 == "a").unwrap().1;
+    let failed_side = subs[1].tasks.iter().find(|t| t.0 == "side").unwrap().1;
+    let results: Vec<TaskResult> = due
+        .iter()
+        .filter(|t| t.id != failed_side) // still running
+        .map(|t| TaskResult {
+            id: t.id,
+            attempt: t.attempt,
+            outcome: if t.id == failed_a {
+                Outcome::Failure(json!({"code": 1, "message": "no"}))
+            } else {
+                Outcome::Success(json!(1))
+            },
+        })
+        .collect();
+    exec_sql(&db, "UPDATE tasks SET max_attempts = 1").await;
+    store.complete_many(&results).await.unwrap();
+    let b = store.acquire_batch(100).await.unwrap();
+    assert_eq!(b.len(), 1, "b of the first workflow only");
+    store
+        .complete_many(&[TaskResult { id: b[0].id, attempt: b[0].attempt, outcome: Outcome::Success(json!(2)) }])
+        .await
+        .unwrap();
+    assert_eq!(store.get_workflow(subs[0].workflow_id).await.unwrap().unwrap().state, WorkflowState::Success);
+    assert_eq!(store.get_workflow(subs[1].workflow_id).await.unwrap().unwrap().state, WorkflowState::Failed);
+    // Ordinary cleaning leaves stages alone.
+    let n = store.clean_finished(0.0, &[TaskState::Success, TaskState::CriticalError, TaskState::Cancelled], 100).await;
+    assert_eq!(n.unwrap(), 0);
+    let all = [WorkflowState::Success, WorkflowState::Failed, WorkflowState::Cancelled];
+    assert_eq!(store.clean_workflows(0.0, &all, 100).await.unwrap(), 1, "the finished one only");
+    assert!(store.get_workflow(subs[0].workflow_id).await.unwrap().is_none());
+    assert_eq!(count_rows(&db, &format!("tasks WHERE workflow_id = {}", subs[0].workflow_id)).await, 0);
+    assert_eq!(count_rows(&db, &format!("workflow_edges WHERE workflow_id = {}", subs[0].workflow_id)).await, 0);
+    // The failed one still has a running stage: kept until it finishes.
+    store
+        .complete_many(&[TaskResult { id: failed_side, attempt: 1, outcome: Outcome::Success(json!(3)) }])
+        .await
+        .unwrap();
+    assert_eq!(store.clean_workflows(0.0, &[WorkflowState::Success], 100).await.unwrap(), 0, "FAILED not listed");
+    assert_eq!(store.clean_workflows(0.0, &all, 100).await.unwrap(), 1);
+    assert_eq!(count_rows(&db, "tasks").await, 0);
+}
