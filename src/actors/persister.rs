@@ -1,6 +1,7 @@
 //! Persister: stores submissions from the inbound queue as SCHEDULED tasks, through the commit stage (one
 //! `submit_many` statement per group). Duplicates are harmless. Malformed and refused submissions go to the inbound
-//! DLQ at once; a submission is acknowledged only after its commit.
+//! DLQ at once (an unknown action with reason `unknown_action`); a submission is acknowledged only after its
+//! commit.
 
 use super::commit_stage::{CommitStage, Entry, QueueStage};
 use super::Shared;
@@ -51,7 +52,10 @@ impl QueueStage for SubmitCommit {
         let default_max = MaxAttempts::parse(s.retry.default_max_attempts).unwrap_or_default();
         protocol::parse_submissions(body, s.transport.max_message_bytes, default_max)
             .into_iter()
-            .map(|(entry, item)| Entry { item, body: entry })
+            .map(|(entry, item)| Entry {
+                item: item.and_then(|t| shared.known_actions.check(&t.action, "inbound").map(|()| t)),
+                body: entry,
+            })
             .collect()
     }
 }

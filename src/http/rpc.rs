@@ -1,5 +1,6 @@
 //! The JSON-RPC 2.0 dispatcher of `POST /rpc`: single and batch requests, notifications, and the methods
-//! `submit:<action>`, `task.get`, `task.list`, `task.cancel`, `task.retry` and `stats`.
+//! `submit:<action>`, `task.get`, `task.list`, `task.cancel`, `task.retry`, `stats` and `schedule.*` (in
+//! `schedules.rs`).
 
 use crate::actors::commit_stage::{GroupCommitter, ItemError};
 use crate::actors::persister::SubmitCommit;
@@ -37,6 +38,7 @@ pub const ERROR_CODES: &[i64] = &[
     FORBIDDEN,
     TASK_NOT_FOUND,
     TASK_NOT_RETRYABLE,
+    super::schedules::SCHEDULE_NOT_FOUND,
 ];
 
 /// What the dispatcher needs.
@@ -47,6 +49,8 @@ pub struct RpcContext {
     pub default_max_attempts: MaxAttempts,
     /// `transport.max_message_bytes`: a submission whose task message would be larger is refused.
     pub max_message_bytes: usize,
+    /// The actions `submit:*` and `schedule.create` accept (-32601 for any other).
+    pub known_actions: crate::handlers::KnownActions,
 }
 
 /// An error response object, counted in `rpc_errors{code}`.
@@ -209,6 +213,7 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         m if m.starts_with(SUBMIT_PREFIX) => {
             let action = protocol::submit_action(m)?;
+            ctx.known_actions.check(&action, "http")?;
             let task = protocol::submit_task(action, params, ctx.default_max_attempts, ctx.max_message_bytes)?;
             check_storable(&task)?;
             let s = match ctx.submits.commit(vec![task]).await.pop() {
@@ -223,10 +228,12 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
             };
             Ok(json!({"id": s.id, "created": s.created}))
         }
+        m if m.starts_with(super::schedules::PREFIX) => super::schedules::call(ctx, m, params).await,
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!(
-                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry or stats)"
+                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, \
+                 stats, schedule.create, schedule.list, schedule.delete, schedule.pause or schedule.resume)"
             ),
         )),
     }
@@ -241,11 +248,11 @@ fn not_found(id: i64) -> RpcError {
     RpcError { code: TASK_NOT_FOUND, message: "task not found".into(), data: Some(json!({"id": id})) }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> RpcError {
+pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> RpcError {
     RpcError::invalid_params(ValidationError::new(field, message))
 }
 
-fn store_error(e: StoreError) -> RpcError {
+pub(super) fn store_error(e: StoreError) -> RpcError {
     match e {
         StoreError::Invalid(v) => RpcError::invalid_params(v),
         other => {
@@ -277,10 +284,10 @@ fn check_storable(t: &NewTask) -> Result<(), RpcError> {
 
 /// Named parameters of a `task.*` or `stats` call: typed getters that name the field, and a final check that
 /// nothing unknown was passed.
-struct Params(Map<String, Value>);
+pub(super) struct Params(Map<String, Value>);
 
 impl Params {
-    fn new(params: Option<Value>) -> Result<Params, RpcError> {
+    pub(super) fn new(params: Option<Value>) -> Result<Params, RpcError> {
         match params {
             None => Ok(Params(Map::new())),
             Some(Value::Object(m)) => Ok(Params(m)),
@@ -290,11 +297,11 @@ impl Params {
     }
 
     /// The member, None if absent or null.
-    fn take(&mut self, field: &'static str) -> Option<Value> {
+    pub(super) fn take(&mut self, field: &'static str) -> Option<Value> {
         self.0.remove(field).filter(|v| !v.is_null())
     }
 
-    fn optional_i64(&mut self, field: &'static str) -> Result<Option<i64>, RpcError> {
+    pub(super) fn optional_i64(&mut self, field: &'static str) -> Result<Option<i64>, RpcError> {
         match self.take(field) {
             None => Ok(None),
             Some(v) => v
@@ -304,11 +311,15 @@ impl Params {
         }
     }
 
-    fn required_i64(&mut self, field: &'static str) -> Result<i64, RpcError> {
+    pub(super) fn required_i64(&mut self, field: &'static str) -> Result<i64, RpcError> {
         self.optional_i64(field)?.ok_or_else(|| invalid(field, "is required"))
     }
 
-    fn optional_str(&mut self, field: &'static str) -> Result<Option<String>, RpcError> {
+    pub(super) fn required_str(&mut self, field: &'static str) -> Result<String, RpcError> {
+        self.optional_str(field)?.ok_or_else(|| invalid(field, "is required"))
+    }
+
+    pub(super) fn optional_str(&mut self, field: &'static str) -> Result<Option<String>, RpcError> {
         match self.take(field) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -317,7 +328,7 @@ impl Params {
     }
 
     /// Fails naming every member that no getter took.
-    fn finish(self) -> Result<(), RpcError> {
+    pub(super) fn finish(self) -> Result<(), RpcError> {
         if self.0.is_empty() {
             return Ok(());
         }

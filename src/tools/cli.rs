@@ -152,6 +152,17 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { roles, no_migrate, grace_secs } => {
+            // A configured schedule must name an action this deployment knows (the handlers built in, or
+            // `[actions] known`), like any submission: refused at start, naming the entry.
+            let known = crate::handlers::KnownActions::new(&HandlerRegistry::builtin(), &settings.actions);
+            if let Some((i, s)) = settings.schedules.iter().enumerate().find(|(_, s)| !known.is_known(&s.action)) {
+                eprintln!(
+                    "configuration error: schedules[{i}] ({:?}): action: unknown action {:?} (declare it in [actions] \
+                     known, or set [actions] accept_unknown = true)",
+                    s.name, s.action
+                );
+                return Ok(ExitCode::from(2));
+            }
             if !no_migrate {
                 db::run_migrations_blocking(&settings.database.url)?;
             }
@@ -209,9 +220,10 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 actix_rt::System::new().block_on(async move {
                     let state = crate::http::HttpState {
                         store: TaskStore::new(db::build_pool(&s.database), s.retry.backoff()),
-                        settings: std::sync::Arc::new(s),
                         transport: None,
                         rpc_enabled: true,
+                        known_actions: crate::handlers::KnownActions::new(&HandlerRegistry::builtin(), &s.actions),
+                        settings: std::sync::Arc::new(s),
                     };
                     let (handle, addr) = crate::http::start_server(state).await?;
                     let r =
@@ -291,6 +303,7 @@ fn http_state(
         store: TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff()).reporting_as("http"),
         transport: Some(transport),
         rpc_enabled: roles.is_empty() || roles.contains(&Role::Submitter),
+        known_actions: crate::handlers::KnownActions::new(&HandlerRegistry::builtin(), &settings.actions),
     }))
 }
 
