@@ -240,20 +240,29 @@ async fn concurrent_schedulers_fire_a_due_tick_once() {
     let db = TestDb::new().await;
     let (a, b) = (db.store(), db.store());
     let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
-    let schedules: Vec<Schedule> = names.iter().map(|n| Schedule::parse(&spec(n, "* * * * *")).unwrap()).collect();
+    // Yearly: the latest tick stays the same while the test runs.
+    let schedules: Vec<Schedule> = names.iter().map(|n| Schedule::parse(&spec(n, "0 0 1 1 *")).unwrap()).collect();
     declare(&a, &schedules, &KnownActions::any()).await.unwrap();
+    let cfg = CronSettings { batch_size: 7, ..CronSettings::default() };
     for round in 0..5 {
-        // Every schedule due, both schedulers at once, in batches smaller than the lot.
-        exec(&db.url, &format!("UPDATE schedules SET next_run_at = date_trunc('minute', now()) - interval '{round} hours'"))
+        // Every schedule due (missed for a while: the latest tick, this year's, runs), both schedulers at once, in
+        // batches smaller than the lot.
+        exec(&db.url, "DELETE FROM tasks").await;
+        exec(&db.url, &format!("UPDATE schedules SET next_run_at = date_trunc('year', now()) - interval '{round} years'"))
             .await;
-        let cfg = CronSettings { batch_size: 7, ..CronSettings::default() };
         let (pa, pb) = tokio::join!(run_once(&a, &cfg, 10), run_once(&b, &cfg, 10));
         let (pa, pb) = (pa.unwrap(), pb.unwrap());
         assert_eq!(pa.enqueued + pb.enqueued, 20, "round {round}: {pa:?} {pb:?}");
         assert_eq!(pa.duplicates + pb.duplicates, 0, "round {round}");
+        let total: usize =
+            futures::future::join_all(names.iter().map(|n| ticks_of(&a, n))).await.iter().map(Vec::len).sum();
+        assert_eq!(total, 20);
     }
-    let total: usize = futures::future::join_all(names.iter().map(|n| ticks_of(&a, n))).await.iter().map(Vec::len).sum();
-    assert_eq!(total, 100);
+    // The same ticks fired again (their schedules set back by hand): the tasks' unique key makes them duplicates.
+    exec(&db.url, "UPDATE schedules SET next_run_at = last_tick_at").await;
+    let p = run_once(&a, &cfg, 10).await.unwrap();
+    assert_eq!((p.enqueued, p.duplicates), (0, 20));
+    assert_eq!(count_rows(&db, "tasks").await, 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
