@@ -249,7 +249,7 @@ impl Metrics {
         for s in ["active", "paused"] {
             m.cron_schedules.with_label_values(&[s]);
         }
-        for s in crate::handlers::REJECTION_SOURCES {
+        for s in REJECTION_SOURCES {
             m.unknown_action_rejections.with_label_values(&[s]);
         }
         m.http_requests.with_label_values(&["/rpc", "200"]);
@@ -268,6 +268,9 @@ impl Metrics {
         }
     }
 }
+
+/// Where a submission or schedule refused for an unknown action came from (`scheduler_unknown_action_rejections_total`).
+pub const REJECTION_SOURCES: [&str; 3] = ["http", "inbound", "schedule"];
 
 /// The outcomes of a cron tick (see `scheduler_cron_ticks_total`).
 pub const CRON_TICK_OUTCOMES: [&str; 4] = ["enqueued", "duplicate", "skipped", "invalid"];

@@ -202,13 +202,22 @@ mod tests {
         let c = CronExpr::parse("*/10 * * * * *", "UTC").unwrap();
         // Due at :00, now :35.5 → ticks :00 :10 :20 :30 missed; :30 runs, three skipped, next :40.
         let p = c.plan(at("2026-01-01T00:00:00Z"), at("2026-01-01T00:00:35.500Z"));
-        assert_eq!(p, TickPlan { tick: at("2026-01-01T00:00:30Z"), skipped: 3, next: Some(at("2026-01-01T00:00:40Z")) });
+        assert_eq!(
+            p,
+            TickPlan { tick: at("2026-01-01T00:00:30Z"), skipped: 3, next: Some(at("2026-01-01T00:00:40Z")) }
+        );
         // On time: nothing skipped.
         let p = c.plan(at("2026-01-01T00:00:10Z"), at("2026-01-01T00:00:10.020Z"));
-        assert_eq!(p, TickPlan { tick: at("2026-01-01T00:00:10Z"), skipped: 0, next: Some(at("2026-01-01T00:00:20Z")) });
+        assert_eq!(
+            p,
+            TickPlan { tick: at("2026-01-01T00:00:10Z"), skipped: 0, next: Some(at("2026-01-01T00:00:20Z")) }
+        );
         // Exactly on a tick: that tick runs, the next is the one after.
         let p = c.plan(at("2026-01-01T00:00:10Z"), at("2026-01-01T00:00:20Z"));
-        assert_eq!(p, TickPlan { tick: at("2026-01-01T00:00:20Z"), skipped: 1, next: Some(at("2026-01-01T00:00:30Z")) });
+        assert_eq!(
+            p,
+            TickPlan { tick: at("2026-01-01T00:00:20Z"), skipped: 1, next: Some(at("2026-01-01T00:00:30Z")) }
+        );
     }
 
     #[test]

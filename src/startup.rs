@@ -185,10 +185,11 @@ fn role_children(
                 ActorSpec::new("due_listener", &arbiters.acquirer, move |link| DueListener::new(s.clone(), link));
             let (s, own) = (shared.clone(), settings.cron.clone());
             // Validated with the settings; an entry that is not valid here was never accepted by `run`.
-            let declared = std::sync::Arc::new(crate::schedules::validate_specs(&settings.schedules).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "configured schedules invalid; none declared");
-                Vec::new()
-            }));
+            let declared =
+                std::sync::Arc::new(crate::schedules::validate_specs(&settings.schedules).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "configured schedules invalid; none declared");
+                    Vec::new()
+                }));
             let cron = ActorSpec::new("cron_scheduler", &arbiters.acquirer, move |link| {
                 CronScheduler::new(s.clone(), own.clone(), declared.clone(), link)
             });

@@ -182,12 +182,36 @@ fn schedules_file(tag: &str, body: &str) -> std::path::PathBuf {
 fn a_bad_schedule_entry_is_refused_at_start_naming_it_with_exit_2() {
     let good = "[[schedules]]\nname = \"ok\"\ncron = \"*/5 * * * * *\"\naction = \"noop\"\n";
     for (tag, entry, names) in [
-        ("cron", "name = \"broken\"\ncron = \"every day at noon\"\naction = \"noop\"\n", ["schedules[1]", "\"broken\"", "cron"]),
-        ("zone", "name = \"zoned\"\ncron = \"0 9 * * *\"\naction = \"noop\"\ntimezone = \"Mars/Base\"\n", ["schedules[1]", "\"zoned\"", "timezone"]),
-        ("never", "name = \"feb30\"\ncron = \"0 0 30 2 *\"\naction = \"noop\"\n", ["schedules[1]", "\"feb30\"", "no upcoming tick"]),
-        ("name", "name = \"has space\"\ncron = \"* * * * *\"\naction = \"noop\"\n", ["schedules[1]", "has space", "name"]),
-        ("dup", "name = \"ok\"\ncron = \"* * * * *\"\naction = \"noop\"\n", ["schedules[1]", "\"ok\"", "declared twice"]),
-        ("prio", "name = \"p\"\ncron = \"* * * * *\"\naction = \"noop\"\npriority = 500\n", ["schedules[1]", "\"p\"", "priority"]),
+        (
+            "cron",
+            "name = \"broken\"\ncron = \"every day at noon\"\naction = \"noop\"\n",
+            ["schedules[1]", "\"broken\"", "cron"],
+        ),
+        (
+            "zone",
+            "name = \"zoned\"\ncron = \"0 9 * * *\"\naction = \"noop\"\ntimezone = \"Mars/Base\"\n",
+            ["schedules[1]", "\"zoned\"", "timezone"],
+        ),
+        (
+            "never",
+            "name = \"feb30\"\ncron = \"0 0 30 2 *\"\naction = \"noop\"\n",
+            ["schedules[1]", "\"feb30\"", "no upcoming tick"],
+        ),
+        (
+            "name",
+            "name = \"has space\"\ncron = \"* * * * *\"\naction = \"noop\"\n",
+            ["schedules[1]", "has space", "name"],
+        ),
+        (
+            "dup",
+            "name = \"ok\"\ncron = \"* * * * *\"\naction = \"noop\"\n",
+            ["schedules[1]", "\"ok\"", "declared twice"],
+        ),
+        (
+            "prio",
+            "name = \"p\"\ncron = \"* * * * *\"\naction = \"noop\"\npriority = 500\n",
+            ["schedules[1]", "\"p\"", "priority"],
+        ),
     ] {
         let path = schedules_file(tag, &format!("{good}\n[[schedules]]\n{entry}"));
         for cmd in [&["config"][..], &["run", "--no-migrate"][..]] {

@@ -248,8 +248,11 @@ async fn concurrent_schedulers_fire_a_due_tick_once() {
         // Every schedule due (missed for a while: the latest tick, this year's, runs), both schedulers at once, in
         // batches smaller than the lot.
         exec(&db.url, "DELETE FROM tasks").await;
-        exec(&db.url, &format!("UPDATE schedules SET next_run_at = date_trunc('year', now()) - interval '{round} years'"))
-            .await;
+        exec(
+            &db.url,
+            &format!("UPDATE schedules SET next_run_at = date_trunc('year', now()) - interval '{round} years'"),
+        )
+        .await;
         let (pa, pb) = tokio::join!(run_once(&a, &cfg, 10), run_once(&b, &cfg, 10));
         let (pa, pb) = (pa.unwrap(), pb.unwrap());
         assert_eq!(pa.enqueued + pb.enqueued, 20, "round {round}: {pa:?} {pb:?}");
@@ -289,7 +292,13 @@ fn http_api(db: &TestDb, actions: sqs_scheduler::configuration::ActionsSettings)
     s.http.bind = "127.0.0.1:0".into();
     s.actions = actions;
     let known_actions = KnownActions::new(&HandlerRegistry::builtin(), &s.actions);
-    HttpApi::new(HttpState { settings: Arc::new(s), store: db.store(), transport: None, rpc_enabled: true, known_actions })
+    HttpApi::new(HttpState {
+        settings: Arc::new(s),
+        store: db.store(),
+        transport: None,
+        rpc_enabled: true,
+        known_actions,
+    })
 }
 
 /// One JSON-RPC call from loopback (no token configured): the whole response object.
@@ -312,7 +321,10 @@ async fn schedules_over_json_rpc_and_every_bad_input_changes_nothing() {
     let r = call!(app, "schedule.create", good.clone());
     assert_eq!(r["result"]["created"], json!(true), "{r}");
     let s = &r["result"]["schedule"];
-    assert_eq!((s["source"].as_str(), s["paused"].as_bool(), s["priority"].as_i64()), (Some("api"), Some(false), Some(5)));
+    assert_eq!(
+        (s["source"].as_str(), s["paused"].as_bool(), s["priority"].as_i64()),
+        (Some("api"), Some(false), Some(5))
+    );
     let next: DateTime<Utc> = s["next_run_at"].as_str().unwrap().parse().unwrap();
     assert_eq!((next.minute(), next.second()), (0, 0));
     // The same call again (a client's retry): no change.
@@ -322,7 +334,11 @@ async fn schedules_over_json_rpc_and_every_bad_input_changes_nothing() {
         (json!({"name": "x", "cron": "every hour", "action": "noop"}), -32602, "cron"),
         (json!({"name": "x", "cron": "61 * * * *", "action": "noop"}), -32602, "cron"),
         (json!({"name": "x", "cron": "0 0 30 2 *", "action": "noop"}), -32602, "cron"),
-        (json!({"name": "x", "cron": "* * * * *", "action": "noop", "timezone": "Nowhere/Special"}), -32602, "timezone"),
+        (
+            json!({"name": "x", "cron": "* * * * *", "action": "noop", "timezone": "Nowhere/Special"}),
+            -32602,
+            "timezone",
+        ),
         (json!({"name": "x", "cron": "* * * * *", "action": "noop", "priority": -101}), -32602, "priority"),
         (json!({"name": "x", "cron": "* * * * *", "action": "noop", "max_attempts": -1}), -32602, "max_attempts"),
         (json!({"name": "x", "cron": "* * * * *", "action": "noop", "payload": [1]}), -32602, "payload"),
@@ -343,7 +359,8 @@ async fn schedules_over_json_rpc_and_every_bad_input_changes_nothing() {
     assert!(r["error"]["message"].as_str().unwrap().contains("\"every hour\""), "names the expression: {r}");
     // Nothing of that was stored.
     let list = call!(app, "schedule.list", json!({}));
-    let names: Vec<&str> = list["result"]["schedules"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        list["result"]["schedules"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["hourly-export"]);
 
     // Pause, resume, delete.
@@ -380,7 +397,8 @@ async fn an_unknown_action_is_refused_at_submit_unless_declared_or_accepted() {
     assert!(call!(app, "submit:noop", json!({}))["result"]["id"].is_i64());
 
     // Declared for workers written in other languages.
-    let declared = sqs_scheduler::configuration::ActionsSettings { known: vec!["py_resize".into()], accept_unknown: false };
+    let declared =
+        sqs_scheduler::configuration::ActionsSettings { known: vec!["py_resize".into()], accept_unknown: false };
     let app = test::init_service(build_app(http_api(&db, declared))).await;
     assert!(call!(app, "submit:py_resize", json!({}))["result"]["id"].is_i64());
     assert_eq!(call!(app, "submit:nosuch", json!({}))["error"]["code"], json!(-32601));
@@ -390,7 +408,8 @@ async fn an_unknown_action_is_refused_at_submit_unless_declared_or_accepted() {
     assert!(call!(app, "submit:nosuch", json!({}))["result"]["id"].is_i64());
     let r = call!(app, "schedule.create", json!({"name": "n", "cron": "* * * * *", "action": "nosuch2"}));
     assert_eq!(r["result"]["created"], json!(true), "{r}");
-    let actions: BTreeSet<String> = store.list(&Default::default()).await.unwrap().into_iter().map(|t| t.action).collect();
+    let actions: BTreeSet<String> =
+        store.list(&Default::default()).await.unwrap().into_iter().map(|t| t.action).collect();
     assert_eq!(actions, ["noop", "nosuch", "py_resize"].map(String::from).into());
 }
 
@@ -420,7 +439,8 @@ async fn an_unknown_action_on_the_inbound_queue_is_dead_lettered_with_its_reason
     assert!(dead.iter().any(|b| b.contains("nosuch_either") && !b.contains("submit:noop")), "{dead:?}");
     assert_eq!(dead_lettered(&settings, Queue::Inbound, "unknown_action") - dlq_before, 2);
     assert_eq!(inbound() - inbound_before, 2);
-    let actions: BTreeSet<String> = store.list(&Default::default()).await.unwrap().into_iter().map(|t| t.action).collect();
+    let actions: BTreeSet<String> =
+        store.list(&Default::default()).await.unwrap().into_iter().map(|t| t.action).collect();
     assert_eq!(actions, ["noop".to_string()].into());
     app.shutdown(Duration::from_secs(10)).await;
 }

@@ -110,7 +110,11 @@ pub struct CronPass {
 }
 
 /// One pass: fire every due schedule, in batches until one comes back short; then the time until the soonest tick.
-pub async fn run_once(store: &TaskStore, cfg: &CronSettings, default_max_attempts: i32) -> Result<CronPass, StoreError> {
+pub async fn run_once(
+    store: &TaskStore,
+    cfg: &CronSettings,
+    default_max_attempts: i32,
+) -> Result<CronPass, StoreError> {
     let m = metrics();
     let mut pass = CronPass::default();
     loop {

@@ -39,9 +39,6 @@ pub struct KnownActions {
     accept_unknown: bool,
 }
 
-/// Where a rejected submission came from (the metric's `source` label).
-pub const REJECTION_SOURCES: [&str; 3] = ["http", "inbound", "schedule"];
-
 impl KnownActions {
     /// The registry's actions plus `settings.known`, unless `settings.accept_unknown`.
     pub fn new(registry: &HandlerRegistry, settings: &ActionsSettings) -> KnownActions {
@@ -58,7 +55,8 @@ impl KnownActions {
         self.accept_unknown || self.names.contains(action)
     }
 
-    /// -32601 naming the action when it is unknown, counted under `source` (see [`REJECTION_SOURCES`]).
+    /// -32601 naming the action when it is unknown, counted under `source` (see
+    /// [`crate::metrics::REJECTION_SOURCES`]).
     pub fn check(&self, action: &Action, source: &'static str) -> Result<(), RpcError> {
         if self.is_known(action.as_str()) {
             return Ok(());

@@ -5,7 +5,7 @@ mod export;
 mod known;
 
 pub use export::ExportHandler;
-pub use known::{ActionsSettings, KnownActions, REJECTION_SOURCES};
+pub use known::{ActionsSettings, KnownActions};
 
 use crate::db::DbPool;
 use async_trait::async_trait;

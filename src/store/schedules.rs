@@ -220,7 +220,8 @@ impl TaskStore {
     /// Deletes a schedule; its tasks already enqueued stay. False if there was none of that name.
     pub async fn delete_schedule(&self, name: &str) -> StoreResult<bool> {
         let mut conn = self.conn().await?;
-        let n = diesel::sql_query("DELETE FROM schedules WHERE name = $1").bind::<Text, _>(name).execute(&mut conn).await?;
+        let n =
+            diesel::sql_query("DELETE FROM schedules WHERE name = $1").bind::<Text, _>(name).execute(&mut conn).await?;
         Ok(n == 1)
     }
 
