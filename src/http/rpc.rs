@@ -125,9 +125,16 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         "task.list" => {
             let mut p = Params::new(params)?;
-            let state =
-                p.optional_str("state")?.map(|s| TaskState::parse(&s)).transpose().map_err(RpcError::invalid_params)?;
-            let action = p.optional_str("action")?.map(Action::parse).transpose().map_err(RpcError::invalid_params)?;
+            let state = p
+                .optional_str("state")?
+                .map(|s| TaskState::parse(&s))
+                .transpose()
+                .map_err(RpcError::invalid_params)?;
+            let action = p
+                .optional_str("action")?
+                .map(Action::parse)
+                .transpose()
+                .map_err(RpcError::invalid_params)?;
             let after_id = p.optional_i64("after_id")?;
             let limit = p.optional_i64("limit")?;
             p.finish()?;
@@ -136,7 +143,12 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
                     return Err(invalid("limit", format!("must be between 1 and 1000, got {l}")));
                 }
             }
-            let filter = ListFilter { state, action, after_id, limit };
+            let filter = ListFilter {
+                state,
+                action,
+                after_id,
+                limit,
+            };
             let tasks = ctx.store.list(&filter).await.map_err(store_error)?;
             let next = tasks.last().map(|t| json!(t.id)).unwrap_or(Value::Null);
             Ok(json!({
@@ -161,7 +173,8 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
             let id = p.required_i64("id")?;
             let extra = match p.optional_i64("extra_attempts")? {
                 None => ctx.default_max_attempts,
-                Some(n) => MaxAttempts::parse(n).map_err(|e| invalid("extra_attempts", e.message))?,
+                Some(n) => MaxAttempts::parse(n)
+                    .map_err(|e| invalid("extra_attempts", e.message))?,
             };
             p.finish()?;
             if ctx.store.retry(id, extra).await.map_err(store_error)? {
@@ -178,13 +191,23 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         "stats" => {
             Params::new(params)?.finish()?;
-            let rows = ctx.store.counts_by_state_and_action().await.map_err(store_error)?;
-            let zero = || -> BTreeMap<&'static str, i64> { TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect() };
+            let rows = ctx
+                .store
+                .counts_by_state_and_action()
+                .await
+                .map_err(store_error)?;
+            let zero = || -> BTreeMap<&'static str, i64> {
+                TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect()
+            };
             let mut by_state = zero();
             let mut by_action: BTreeMap<String, BTreeMap<&'static str, i64>> = BTreeMap::new();
             for (state, action, n) in rows {
                 *by_state.entry(state.as_str()).or_default() += n;
-                *by_action.entry(action).or_insert_with(zero).entry(state.as_str()).or_default() += n;
+                *by_action
+                    .entry(action)
+                    .or_insert_with(zero)
+                    .entry(state.as_str())
+                    .or_default() += n;
             }
             Ok(json!({"by_state": by_state, "by_action": by_action}))
         }
@@ -209,8 +232,7 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!(
-                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, \
-                 stats, schedule.create, schedule.list, schedule.delete, schedule.pause or schedule.resume)"
+                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, stats, schedule.create, schedule.list, schedule.delete, schedule.pause or schedule.resume)"
             ),
         )),
     }
