@@ -202,7 +202,7 @@ async fn a_tick_missed_while_nothing_ran_runs_once_and_older_ones_are_skipped_an
     let db = TestDb::new().await;
     let store = db.store();
     let every10 = Schedule::parse(&spec("every10", "*/10 * * * * *")).unwrap();
-    assert_eq!(declare(&store, &[every10.clone()], &KnownActions::any()).await.unwrap(), 1);
+    assert_eq!(declare(&store, std::slice::from_ref(&every10), &KnownActions::any()).await.unwrap(), 1);
     // Everything was down for two minutes and more: its next tick is long past.
     let down_since = floor10(store.db_now().await.unwrap()) - ChronoDuration::seconds(120);
     exec(&db.url, &format!("UPDATE schedules SET next_run_at = '{}'", down_since.to_rfc3339())).await;
@@ -226,7 +226,7 @@ async fn a_tick_missed_while_nothing_ran_runs_once_and_older_ones_are_skipped_an
     assert_eq!((task.state, task.run_at, task.max_attempts), (TaskState::Scheduled, tick, 10));
 
     // A restart declares the configuration again: the next tick is kept (not lost, not repeated).
-    assert_eq!(declare(&store, &[every10.clone()], &KnownActions::any()).await.unwrap(), 0);
+    assert_eq!(declare(&store, std::slice::from_ref(&every10), &KnownActions::any()).await.unwrap(), 0);
     assert_eq!(store.get_schedule("every10").await.unwrap().unwrap().next_run_at, tick + ChronoDuration::seconds(10));
     // A changed expression takes effect at once.
     let every20 = Schedule::parse(&spec("every10", "*/20 * * * * *")).unwrap();
