@@ -116,8 +116,25 @@ async fn three_scheduler_processes_enqueue_each_tick_of_an_every_second_schedule
         assert!(Instant::now() < until, "no 10 s of ticks within 90 s: {ticks:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // What each process says it did, then a graceful stop.
-    let texts: Vec<String> = ports.iter().map(|p| scrape(*p)).collect();
+    // Stop the ticks (a paused schedule fails the fence), then what each process says it did must settle on what the
+    // database holds (a tick fired just before the pause is counted right after its statement returns).
+    exec(&db.url, "UPDATE schedules SET paused = true").await;
+    let ticks = ticks_of(&store, "every-second").await;
+    let enqueued_by_all = |texts: &[String]| -> f64 {
+        texts
+            .iter()
+            .map(|t| series(t, "scheduler_cron_ticks_total", &[("schedule", "every-second"), ("outcome", "enqueued")]))
+            .sum()
+    };
+    let mut texts: Vec<String> = Vec::new();
+    let want = ticks.len() as f64;
+    wait_until(Duration::from_secs(10), "the processes' metrics to count every tick", || {
+        texts = ports.iter().map(|p| scrape(*p)).collect();
+        let n = enqueued_by_all(&texts);
+        async move { n >= want }
+    })
+    .await;
+    assert_eq!(ticks_of(&store, "every-second").await, ticks, "no tick after the pause");
     for p in &procs {
         assert!(Command::new("kill").args(["-TERM", &p.0.id().to_string()]).status().unwrap().success());
     }
@@ -133,7 +150,6 @@ async fn three_scheduler_processes_enqueue_each_tick_of_an_every_second_schedule
         assert!(status.success(), "{status:?}");
     }
 
-    let ticks = ticks_of(&store, "every-second").await;
     let sum = |outcome: &str| -> f64 {
         texts
             .iter()
@@ -158,7 +174,7 @@ async fn three_scheduler_processes_enqueue_each_tick_of_an_every_second_schedule
     assert_eq!(duplicate, 0.0);
     // Every tick of the span was enqueued by exactly one process or, had all three been late past the next tick,
     // counted as skipped; never lost silently. (Late by a whole second on this machine: rare.)
-    assert!(enqueued >= ticks.len() as f64, "enqueued {enqueued} < {} tasks", ticks.len());
+    assert_eq!(enqueued, ticks.len() as f64, "each task enqueued by exactly one process");
     assert_eq!(ticks.len() as i64 + skipped as i64, span, "gaps in {ticks:?} not counted as skipped");
     assert!(skipped <= 1.0, "{skipped} ticks skipped while three schedulers ran");
     // The tasks carry the schedule's payload.
