@@ -251,6 +251,47 @@ async fn a_tick_missed_while_nothing_ran_runs_once_and_older_ones_are_skipped_an
     assert_eq!((row.cron.as_str(), row.next_run_at.timestamp() % 20), ("*/20 * * * * *", 0));
 }
 
+/// End to end in one process: configured schedules declared at start, a tick missed while nothing ran enqueued once
+/// at start and run, then the schedule goes on.
+#[actix_rt::test]
+async fn at_start_the_configured_schedule_is_declared_and_its_missed_tick_runs_once() {
+    let _metrics = metrics_turn().await;
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::Memory);
+    settings.schedules = vec![ScheduleSpec { action: "export".into(), ..spec("nightly", "0 3 * * *") }];
+    settings.schedules[0].payload.insert("objectID".into(), json!(1));
+    insert_objects(&db, 1).await;
+    let store = db.store();
+    // It ran before, and everything was down for three days since.
+    let declared: Vec<Schedule> = settings.schedules.iter().map(|s| Schedule::parse(s).unwrap()).collect();
+    declare(&store, &declared, &KnownActions::any()).await.unwrap();
+    let last_3am = |t: DateTime<Utc>| {
+        let d = t.date_naive().and_hms_opt(3, 0, 0).unwrap().and_utc();
+        if d <= t {
+            d
+        } else {
+            d - ChronoDuration::days(1)
+        }
+    };
+    let latest = last_3am(store.db_now().await.unwrap());
+    let missed_since = latest - ChronoDuration::days(3);
+    exec(&db.url, &format!("UPDATE schedules SET next_run_at = '{}'", missed_since.to_rfc3339())).await;
+    let skipped = || metrics().cron_ticks.with_label_values(&["nightly", "skipped"]).get();
+    let skipped_before = skipped();
+
+    let transport = transport(&settings).await;
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
+    wait_for_counts(&store, Duration::from_secs(30), |c| c.get(&TaskState::Success) == Some(&1)).await;
+    assert_eq!(ticks_of(&store, "nightly").await, vec![latest], "only the latest missed tick runs");
+    assert_eq!(count_rows(&db, "t_exported_object").await, 1);
+    let row = store.get_schedule("nightly").await.unwrap().unwrap();
+    assert_eq!((row.skipped_ticks, row.source.as_str()), (3, "config"));
+    assert_eq!(row.next_run_at, latest + ChronoDuration::days(1));
+    assert_eq!(skipped() - skipped_before, 3);
+    app.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(count_rows(&db, "tasks").await, 1, "nothing else was enqueued");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_schedulers_fire_a_due_tick_once() {
     let db = TestDb::new().await;

@@ -5,7 +5,7 @@
 use super::rpc::{invalid, store_error, Params, RpcContext};
 use crate::protocol::{RpcError, INTERNAL_ERROR};
 use crate::schedules::{parse_name, CronExpr, Schedule, ScheduleSpec};
-use crate::store::StoredSchedule;
+use crate::store::{StoreError, StoredSchedule};
 use serde_json::{json, Value};
 
 pub const PREFIX: &str = "schedule.";
@@ -51,7 +51,15 @@ pub async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Resu
             }
             let now = ctx.store.db_now().await.map_err(store_error)?;
             let next = schedule.cron.next_after(now).ok_or_else(|| invalid("cron", "has no upcoming tick"))?;
-            let (row, created) = ctx.store.create_schedule(&schedule, next).await.map_err(store_error)?;
+            // A concurrent create of the same name that committed after the statement's snapshot leaves no row to
+            // return: once more sees it.
+            let (row, created) = match ctx.store.create_schedule(&schedule, next).await {
+                Err(StoreError::Database(diesel::result::Error::NotFound)) => {
+                    ctx.store.create_schedule(&schedule, next).await
+                }
+                other => other,
+            }
+            .map_err(store_error)?;
             if !created && !row.same_definition(&schedule) {
                 return Err(invalid(
                     "name",
