@@ -590,3 +590,32 @@ async fn scheduler_submit_from_psql_exists_only_if_the_transaction_commits_and_w
     }
     app.shutdown(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedules_command_lists_them() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let specs = [
+        spec("b-every-minute", "* * * * *"),
+        ScheduleSpec { timezone: "Asia/Tokyo".into(), ..spec("a-nine", "0 9 * * *") },
+    ];
+    let schedules: Vec<Schedule> = specs.iter().map(|s| Schedule::parse(s).unwrap()).collect();
+    declare(&store, &schedules, &KnownActions::any()).await.unwrap();
+    store.pause_schedule("b-every-minute").await.unwrap().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sqs-scheduler"))
+        .arg("schedules")
+        .env_remove("SCHEDULER_CONFIG")
+        .env("SCHEDULER_DATABASE__URL", &db.url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Vec<&str>> =
+        text.lines().map(|l| l.split("  ").filter(|c| !c.is_empty()).map(str::trim).collect()).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0][0], "NAME");
+    assert_eq!(&lines[1][..5], ["a-nine", "0 9 * * *", "Asia/Tokyo", "noop", "active"], "{text}");
+    assert_eq!(&lines[2][..5], ["b-every-minute", "* * * * *", "UTC", "noop", "paused"], "{text}");
+    // 09:00 in Tokyo is 00:00 UTC.
+    assert!(lines[1][5].ends_with("T00:00:00Z"), "{text}");
+}

@@ -75,6 +75,9 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         max_backlog: u64,
     },
+    /// List the cron schedules in the database: expression, zone, action, state, next and last tick, skipped ticks.
+    /// (Create, pause, resume and delete them over JSON-RPC: schedule.*; declare them in [[schedules]].)
+    Schedules,
     /// Benchmarks; use a release build (`--profile perf` or `--release`).
     Bench {
         #[command(subcommand)]
@@ -196,6 +199,14 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 app.shutdown(Duration::from_secs_f64(grace_secs)).await;
                 Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
             })
+        }
+        Command::Schedules => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rows = rt.block_on(async {
+                TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff()).list_schedules().await
+            })?;
+            print!("{}", schedules_table(&rows));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Load { objects, rate, via, with_pipeline, timeout_secs, url, token, max_backlog } => {
             db::run_migrations_blocking(&settings.database.url)?;
@@ -319,4 +330,33 @@ fn with_scratch_database(settings: Settings, f: impl FnOnce(Settings) -> anyhow:
     let res = f(s);
     rt.block_on(db::drop_database(&base, &name))?;
     res
+}
+
+/// The schedules as an aligned text table (times in UTC, RFC 3339).
+fn schedules_table(rows: &[crate::store::StoredSchedule]) -> String {
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut lines =
+        vec![["NAME", "CRON", "TIMEZONE", "ACTION", "STATE", "NEXT TICK", "LAST TICK", "SKIPPED", "SOURCE"]
+            .map(String::from)];
+    for r in rows {
+        lines.push([
+            r.name.clone(),
+            r.cron.clone(),
+            r.timezone.clone(),
+            r.action.clone(),
+            if r.paused { "paused" } else { "active" }.into(),
+            time(&r.next_run_at),
+            r.last_tick_at.as_ref().map(time).unwrap_or_else(|| "-".into()),
+            r.skipped_ticks.to_string(),
+            r.source.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..9).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
