@@ -3,12 +3,15 @@
 
 // Each service's settings live with the service (defaults and meaning there); the root composes them.
 pub use crate::actors::acquirer::AcquirerSettings;
+pub use crate::actors::cron::CronSettings;
 pub use crate::actors::persister::PersisterSettings;
 pub use crate::actors::reaper::ReaperSettings;
 pub use crate::actors::result_sink::ResultSinkSettings;
 pub use crate::actors::worker_pool::WorkerSettings;
 pub use crate::chaos::ChaosSettings;
 pub use crate::db::DatabaseSettings;
+pub use crate::handlers::ActionsSettings;
+pub use crate::schedules::ScheduleSpec;
 pub use crate::store::RetrySettings;
 pub use crate::supervision::SupervisionSettings;
 pub use crate::telemetry::{LogFormat, LogSettings};
@@ -36,6 +39,10 @@ pub struct Settings {
     pub chaos: ChaosSettings,
     pub http: HttpSettings,
     pub supervision: SupervisionSettings,
+    pub actions: ActionsSettings,
+    pub cron: CronSettings,
+    /// Cron schedules declared in configuration (`[[schedules]]`), upserted into the database at start.
+    pub schedules: Vec<ScheduleSpec>,
 }
 
 impl Default for Settings {
@@ -54,6 +61,9 @@ impl Default for Settings {
             chaos: ChaosSettings::default(),
             http: HttpSettings::default(),
             supervision: SupervisionSettings::default(),
+            actions: ActionsSettings::default(),
+            cron: CronSettings::default(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -220,6 +230,17 @@ impl Settings {
             }
         }
         self.supervision.validate().map_err(ConfigError)?;
+        self.actions.validate().map_err(ConfigError)?;
+        self.cron.validate().map_err(ConfigError)?;
+        let schedules = crate::schedules::validate_specs(&self.schedules).map_err(ConfigError)?;
+        for (i, s) in schedules.iter().enumerate() {
+            if s.outbound_size() > self.transport.max_message_bytes {
+                return err(
+                    &format!("schedules[{i}] ({:?})", s.name),
+                    "payload: its task message would exceed transport.max_message_bytes",
+                );
+            }
+        }
         if !self.http.bind.is_empty() && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             return err("http.bind", "must be host:port with an IP address, e.g. 127.0.0.1:8080, or empty");
         }
@@ -248,18 +269,50 @@ fn toml_string(s: &Settings) -> String {
     let v = serde_json::to_value(s).expect("settings serialize");
     let mut out = String::new();
     let obj = v.as_object().expect("object");
-    for (section, body) in obj {
-        out.push_str(&format!("[{section}]\n"));
-        for (k, val) in body.as_object().expect("section") {
+    let mut entries = |header: String, body: &serde_json::Map<String, serde_json::Value>| {
+        out.push_str(&header);
+        for (k, val) in body {
             if val.is_null() {
                 out.push_str(&format!("# {k} = (unset)\n"));
             } else {
-                out.push_str(&format!("{k} = {val}\n"));
+                out.push_str(&format!("{} = {}\n", toml_key(k), toml_value(val)));
             }
         }
         out.push('\n');
+    };
+    for (section, body) in obj {
+        match body {
+            // An array of tables: `[[schedules]]` once per entry.
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    entries(format!("[[{section}]]\n"), item.as_object().expect("array of tables"));
+                }
+            }
+            body => entries(format!("[{section}]\n"), body.as_object().expect("section")),
+        }
     }
     out
+}
+
+/// A TOML key: bare when it can be, else quoted.
+fn toml_key(k: &str) -> String {
+    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        k.to_owned()
+    } else {
+        serde_json::Value::String(k.to_owned()).to_string()
+    }
+}
+
+/// A JSON value as TOML: JSON's strings, numbers, booleans and arrays read the same; objects become inline tables.
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(m) => {
+            let fields: Vec<String> = m.iter().map(|(k, v)| format!("{} = {}", toml_key(k), toml_value(v))).collect();
+            format!("{{ {} }}", fields.join(", "))
+        }
+        serde_json::Value::Array(a) => format!("[{}]", a.iter().map(toml_value).collect::<Vec<_>>().join(", ")),
+        other => other.to_string(),
+    }
 }
 
 /// Accepts `["a", "b"]` or `"a,b"` (environment variables are strings).

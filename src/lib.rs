@@ -10,6 +10,7 @@ pub mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod schedules;
 pub mod schema;
 pub mod startup;
 pub mod store;

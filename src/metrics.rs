@@ -38,6 +38,9 @@ pub struct Metrics {
     pub items_refused: IntCounterVec,
     pub breaker_open: prometheus::IntGauge,
     pub breaker_opened: IntCounter,
+    pub cron_ticks: IntCounterVec,
+    pub cron_schedules: IntGaugeVec,
+    pub unknown_action_rejections: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -165,6 +168,23 @@ impl Metrics {
                 "Items the database refused (poison), isolated one by one, by commit stage.",
                 &["stage"],
             ),
+            cron_ticks: counter_vec(
+                "scheduler_cron_ticks_total",
+                "Cron schedule ticks, by schedule and outcome (enqueued; duplicate: its task existed; skipped: missed \
+                 while nothing ran, not enqueued; invalid: the stored expression no longer parses, schedule paused).",
+                &["schedule", "outcome"],
+            ),
+            cron_schedules: gauge_vec(
+                "scheduler_cron_schedules",
+                "Cron schedules in the database, by state (active, paused), as the CronScheduler last read them.",
+                &["state"],
+            ),
+            unknown_action_rejections: counter_vec(
+                "scheduler_unknown_action_rejections_total",
+                "Submissions and schedules refused because no handler is known for their action, by source \
+                 (http, inbound, schedule).",
+                &["source"],
+            ),
             registry: r,
         };
         m
@@ -244,10 +264,34 @@ impl Metrics {
         for s in ["persister", "result_sink", "http_submit", "http_workflow_submit", "result_sink_spawn"] {
             m.items_refused.with_label_values(&[s]);
         }
+        for s in ["active", "paused"] {
+            m.cron_schedules.with_label_values(&[s]);
+        }
+        for s in REJECTION_SOURCES {
+            m.unknown_action_rejections.with_label_values(&[s]);
+        }
         m.http_requests.with_label_values(&["/rpc", "200"]);
         m.rpc_errors.with_label_values(&["-32600"]);
     }
 }
+
+impl Metrics {
+    /// Every outcome of `scheduler_cron_ticks_total` for these schedules, so their series exist (at 0) before
+    /// their first tick. Called at start for the configured schedules and by the CronScheduler for all it reads.
+    pub fn init_schedule_labels<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            for outcome in CRON_TICK_OUTCOMES {
+                self.cron_ticks.with_label_values(&[name, outcome]);
+            }
+        }
+    }
+}
+
+/// Where a submission or schedule refused for an unknown action came from (`scheduler_unknown_action_rejections_total`).
+pub const REJECTION_SOURCES: [&str; 3] = ["http", "inbound", "schedule"];
+
+/// The outcomes of a cron tick (see `scheduler_cron_ticks_total`).
+pub const CRON_TICK_OUTCOMES: [&str; 4] = ["enqueued", "duplicate", "skipped", "invalid"];
 
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {

@@ -3,6 +3,7 @@
 //! phases. Must be called inside a running actix System.
 
 use crate::actors::acquirer::Acquirer;
+use crate::actors::cron::CronScheduler;
 use crate::actors::due_listener::DueListener;
 use crate::actors::messages::{Capacity, Hooks, Reaped, Received, RunOnce};
 use crate::actors::persister::Persister;
@@ -35,7 +36,7 @@ use tokio::sync::{broadcast, watch};
 pub enum Role {
     /// Inbound queue -> Persister -> Postgres.
     Submitter,
-    /// Acquirer: Postgres -> outbound queue.
+    /// Acquirer: Postgres -> outbound queue; CronScheduler: schedules -> tasks.
     Scheduler,
     /// WorkerPool: outbound queue -> handlers -> results queue.
     Worker,
@@ -182,7 +183,17 @@ fn role_children(
             let s = shared.clone();
             let listener =
                 ActorSpec::new("due_listener", &arbiters.acquirer, move |link| DueListener::new(s.clone(), link));
-            vec![acquirer.boxed(), listener.boxed()]
+            let (s, own) = (shared.clone(), settings.cron.clone());
+            // Validated with the settings; an entry that is not valid here was never accepted by `run`.
+            let declared =
+                std::sync::Arc::new(crate::schedules::validate_specs(&settings.schedules).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "configured schedules invalid; none declared");
+                    Vec::new()
+                }));
+            let cron = ActorSpec::new("cron_scheduler", &arbiters.acquirer, move |link| {
+                CronScheduler::new(s.clone(), own.clone(), declared.clone(), link)
+            });
+            vec![acquirer.boxed(), listener.boxed(), cron.boxed()]
         }
         Role::Worker => {
             queue_stage(shared, stages, "worker_pool", &arbiters.worker, Queue::Outbound, settings.worker.pollers, {
@@ -256,6 +267,7 @@ impl App {
                 retry: settings.retry.clone(),
                 queue_prefix: settings.sqs.queue_prefix.clone(),
             }),
+            known_actions: crate::handlers::KnownActions::new(&handlers, &settings.actions),
             handlers,
             phases: Phases { drain_outbound: roles.contains(&Role::Scheduler), ..Phases::default() },
             completions: broadcast::channel(65_536).0,

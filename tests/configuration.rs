@@ -168,3 +168,101 @@ fn help_reads_well() {
         assert!(text.contains(cmd), "{text}");
     }
 }
+
+/// A config file with `[[schedules]]` entries, in a directory of its own.
+fn schedules_file(tag: &str, body: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sched-cron-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn a_bad_schedule_entry_is_refused_at_start_naming_it_with_exit_2() {
+    let good = "[[schedules]]\nname = \"ok\"\ncron = \"*/5 * * * * *\"\naction = \"noop\"\n";
+    for (tag, entry, names) in [
+        (
+            "cron",
+            "name = \"broken\"\ncron = \"every day at noon\"\naction = \"noop\"\n",
+            ["schedules[1]", "\"broken\"", "cron"],
+        ),
+        (
+            "zone",
+            "name = \"zoned\"\ncron = \"0 9 * * *\"\naction = \"noop\"\ntimezone = \"Mars/Base\"\n",
+            ["schedules[1]", "\"zoned\"", "timezone"],
+        ),
+        (
+            "never",
+            "name = \"feb30\"\ncron = \"0 0 30 2 *\"\naction = \"noop\"\n",
+            ["schedules[1]", "\"feb30\"", "no upcoming tick"],
+        ),
+        (
+            "name",
+            "name = \"has space\"\ncron = \"* * * * *\"\naction = \"noop\"\n",
+            ["schedules[1]", "has space", "name"],
+        ),
+        (
+            "dup",
+            "name = \"ok\"\ncron = \"* * * * *\"\naction = \"noop\"\n",
+            ["schedules[1]", "\"ok\"", "declared twice"],
+        ),
+        (
+            "prio",
+            "name = \"p\"\ncron = \"* * * * *\"\naction = \"noop\"\npriority = 500\n",
+            ["schedules[1]", "\"p\"", "priority"],
+        ),
+    ] {
+        let path = schedules_file(tag, &format!("{good}\n[[schedules]]\n{entry}"));
+        for cmd in [&["config"][..], &["run", "--no-migrate"][..]] {
+            let out = bin().arg("--config").arg(&path).args(cmd).output().unwrap();
+            assert_eq!(out.status.code(), Some(2), "{tag} {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let err = String::from_utf8_lossy(&out.stderr);
+            for n in names {
+                assert!(err.contains(n), "{tag} {cmd:?}: {n} not in {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_schedule_for_an_unknown_action_stops_run_unless_declared() {
+    let entry = "[[schedules]]\nname = \"py\"\ncron = \"* * * * *\"\naction = \"py_resize\"\n";
+    let path = schedules_file("unknown", entry);
+    // `config` only reads the file; `run` knows the handlers and refuses it before touching anything.
+    let out = bin().arg("--config").arg(&path).arg("config").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin().arg("--config").arg(&path).args(["run", "--no-migrate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("schedules[0]") && err.contains("\"py\"") && err.contains("py_resize"), "{err}");
+    // The same file with the action declared passes the check: `run` goes on to migrate, and fails there (exit 1,
+    // a runtime failure) on a database that does not answer.
+    let path = schedules_file("declared", &format!("[actions]\nknown = [\"py_resize\"]\n\n{entry}"));
+    let out = bin()
+        .arg("--config")
+        .arg(&path)
+        .arg("run")
+        .env("SCHEDULER_DATABASE__URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("SCHEDULER_DATABASE__CONNECT_TIMEOUT_MS", "500")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("schedules[0]"), "{err}");
+}
+
+#[test]
+fn config_prints_schedules_as_valid_toml() {
+    let path = schedules_file(
+        "print",
+        "[[schedules]]\nname = \"n\"\ncron = \"0 9 * * MON\"\naction = \"export\"\npayload = { objectID = 7, tags = [\"a\"], \"odd key\" = { x = 1.5 } }\ntimezone = \"Europe/Paris\"\n",
+    );
+    let out = bin().arg("--config").arg(&path).arg("config").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let printed: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let s = &printed["schedules"].as_array().unwrap()[0];
+    assert_eq!(s["payload"]["odd key"]["x"].as_float(), Some(1.5), "{text}");
+    assert_eq!(s["timezone"].as_str(), Some("Europe/Paris"));
+}

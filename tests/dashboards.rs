@@ -47,6 +47,8 @@ fn dashboard_metrics() -> BTreeSet<String> {
 #[test]
 fn every_metric_the_dashboards_query_is_exported() {
     metrics().init_labels("scheduler");
+    // Per-schedule series exist once a schedule does (the configured ones from the start).
+    metrics().init_schedule_labels(["example"]);
     let exposition = metrics().render();
     let names = dashboard_metrics();
     assert!(names.len() >= 15, "{names:?}");

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use common::TestDb;
 use serde_json::{json, Value};
 use sqs_scheduler::configuration::{DatabaseSettings, Settings};
+use sqs_scheduler::handlers::{HandlerRegistry, KnownActions};
 use sqs_scheduler::http::{build_app, start_server, HttpApi, HttpState, TASK_NOT_FOUND, TASK_NOT_RETRYABLE};
 use sqs_scheduler::metrics::metrics;
 use sqs_scheduler::store::{
@@ -33,7 +34,8 @@ fn settings(db: &TestDb, tokens: &[&str]) -> Settings {
 }
 
 fn state_with(settings: Settings, store: TaskStore) -> HttpState {
-    HttpState { settings: Arc::new(settings), store, transport: None, rpc_enabled: true }
+    let known_actions = KnownActions::new(&HandlerRegistry::builtin(), &settings.actions);
+    HttpState { settings: Arc::new(settings), store, transport: None, rpc_enabled: true, known_actions }
 }
 
 fn api(db: &TestDb, tokens: &[&str]) -> HttpApi {

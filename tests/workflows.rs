@@ -452,7 +452,13 @@ async fn exec_sql(db: &TestDb, sql: &str) {
 async fn every_bad_workflow_gets_its_error_and_stores_nothing() {
     let db = TestDb::new().await;
     let s = sqs_scheduler::configuration::Settings { database: db.settings(), ..Default::default() };
-    let api = HttpApi::new(HttpState { settings: Arc::new(s), store: db.store(), transport: None, rpc_enabled: true });
+    let api = HttpApi::new(HttpState {
+        settings: Arc::new(s),
+        store: db.store(),
+        transport: None,
+        rpc_enabled: true,
+        known_actions: sqs_scheduler::handlers::KnownActions::any(),
+    });
     let app = test::init_service(build_app(api)).await;
     let many: Vec<Value> = (0..1001).map(|i| json!({"name": format!("s{i}"), "action": "noop"})).collect();
     let cases: Vec<(Value, &str)> = vec![

@@ -5,11 +5,13 @@
 //! Postgres -> Acquirer -> outbound queue -> SqsPoller -> WorkerPool -> results queue
 //! results queue -> SqsPoller -> ResultSink -> Postgres (SUCCESS / ERROR / CRITICAL_ERROR)
 //! StaleReaper: rescues stale ACQUIRED tasks, deletes old finished ones. StatsCollector: gauges.
+//! CronScheduler: enqueues the ticks of cron schedules.
 //! ```
 
 pub mod acquirer;
 pub mod breaker;
 pub mod commit_stage;
+pub mod cron;
 pub mod due_listener;
 pub mod messages;
 pub mod persister;
@@ -191,6 +193,8 @@ pub struct Shared {
     /// The transport (wrapped in chaos when chaos is configured).
     pub transport: Arc<dyn Transport>,
     pub handlers: HandlerRegistry,
+    /// The actions a submission may name (the handlers' and `[actions] known`, or any).
+    pub known_actions: crate::handlers::KnownActions,
     /// Fault injection, applied as decorators (see `chaos`).
     pub chaos: Chaos,
     pub phases: Phases,

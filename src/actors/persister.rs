@@ -1,14 +1,14 @@
 //! Persister: stores submissions from the inbound queue as SCHEDULED tasks, through the commit stage (one
 //! `submit_many` statement per group; `workflow.submit` requests in one `submit_workflows` statement next to it).
-//! Duplicates are harmless. Malformed and refused submissions go to the inbound
-//! DLQ at once; a submission is acknowledged only after its commit.
+//! Duplicates are harmless. Malformed and refused submissions go to the inbound DLQ at once (an unknown action with
+//! reason `unknown_action`); a submission is acknowledged only after its commit.
 
 use super::commit_stage::{CommitStage, Entry, QueueStage};
 use super::Shared;
 use crate::chaos::Stage;
 use crate::metrics::metrics;
-use crate::protocol;
-use crate::store::{Commit, MaxAttempts, NewTask, StoreError, Submitted, TaskStore};
+use crate::protocol::{self, RpcError};
+use crate::store::{Action, Commit, MaxAttempts, NewTask, StoreError, Submitted, TaskStore};
 use crate::workflow::{self, NewWorkflow, WorkflowSubmitted};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -133,6 +133,27 @@ impl QueueStage for InboundCommit {
     }
 
     fn parse(shared: &Shared, body: &str) -> Vec<Entry<Submission>> {
+        let known = |e: Entry<Submission>| Entry { item: e.item.and_then(|s| known_actions(shared, s)), ..e };
+        Self::parse_unchecked(shared, body).into_iter().map(known).collect()
+    }
+}
+
+/// An action no handler is registered for is refused (-32601, dead-lettered with reason `unknown_action`).
+fn known_actions(shared: &Shared, s: Submission) -> Result<Submission, RpcError> {
+    let check = |a: &Action| shared.known_actions.check(a, "inbound");
+    match &s {
+        Submission::Task(t) => check(&t.action)?,
+        Submission::Workflow(w) => {
+            for stage in w.stages.iter().chain(&w.on_failure) {
+                check(&stage.task.action)?;
+            }
+        }
+    }
+    Ok(s)
+}
+
+impl InboundCommit {
+    fn parse_unchecked(shared: &Shared, body: &str) -> Vec<Entry<Submission>> {
         let s = &shared.settings;
         let default_max = MaxAttempts::parse(s.retry.default_max_attempts).unwrap_or_default();
         let max = s.transport.max_message_bytes;

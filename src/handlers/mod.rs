@@ -2,8 +2,10 @@
 //! Built in: `export` (the original's example), `noop`, and the demo/test handlers `sleep` and `fail`.
 
 mod export;
+mod known;
 
 pub use export::ExportHandler;
+pub use known::{ActionsSettings, KnownActions};
 
 use crate::db::DbPool;
 use async_trait::async_trait;

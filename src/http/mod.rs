@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod rpc;
+mod schedules;
 pub mod server;
 
 use crate::actors::commit_stage::GroupCommitter;
@@ -34,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use rpc::{TASK_NOT_FOUND, TASK_NOT_RETRYABLE};
+pub use schedules::SCHEDULE_NOT_FOUND;
 
 /// Submissions per group commit at most.
 pub const MAX_SUBMIT_BATCH: usize = 1000;
@@ -56,6 +58,8 @@ pub struct HttpState {
     pub transport: Option<Arc<dyn Transport>>,
     /// Serve `POST /rpc` (else it is 404).
     pub rpc_enabled: bool,
+    /// The actions `submit:*` and `schedule.create` accept.
+    pub known_actions: crate::handlers::KnownActions,
 }
 
 struct Inner {
@@ -102,6 +106,7 @@ impl HttpApi {
             },
             default_max_attempts: MaxAttempts::parse(state.settings.retry.default_max_attempts).unwrap_or_default(),
             max_message_bytes: state.settings.transport.max_message_bytes,
+            known_actions: state.known_actions.clone(),
         };
         HttpApi(Arc::new(Inner { state, access, rpc }))
     }

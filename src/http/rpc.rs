@@ -1,6 +1,6 @@
 //! The JSON-RPC 2.0 dispatcher of `POST /rpc`: single and batch requests, notifications, and the methods
-//! `submit:<action>`, `task.get`, `task.list`, `task.cancel`, `task.retry`, `stats`, and `workflow.submit`,
-//! `workflow.get`, `workflow.list`, `workflow.cancel`.
+//! `submit:<action>`, `task.get`, `task.list`, `task.cancel`, `task.retry`, `stats`, `workflow.submit`,
+//! `workflow.get`, `workflow.list`, `workflow.cancel` and `schedule.*` (in `schedules.rs`).
 
 use crate::actors::commit_stage::{GroupCommitter, ItemError};
 use crate::actors::persister::{SubmitCommit, WorkflowCommit, WORKFLOW_SUBMIT};
@@ -43,6 +43,7 @@ pub const ERROR_CODES: &[i64] = &[
     TASK_NOT_FOUND,
     TASK_NOT_RETRYABLE,
     WORKFLOW_NOT_FOUND,
+    super::schedules::SCHEDULE_NOT_FOUND,
 ];
 
 /// What the dispatcher needs.
@@ -55,6 +56,8 @@ pub struct RpcContext {
     pub default_max_attempts: MaxAttempts,
     /// `transport.max_message_bytes`: a submission whose task message would be larger is refused.
     pub max_message_bytes: usize,
+    /// The actions `submit:*` and `schedule.create` accept (-32601 for any other).
+    pub known_actions: crate::handlers::KnownActions,
 }
 
 /// An error response object, counted in `rpc_errors{code}`.
@@ -217,6 +220,9 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         WORKFLOW_SUBMIT => {
             let wf = workflow::parse_submit(params, ctx.default_max_attempts, ctx.max_message_bytes)?;
+            for stage in wf.stages.iter().chain(&wf.on_failure) {
+                ctx.known_actions.check(&stage.task.action, "http")?;
+            }
             match ctx.workflows.commit(vec![wf]).await.pop() {
                 Some(Ok(s)) => Ok(s.to_json()),
                 Some(Err(ItemError::Refused(why))) => {
@@ -272,6 +278,7 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         m if m.starts_with(SUBMIT_PREFIX) => {
             let action = protocol::submit_action(m)?;
+            ctx.known_actions.check(&action, "http")?;
             let task = protocol::submit_task(action, params, ctx.default_max_attempts, ctx.max_message_bytes)?;
             check_storable(&task)?;
             let s = match ctx.submits.commit(vec![task]).await.pop() {
@@ -286,10 +293,11 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
             };
             Ok(json!({"id": s.id, "created": s.created}))
         }
+        m if m.starts_with(super::schedules::PREFIX) => super::schedules::call(ctx, m, params).await,
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!(
-                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, stats, workflow.submit, workflow.get, workflow.list or workflow.cancel)"
+                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, stats, workflow.submit, workflow.get, workflow.list, workflow.cancel, schedule.create, schedule.list, schedule.delete, schedule.pause or schedule.resume)"
             ),
         )),
     }
@@ -308,11 +316,11 @@ fn workflow_not_found(id: i64) -> RpcError {
     RpcError { code: WORKFLOW_NOT_FOUND, message: "workflow not found".into(), data: Some(json!({"id": id})) }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> RpcError {
+pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> RpcError {
     RpcError::invalid_params(ValidationError::new(field, message))
 }
 
-fn store_error(e: StoreError) -> RpcError {
+pub(super) fn store_error(e: StoreError) -> RpcError {
     match e {
         StoreError::Invalid(v) => RpcError::invalid_params(v),
         other => {
@@ -344,10 +352,10 @@ fn check_storable(t: &NewTask) -> Result<(), RpcError> {
 
 /// Named parameters of a `task.*` or `stats` call: typed getters that name the field, and a final check that
 /// nothing unknown was passed.
-struct Params(Map<String, Value>);
+pub(super) struct Params(Map<String, Value>);
 
 impl Params {
-    fn new(params: Option<Value>) -> Result<Params, RpcError> {
+    pub(super) fn new(params: Option<Value>) -> Result<Params, RpcError> {
         match params {
             None => Ok(Params(Map::new())),
             Some(Value::Object(m)) => Ok(Params(m)),
@@ -357,11 +365,11 @@ impl Params {
     }
 
     /// The member, None if absent or null.
-    fn take(&mut self, field: &'static str) -> Option<Value> {
+    pub(super) fn take(&mut self, field: &'static str) -> Option<Value> {
         self.0.remove(field).filter(|v| !v.is_null())
     }
 
-    fn optional_i64(&mut self, field: &'static str) -> Result<Option<i64>, RpcError> {
+    pub(super) fn optional_i64(&mut self, field: &'static str) -> Result<Option<i64>, RpcError> {
         match self.take(field) {
             None => Ok(None),
             Some(v) => v
@@ -371,11 +379,15 @@ impl Params {
         }
     }
 
-    fn required_i64(&mut self, field: &'static str) -> Result<i64, RpcError> {
+    pub(super) fn required_i64(&mut self, field: &'static str) -> Result<i64, RpcError> {
         self.optional_i64(field)?.ok_or_else(|| invalid(field, "is required"))
     }
 
-    fn optional_str(&mut self, field: &'static str) -> Result<Option<String>, RpcError> {
+    pub(super) fn required_str(&mut self, field: &'static str) -> Result<String, RpcError> {
+        self.optional_str(field)?.ok_or_else(|| invalid(field, "is required"))
+    }
+
+    pub(super) fn optional_str(&mut self, field: &'static str) -> Result<Option<String>, RpcError> {
         match self.take(field) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -384,7 +396,7 @@ impl Params {
     }
 
     /// Fails naming every member that no getter took.
-    fn finish(self) -> Result<(), RpcError> {
+    pub(super) fn finish(self) -> Result<(), RpcError> {
         if self.0.is_empty() {
             return Ok(());
         }

@@ -52,6 +52,10 @@ impl RpcError {
 
     /// Short label for metrics and logs.
     pub fn reason(&self) -> &'static str {
+        // A more specific reason carried in `data.reason` (e.g. an unknown action, which is also -32601).
+        if self.data.as_ref().and_then(|d| d.get("reason")).and_then(Value::as_str) == Some("unknown_action") {
+            return "unknown_action";
+        }
         match self.code {
             PARSE_ERROR => "parse_error",
             INVALID_REQUEST => "invalid_request",

@@ -12,6 +12,9 @@ pub use workflows::{WorkflowFilter, WORKFLOW_CANCELLED_CODE};
 // The store speaks in domain types; re-exported because its API takes and returns them.
 pub use crate::domain::*;
 
+mod schedules;
+pub use schedules::{DueSchedule, Fire, Fired, ScheduleOverview, StoredSchedule};
+
 use crate::db::{DbConn, DbPool};
 use crate::schema::tasks;
 use chrono::{DateTime, Utc};

@@ -75,6 +75,9 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         max_backlog: u64,
     },
+    /// List the cron schedules in the database: expression, zone, action, state, next and last tick, skipped ticks.
+    /// (Create, pause, resume and delete them over JSON-RPC: schedule.*; declare them in [[schedules]].)
+    Schedules,
     /// Benchmarks; use a release build (`--profile perf` or `--release`).
     Bench {
         #[command(subcommand)]
@@ -161,6 +164,17 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { roles, no_migrate, grace_secs } => {
+            // A configured schedule must name an action this deployment knows (the handlers built in, or
+            // `[actions] known`), like any submission: refused at start, naming the entry.
+            let known = crate::handlers::KnownActions::new(&HandlerRegistry::builtin(), &settings.actions);
+            if let Some((i, s)) = settings.schedules.iter().enumerate().find(|(_, s)| !known.is_known(&s.action)) {
+                eprintln!(
+                    "configuration error: schedules[{i}] ({:?}): action: unknown action {:?} (declare it in [actions] \
+                     known, or set [actions] accept_unknown = true)",
+                    s.name, s.action
+                );
+                return Ok(ExitCode::from(2));
+            }
             if !no_migrate {
                 db::run_migrations_blocking(&settings.database.url)?;
             }
@@ -195,6 +209,14 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
             })
         }
+        Command::Schedules => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rows = rt.block_on(async {
+                TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff()).list_schedules().await
+            })?;
+            print!("{}", schedules_table(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Load { objects, rate, via, with_pipeline, timeout_secs, url, token, max_backlog } => {
             db::run_migrations_blocking(&settings.database.url)?;
             let opts = LoadOptions {
@@ -218,9 +240,10 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 actix_rt::System::new().block_on(async move {
                     let state = crate::http::HttpState {
                         store: TaskStore::new(db::build_pool(&s.database), s.retry.backoff()),
-                        settings: std::sync::Arc::new(s),
                         transport: None,
                         rpc_enabled: true,
+                        known_actions: crate::handlers::KnownActions::new(&HandlerRegistry::builtin(), &s.actions),
+                        settings: std::sync::Arc::new(s),
                     };
                     let (handle, addr) = crate::http::start_server(state).await?;
                     let r =
@@ -312,6 +335,7 @@ fn http_state(
         store: TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff()).reporting_as("http"),
         transport: Some(transport),
         rpc_enabled: roles.is_empty() || roles.contains(&Role::Submitter),
+        known_actions: crate::handlers::KnownActions::new(&HandlerRegistry::builtin(), &settings.actions),
     }))
 }
 
@@ -327,4 +351,33 @@ fn with_scratch_database(settings: Settings, f: impl FnOnce(Settings) -> anyhow:
     let res = f(s);
     rt.block_on(db::drop_database(&base, &name))?;
     res
+}
+
+/// The schedules as an aligned text table (times in UTC, RFC 3339).
+fn schedules_table(rows: &[crate::store::StoredSchedule]) -> String {
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut lines =
+        vec![["NAME", "CRON", "TIMEZONE", "ACTION", "STATE", "NEXT TICK", "LAST TICK", "SKIPPED", "SOURCE"]
+            .map(String::from)];
+    for r in rows {
+        lines.push([
+            r.name.clone(),
+            r.cron.clone(),
+            r.timezone.clone(),
+            r.action.clone(),
+            if r.paused { "paused" } else { "active" }.into(),
+            time(&r.next_run_at),
+            r.last_tick_at.as_ref().map(time).unwrap_or_else(|| "-".into()),
+            r.skipped_ticks.to_string(),
+            r.source.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..9).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }

@@ -24,9 +24,9 @@ pub fn base_url() -> String {
 // - http_api.rs: the API's store (db.settings(): 4) + a db.store() checking the outcome (4) + 1 = 9.
 // - pipeline.rs: an App with pipeline::APP_POOL_SIZE = 2 caps every stage pool (Shared::new_store takes the
 //   minimum of the stage's wish and database.pool_size): persister 2 + acquirer 2 (+ its LISTEN connection 1)
-//   + worker pool 2 + result sink 2 + reaper 2 + stats 1 = 12; + 2 while a restarted stage opens its new pool
-//   before the old one is closed; + db.store() 4; + 2 for exec/count_rows and create/drop = 20.
-// So a binary peaks at MAX_LIVE_DBS x 20 = 60 connections (pipeline.rs), 27 (http_api.rs), 15 (store.rs).
+//   + worker pool 2 + result sink 2 + reaper 2 + stats 1 + cron scheduler 2 = 14; + 2 while a restarted stage
+//   opens its new pool before the old one is closed; + db.store() 4; + 2 for exec/count_rows and create/drop = 22.
+// So a binary peaks at MAX_LIVE_DBS x 22 = 66 connections (pipeline.rs), 27 (http_api.rs), 15 (store.rs).
 // (tests/processes.rs starts the binary as separate processes: they get database.pool_size from their
 // environment, not from these settings.)
 

@@ -207,8 +207,15 @@ pub fn dead_lettered(settings: &Settings, queue: Queue, reason: &str) -> u64 {
 }
 
 /// Every reason label `RpcError::reason()` can give.
-pub const DEAD_LETTER_REASONS: [&str; 6] =
-    ["parse_error", "invalid_request", "method_not_found", "invalid_params", "internal_error", "other"];
+pub const DEAD_LETTER_REASONS: [&str; 7] = [
+    "parse_error",
+    "invalid_request",
+    "method_not_found",
+    "invalid_params",
+    "internal_error",
+    "other",
+    "unknown_action",
+];
 
 /// Every delivery a transport handed out: (queue, message id).
 pub type DeliveryLog = Arc<std::sync::Mutex<Vec<(Queue, String)>>>;
