@@ -177,6 +177,9 @@ impl Settings {
         if self.acquirer.idle_wakeup_ms == 0 {
             return err("acquirer.idle_wakeup_ms", "must be at least 1");
         }
+        if !(1..=60_000).contains(&self.acquirer.throttle_poll_ms) {
+            return err("acquirer.throttle_poll_ms", "must be between 1 and 60000");
+        }
         if self.worker.concurrency == 0 {
             return err("worker.concurrency", "must be at least 1");
         }

@@ -218,6 +218,8 @@ async fn malformed_messages_end_in_the_dlqs(kind: Kind) {
             attempt: 1,
             action: "export".into(),
             payload: json!({"objectID": 1, "pad": pad}),
+            timeout_secs: None,
+            deadline: None,
         }
         .to_body(),
         _ => sqs_scheduler::protocol::result_body(&TaskResult {

@@ -1,6 +1,8 @@
 //! The JSON-RPC 2.0 dispatcher of `POST /rpc`: single and batch requests, notifications, and the methods
-//! `submit:<action>`, `task.get`, `task.list`, `task.cancel`, `task.retry` and `stats`.
+//! `submit:<action>`, `task.get`, `task.list`, `task.cancel`, `task.retry` and `stats`; the `action.*` methods and the
+//! bulk forms of `task.cancel` / `task.retry` are in `levers.rs`.
 
+use super::levers;
 use crate::actors::commit_stage::{GroupCommitter, ItemError};
 use crate::actors::persister::SubmitCommit;
 use crate::metrics::metrics;
@@ -154,25 +156,47 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         "task.cancel" => {
             let mut p = Params::new(params)?;
-            let id = p.required_i64("id")?;
+            let id = p.optional_i64("id")?;
+            let filter = levers::task_filter(&mut p)?;
             p.finish()?;
-            let outcome = match ctx.store.cancel(id).await.map_err(store_error)? {
+            let id = match (id, filter) {
+                (Some(id), None) => id,
+                (None, Some(filter)) => return levers::cancel_matching(&ctx.store, &filter).await,
+                (Some(_), Some(_)) => return Err(invalid("params", "give either id or a filter (action, state), not both")),
+                (None, None) => return Err(invalid("id", "is required (or a filter: action, state)")),
+            };
+            let store = &ctx.store;
+            let outcome = match store.cancel(id).await.map_err(store_error)? {
                 CancelOutcome::NotFound => return Err(not_found(id)),
-                CancelOutcome::Cancelled => "cancelled",
-                CancelOutcome::CancelRequested => "cancel_requested",
+                CancelOutcome::Cancelled => {
+                    // From SCHEDULED or ERROR: which one is not worth a read.
+                    metrics().tasks_cancelled.with_label_values(&["SCHEDULED"]).inc();
+                    "cancelled"
+                }
+                CancelOutcome::CancelledRunning => {
+                    metrics().tasks_cancelled.with_label_values(&["ACQUIRED"]).inc();
+                    "cancelled_running"
+                }
                 CancelOutcome::AlreadyFinished => "already_finished",
             };
             Ok(json!({"outcome": outcome}))
         }
         "task.retry" => {
             let mut p = Params::new(params)?;
-            let id = p.required_i64("id")?;
+            let id = p.optional_i64("id")?;
+            let filter = levers::task_filter(&mut p)?;
             let extra = match p.optional_i64("extra_attempts")? {
                 None => ctx.default_max_attempts,
                 Some(n) => MaxAttempts::parse(n)
                     .map_err(|e| invalid("extra_attempts", e.message))?,
             };
             p.finish()?;
+            let id = match (id, filter) {
+                (Some(id), None) => id,
+                (None, Some(filter)) => return levers::retry_matching(&ctx.store, &filter, extra).await,
+                (Some(_), Some(_)) => return Err(invalid("params", "give either id or a filter (action, state), not both")),
+                (None, None) => return Err(invalid("id", "is required (or a filter: action, state)")),
+            };
             if ctx.store.retry(id, extra).await.map_err(store_error)? {
                 return Ok(json!({"retried": true}));
             }
@@ -223,10 +247,12 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
             };
             Ok(json!({"id": s.id, "created": s.created}))
         }
+        m if m.starts_with("action.") => levers::call_action(&ctx.store, m, params).await,
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!(
-                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry or stats)"
+                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, \
+                 action.configure, action.pause, action.resume, action.list or stats)"
             ),
         )),
     }
@@ -241,11 +267,11 @@ fn not_found(id: i64) -> RpcError {
     RpcError { code: TASK_NOT_FOUND, message: "task not found".into(), data: Some(json!({"id": id})) }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> RpcError {
+pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> RpcError {
     RpcError::invalid_params(ValidationError::new(field, message))
 }
 
-fn store_error(e: StoreError) -> RpcError {
+pub(super) fn store_error(e: StoreError) -> RpcError {
     match e {
         StoreError::Invalid(v) => RpcError::invalid_params(v),
         other => {
@@ -277,16 +303,21 @@ fn check_storable(t: &NewTask) -> Result<(), RpcError> {
 
 /// Named parameters of a `task.*` or `stats` call: typed getters that name the field, and a final check that
 /// nothing unknown was passed.
-struct Params(Map<String, Value>);
+pub(super) struct Params(Map<String, Value>);
 
 impl Params {
-    fn new(params: Option<Value>) -> Result<Params, RpcError> {
+    pub(super) fn new(params: Option<Value>) -> Result<Params, RpcError> {
         match params {
             None => Ok(Params(Map::new())),
             Some(Value::Object(m)) => Ok(Params(m)),
             Some(Value::Array(a)) if a.is_empty() => Ok(Params(Map::new())),
             Some(_) => Err(invalid("params", "must be an object with named members")),
         }
+    }
+
+    /// The member as given (null included), None if absent.
+    pub(super) fn take_raw(&mut self, field: &'static str) -> Option<Value> {
+        self.0.remove(field)
     }
 
     /// The member, None if absent or null.
@@ -308,7 +339,7 @@ impl Params {
         self.optional_i64(field)?.ok_or_else(|| invalid(field, "is required"))
     }
 
-    fn optional_str(&mut self, field: &'static str) -> Result<Option<String>, RpcError> {
+    pub(super) fn optional_str(&mut self, field: &'static str) -> Result<Option<String>, RpcError> {
         match self.take(field) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -317,7 +348,7 @@ impl Params {
     }
 
     /// Fails naming every member that no getter took.
-    fn finish(self) -> Result<(), RpcError> {
+    pub(super) fn finish(self) -> Result<(), RpcError> {
         if self.0.is_empty() {
             return Ok(());
         }
