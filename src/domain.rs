@@ -189,7 +189,10 @@ impl TimeoutSecs {
 
     pub fn parse(field: &'static str, v: f64) -> Result<Self, ValidationError> {
         if !(v.is_finite() && v > 0.0 && v <= Self::MAX) {
-            return Err(ValidationError::new(field, format!("must be a number of seconds above 0 and at most {}, got {v}", Self::MAX)));
+            return Err(ValidationError::new(
+                field,
+                format!("must be a number of seconds above 0 and at most {}, got {v}", Self::MAX),
+            ));
         }
         Ok(Self(v))
     }

@@ -232,10 +232,10 @@ async fn task_get_list_cancel_retry_and_stats() {
     let by_state = s["by_state"].as_object().unwrap();
     assert_eq!(by_state.len(), 6, "{s}");
     assert_eq!(s["by_state"]["SCHEDULED"], 3); // a (retried), b, d (retried)
-    assert_eq!(s["by_state"]["ACQUIRED"], 1); // c, cancel requested
+    assert_eq!(s["by_state"]["CANCELLED"], 1); // c, cancelled while running
     assert_eq!(s["by_state"]["SUCCESS"], 0);
     assert_eq!(s["by_action"]["export"]["SCHEDULED"], 3);
-    assert_eq!(s["by_action"]["noop"]["ACQUIRED"], 1);
+    assert_eq!(s["by_action"]["noop"]["CANCELLED"], 1);
     assert_eq!(s["by_action"]["noop"]["SCHEDULED"], 0);
     assert_eq!(call_ok!(app, "stats", json!({})), s);
     assert_eq!(call_ok!(app, "stats", json!([])), s);

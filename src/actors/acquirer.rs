@@ -192,6 +192,12 @@ pub struct AcquirerSettings {
 
 impl Default for AcquirerSettings {
     fn default() -> Self {
-        Self { batch_size: 200, concurrency: 2, idle_wakeup_ms: 1_000, max_outbound_depth: 10_000, throttle_poll_ms: 100 }
+        Self {
+            batch_size: 200,
+            concurrency: 2,
+            idle_wakeup_ms: 1_000,
+            max_outbound_depth: 10_000,
+            throttle_poll_ms: 100,
+        }
     }
 }

@@ -335,7 +335,8 @@ async fn run_task(
             let (abort, registration) = AbortHandle::new_pair();
             if held.register(key, abort) {
                 held.handler_started(&msg.receipt, key);
-                let run = Abortable::new(AssertUnwindSafe(handler.handle(&ctx, &req.payload)).catch_unwind(), registration);
+                let run =
+                    Abortable::new(AssertUnwindSafe(handler.handle(&ctx, &req.payload)).catch_unwind(), registration);
                 let ended = match req.timeout_secs {
                     None => Ok(run.await),
                     Some(t) => tokio::time::timeout(Duration::from_secs_f64(t), run).await.map_err(|_| t),
@@ -430,7 +431,12 @@ async fn database_heartbeat(store: TaskStore, held: HeldRef, every: Duration) {
                 // Cancelled (a missed notification), rescued or released: their results would be stale.
                 let dropped = held.cancel(&lost);
                 metrics().handlers_cancelled.inc_by(dropped as u64);
-                tracing::debug!(sent = tasks.len(), lost = lost.len(), dropped, "heartbeat: some tasks are no longer ours")
+                tracing::debug!(
+                    sent = tasks.len(),
+                    lost = lost.len(),
+                    dropped,
+                    "heartbeat: some tasks are no longer ours"
+                )
             }
             Ok(_) => {}
             // The next tick tries again; the stale timeout is at least two intervals.
@@ -462,7 +468,10 @@ async fn send_results(shared: Shared, mut rx: mpsc::Receiver<Done>, held: HeldRe
         let mut receipts: Vec<String> =
             with_result.iter().zip(&sent).filter(|(_, r)| r.is_ok()).map(|(d, _)| d.receipt.clone()).collect();
         if receipts.len() < with_result.len() {
-            tracing::warn!(failed = with_result.len() - receipts.len(), "result send failed; those tasks will run again");
+            tracing::warn!(
+                failed = with_result.len() - receipts.len(),
+                "result send failed; those tasks will run again"
+            );
         }
         // Cancelled tasks: nothing to send, their messages are done with.
         receipts.extend(batch.iter().filter(|d| d.body.is_none()).map(|d| d.receipt.clone()));

@@ -6,9 +6,7 @@ use super::rpc::{invalid, store_error, Params};
 use crate::domain::json_kind;
 use crate::metrics::metrics;
 use crate::protocol::RpcError;
-use crate::store::{
-    Action, ActionChange, MaxAttempts, TaskFilter, TaskState, TaskStore, TimeoutSecs, ValidationError,
-};
+use crate::store::{Action, ActionChange, MaxAttempts, TaskFilter, TaskState, TaskStore, TimeoutSecs, ValidationError};
 use serde_json::{json, Value};
 
 /// The `action.*` methods.
@@ -88,7 +86,11 @@ pub(super) async fn cancel_matching(store: &TaskStore, filter: &TaskFilter) -> R
 }
 
 /// Bulk retry: `{"retried": n}`.
-pub(super) async fn retry_matching(store: &TaskStore, filter: &TaskFilter, extra: MaxAttempts) -> Result<Value, RpcError> {
+pub(super) async fn retry_matching(
+    store: &TaskStore,
+    filter: &TaskFilter,
+    extra: MaxAttempts,
+) -> Result<Value, RpcError> {
     let n = store.retry_matching(filter, extra).await.map_err(store_error)?;
     tracing::info!(action = ?filter.action, state = ?filter.state, retried = n, "bulk retry");
     Ok(json!({"retried": n}))

@@ -123,16 +123,9 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         "task.list" => {
             let mut p = Params::new(params)?;
-            let state = p
-                .optional_str("state")?
-                .map(|s| TaskState::parse(&s))
-                .transpose()
-                .map_err(RpcError::invalid_params)?;
-            let action = p
-                .optional_str("action")?
-                .map(Action::parse)
-                .transpose()
-                .map_err(RpcError::invalid_params)?;
+            let state =
+                p.optional_str("state")?.map(|s| TaskState::parse(&s)).transpose().map_err(RpcError::invalid_params)?;
+            let action = p.optional_str("action")?.map(Action::parse).transpose().map_err(RpcError::invalid_params)?;
             let after_id = p.optional_i64("after_id")?;
             let limit = p.optional_i64("limit")?;
             p.finish()?;
@@ -141,12 +134,7 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
                     return Err(invalid("limit", format!("must be between 1 and 1000, got {l}")));
                 }
             }
-            let filter = ListFilter {
-                state,
-                action,
-                after_id,
-                limit,
-            };
+            let filter = ListFilter { state, action, after_id, limit };
             let tasks = ctx.store.list(&filter).await.map_err(store_error)?;
             let next = tasks.last().map(|t| json!(t.id)).unwrap_or(Value::Null);
             Ok(json!({
@@ -162,7 +150,9 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
             let id = match (id, filter) {
                 (Some(id), None) => id,
                 (None, Some(filter)) => return levers::cancel_matching(&ctx.store, &filter).await,
-                (Some(_), Some(_)) => return Err(invalid("params", "give either id or a filter (action, state), not both")),
+                (Some(_), Some(_)) => {
+                    return Err(invalid("params", "give either id or a filter (action, state), not both"))
+                }
                 (None, None) => return Err(invalid("id", "is required (or a filter: action, state)")),
             };
             let store = &ctx.store;
@@ -187,14 +177,15 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
             let filter = levers::task_filter(&mut p)?;
             let extra = match p.optional_i64("extra_attempts")? {
                 None => ctx.default_max_attempts,
-                Some(n) => MaxAttempts::parse(n)
-                    .map_err(|e| invalid("extra_attempts", e.message))?,
+                Some(n) => MaxAttempts::parse(n).map_err(|e| invalid("extra_attempts", e.message))?,
             };
             p.finish()?;
             let id = match (id, filter) {
                 (Some(id), None) => id,
                 (None, Some(filter)) => return levers::retry_matching(&ctx.store, &filter, extra).await,
-                (Some(_), Some(_)) => return Err(invalid("params", "give either id or a filter (action, state), not both")),
+                (Some(_), Some(_)) => {
+                    return Err(invalid("params", "give either id or a filter (action, state), not both"))
+                }
                 (None, None) => return Err(invalid("id", "is required (or a filter: action, state)")),
             };
             if ctx.store.retry(id, extra).await.map_err(store_error)? {
@@ -211,23 +202,13 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         "stats" => {
             Params::new(params)?.finish()?;
-            let rows = ctx
-                .store
-                .counts_by_state_and_action()
-                .await
-                .map_err(store_error)?;
-            let zero = || -> BTreeMap<&'static str, i64> {
-                TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect()
-            };
+            let rows = ctx.store.counts_by_state_and_action().await.map_err(store_error)?;
+            let zero = || -> BTreeMap<&'static str, i64> { TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect() };
             let mut by_state = zero();
             let mut by_action: BTreeMap<String, BTreeMap<&'static str, i64>> = BTreeMap::new();
             for (state, action, n) in rows {
                 *by_state.entry(state.as_str()).or_default() += n;
-                *by_action
-                    .entry(action)
-                    .or_insert_with(zero)
-                    .entry(state.as_str())
-                    .or_default() += n;
+                *by_action.entry(action).or_insert_with(zero).entry(state.as_str()).or_default() += n;
             }
             Ok(json!({"by_state": by_state, "by_action": by_action}))
         }

@@ -11,8 +11,7 @@
 //!   `{"jsonrpc":"2.0","error":{"code":-1234,"message":"...","attempt":1,"data":...},"id":42}`.
 
 use crate::domain::{
-    Action, DedupKey, MaxAttempts, NewTask, Outcome, Payload, Priority, RunAt, TaskResult, TimeoutSecs,
-    ValidationError,
+    Action, DedupKey, MaxAttempts, NewTask, Outcome, Payload, Priority, RunAt, TaskResult, TimeoutSecs, ValidationError,
 };
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -160,7 +159,8 @@ pub fn submit_task(
                     t = t.with_max_attempts(MaxAttempts::parse(int_field("max_attempts", &v)?).map_err(inv)?)
                 }
                 "timeout_secs" => {
-                    let secs = v.as_f64().ok_or_else(|| inv(ValidationError::new("timeout_secs", "must be a number")))?;
+                    let secs =
+                        v.as_f64().ok_or_else(|| inv(ValidationError::new("timeout_secs", "must be a number")))?;
                     t.timeout = Some(TimeoutSecs::parse("timeout_secs", secs).map_err(inv)?);
                 }
                 "dedup_key" => {
@@ -320,12 +320,13 @@ impl TaskRequest {
             .and_then(Value::as_i64)
             .filter(|a| *a >= 1 && *a <= i32::MAX as i64)
             .ok_or_else(|| RpcError::new(INVALID_PARAMS, "params._meta.attempt must be a positive integer"))?;
-        let timeout_secs = match meta.get("timeout_secs") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_f64().filter(|t| t.is_finite() && *t > 0.0).ok_or_else(|| {
-                RpcError::new(INVALID_PARAMS, "params._meta.timeout_secs must be a positive number")
-            })?),
-        };
+        let timeout_secs =
+            match meta.get("timeout_secs") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_f64().filter(|t| t.is_finite() && *t > 0.0).ok_or_else(|| {
+                    RpcError::new(INVALID_PARAMS, "params._meta.timeout_secs must be a positive number")
+                })?),
+            };
         let deadline = match meta.get("deadline") {
             None | Some(Value::Null) => None,
             Some(v) => Some(
@@ -432,7 +433,8 @@ mod tests {
         assert_eq!(t.max_attempts.get(), 3);
         assert!(t.max_attempts_explicit);
         assert_eq!(t.timeout.map(|t| t.get()), Some(2.5));
-        let plain = parse_submit(r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{}}}"#, 1024, d()).unwrap();
+        let plain =
+            parse_submit(r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{}}}"#, 1024, d()).unwrap();
         assert!(!plain.max_attempts_explicit && plain.timeout.is_none());
         assert_eq!(t.dedup_key.unwrap().as_str(), "x");
         assert_eq!(t.run_at, RunAt::After(Duration::from_secs(5)));
@@ -473,8 +475,8 @@ mod tests {
         let e = parse_submit(&body, limit, d()).unwrap_err();
         assert_eq!(e.code, INVALID_PARAMS, "{e:?}");
         assert!(e.message.contains("1024") && e.message.contains("transport.max_message_bytes"), "{e:?}");
-        // A smaller one is accepted, and its largest task message fits.
-        let t = parse_submit(&fill(n - 100).to_string(), limit, d()).unwrap();
+        // A smaller one is accepted, and its largest task message (with a timeout and a deadline) fits.
+        let t = parse_submit(&fill(n - 200).to_string(), limit, d()).unwrap();
         let most = TaskRequest {
             id: i64::MIN,
             attempt: i32::MAX,

@@ -104,8 +104,7 @@ impl TaskStore {
             n: i64,
         }
         let mut conn = self.conn().await?;
-        let r: Row =
-            diesel::sql_query("SELECT count(*) AS n FROM actions WHERE paused").get_result(&mut conn).await?;
+        let r: Row = diesel::sql_query("SELECT count(*) AS n FROM actions WHERE paused").get_result(&mut conn).await?;
         Ok(r.n)
     }
 }

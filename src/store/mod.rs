@@ -517,7 +517,9 @@ impl TaskStore {
     pub async fn cancel_matching(&self, filter: &TaskFilter) -> StoreResult<Vec<(TaskState, i64)>> {
         if let Some(s) = filter.state {
             if !matches!(s, TaskState::Scheduled | TaskState::Error | TaskState::Acquired) {
-                return Err(ValidationError::new("state", "only SCHEDULED, ERROR or ACQUIRED tasks can be cancelled").into());
+                return Err(
+                    ValidationError::new("state", "only SCHEDULED, ERROR or ACQUIRED tasks can be cancelled").into()
+                );
             }
         }
         self.cancel_where(None, filter).await
