@@ -485,3 +485,45 @@ async fn max_concurrency_holds_across_two_worker_processes() {
     assert_eq!(most, 3, "the limit was used in full ({samples} samples)");
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The `action` subcommand: the same validation as over JSON-RPC (exit 2 naming the value), JSON on success.
+#[tokio::test]
+async fn the_action_subcommand_configures_pauses_and_lists() {
+    let db = TestDb::new().await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sqs-scheduler"))
+            .arg("action")
+            .args(args)
+            .env_clear()
+            .env("SCHEDULER_DATABASE__URL", &db.url)
+            .env("SCHEDULER_LOG__LEVEL", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, _, err) = cli(&["configure", "export", "--max-concurrency", "-1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("max_concurrency"), "{err}");
+    let (code, _, err) = cli(&["configure", "export", "--rate-per-sec", "fast"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("rate_per_sec"), "{err}");
+    let (code, out, err) = cli(&["configure", "export", "--max-concurrency", "4", "--timeout-secs", "2.5"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["max_concurrency"].clone(), v["timeout_secs"].clone()), (json!(4), json!(2.5)));
+    let (code, out, _) = cli(&["pause", "export"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["paused"], true);
+    let (_, out, _) = cli(&["configure", "export", "--max-concurrency", "none"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["max_concurrency"], Value::Null);
+    let (code, out, _) = cli(&["list"]);
+    assert_eq!(code, Some(0));
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["actions"][0]["action"], "export");
+    assert_eq!(listed["actions"][0]["paused"], true);
+    assert_eq!(listed["actions"][0]["timeout_secs"], 2.5);
+}

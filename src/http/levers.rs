@@ -9,8 +9,8 @@ use crate::protocol::RpcError;
 use crate::store::{Action, ActionChange, MaxAttempts, TaskFilter, TaskState, TaskStore, TimeoutSecs, ValidationError};
 use serde_json::{json, Value};
 
-/// The `action.*` methods.
-pub(super) async fn call_action(store: &TaskStore, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+/// The `action.*` methods (also the `action` subcommand of the CLI).
+pub async fn call_action(store: &TaskStore, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
     let mut p = Params::new(params)?;
     match method {
         "action.configure" => {

@@ -10,7 +10,7 @@
 //!   every JSON-RPC error response in `scheduler_rpc_errors_total{code}`.
 
 pub mod auth;
-mod levers;
+pub mod levers;
 pub mod rpc;
 pub mod server;
 
