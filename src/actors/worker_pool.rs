@@ -501,3 +501,28 @@ impl Default for WorkerSettings {
         Self { concurrency: 64, pollers: 2, heartbeat_interval_secs: 30.0 }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_payloads_parse_and_skip_malformed_pairs() {
+        assert_eq!(parse_cancelled("12:1,13:4"), vec![(12, 1), (13, 4)]);
+        assert_eq!(parse_cancelled("12:1,x:2,14,15:3"), vec![(12, 1), (15, 3)]);
+        assert!(parse_cancelled("").is_empty());
+    }
+
+    #[test]
+    fn a_cancel_drops_a_running_handler_and_keeps_a_later_one_from_starting() {
+        let held = HeldRef::default();
+        let (running, registration) = AbortHandle::new_pair();
+        assert!(held.register((1, 1), running));
+        let run = Abortable::new(std::future::pending::<()>(), registration);
+        assert_eq!(held.cancel(&[(1, 1), (2, 3)]), 1, "one handler ran here");
+        assert!(futures::executor::block_on(run).is_err(), "the running handler was dropped");
+        // (2, 3) was cancelled before its message came: it never starts; another attempt of task 2 does.
+        assert!(!held.register((2, 3), AbortHandle::new_pair().0));
+        assert!(held.register((2, 4), AbortHandle::new_pair().0));
+    }
+}

@@ -155,18 +155,14 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
                 }
                 (None, None) => return Err(invalid("id", "is required (or a filter: action, state)")),
             };
-            let store = &ctx.store;
-            let outcome = match store.cancel(id).await.map_err(store_error)? {
+            let (outcome, from) = ctx.store.cancel_one(id).await.map_err(store_error)?;
+            if let Some(from) = from {
+                metrics().tasks_cancelled.with_label_values(&[from.as_str()]).inc();
+            }
+            let outcome = match outcome {
                 CancelOutcome::NotFound => return Err(not_found(id)),
-                CancelOutcome::Cancelled => {
-                    // From SCHEDULED or ERROR: which one is not worth a read.
-                    metrics().tasks_cancelled.with_label_values(&["SCHEDULED"]).inc();
-                    "cancelled"
-                }
-                CancelOutcome::CancelledRunning => {
-                    metrics().tasks_cancelled.with_label_values(&["ACQUIRED"]).inc();
-                    "cancelled_running"
-                }
+                CancelOutcome::Cancelled => "cancelled",
+                CancelOutcome::CancelledRunning => "cancelled_running",
                 CancelOutcome::AlreadyFinished => "already_finished",
             };
             Ok(json!({"outcome": outcome}))

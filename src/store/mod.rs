@@ -498,16 +498,20 @@ impl TaskStore {
     /// notifies `tasks_cancel` (delivered at commit) so its worker drops the handler; a result of that attempt
     /// arriving later is stale.
     pub async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {
+        Ok(self.cancel_one(id).await?.0)
+    }
+
+    /// [`TaskStore::cancel`], with the state the task was cancelled from (None if it was not cancelled).
+    pub async fn cancel_one(&self, id: i64) -> StoreResult<(CancelOutcome, Option<TaskState>)> {
         let counts = self.cancel_where(Some(id), &TaskFilter::default()).await?;
-        if counts.iter().any(|(s, n)| *s == TaskState::Acquired && *n > 0) {
-            return Ok(CancelOutcome::CancelledRunning);
-        }
-        if counts.iter().any(|(_, n)| *n > 0) {
-            return Ok(CancelOutcome::Cancelled);
+        if let Some(&(from, _)) = counts.iter().find(|(_, n)| *n > 0) {
+            let outcome =
+                if from == TaskState::Acquired { CancelOutcome::CancelledRunning } else { CancelOutcome::Cancelled };
+            return Ok((outcome, Some(from)));
         }
         Ok(match self.get(id).await? {
-            None => CancelOutcome::NotFound,
-            Some(_) => CancelOutcome::AlreadyFinished,
+            None => (CancelOutcome::NotFound, None),
+            Some(_) => (CancelOutcome::AlreadyFinished, None),
         })
     }
 
