@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The whole configuration of one process.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -36,26 +36,6 @@ pub struct Settings {
     pub chaos: ChaosSettings,
     pub http: HttpSettings,
     pub supervision: SupervisionSettings,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            database: DatabaseSettings::default(),
-            log: LogSettings::default(),
-            transport: TransportSettings::default(),
-            sqs: SqsSettings::default(),
-            persister: PersisterSettings::default(),
-            acquirer: AcquirerSettings::default(),
-            worker: WorkerSettings::default(),
-            result_sink: ResultSinkSettings::default(),
-            retry: RetrySettings::default(),
-            reaper: ReaperSettings::default(),
-            chaos: ChaosSettings::default(),
-            http: HttpSettings::default(),
-            supervision: SupervisionSettings::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -193,7 +173,8 @@ impl Settings {
         if !(1..=1000).contains(&self.retry.default_max_attempts) {
             return err("retry.default_max_attempts", "must be between 1 and 1000");
         }
-        if !(self.retry.base_delay_secs >= 0.0) || !(self.retry.max_delay_secs >= self.retry.base_delay_secs) {
+        let (base, max) = (self.retry.base_delay_secs, self.retry.max_delay_secs);
+        if base.is_nan() || max.is_nan() || base < 0.0 || max < base {
             return err("retry.max_delay_secs", "must be at least retry.base_delay_secs, and both non-negative");
         }
         if !(0.0..=1.0).contains(&self.retry.jitter) {

@@ -491,7 +491,7 @@ impl Default for Backoff {
 impl Backoff {
     /// The delay before jitter for a failed attempt (1-based).
     pub fn nominal_seconds(&self, attempt: i32) -> f64 {
-        let exp = (attempt.max(1) - 1).min(62) as i32;
+        let exp = (attempt.max(1) - 1).min(62);
         (self.base_seconds * 2f64.powi(exp)).min(self.max_seconds)
     }
 }

@@ -62,7 +62,7 @@ impl Metrics {
         let hist = |name: &str, help: &str| {
             reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())).unwrap())
         };
-        let m = Metrics {
+        Metrics {
             messages_received: counter_vec(
                 "scheduler_messages_received_total",
                 "Messages received from a queue.",
@@ -182,8 +182,7 @@ impl Metrics {
                 "Handler runs a worker dropped, or never started, because their task was cancelled or is no longer theirs.",
             ),
             registry: r,
-        };
-        m
+        }
     }
 
     /// Text exposition format for `/metrics`.

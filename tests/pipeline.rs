@@ -388,7 +388,10 @@ async fn a_submission_from_another_process_wakes_the_idle_acquirer_through_notif
 
 /// Records, for each run, when its task was created and acquired and when it was due, on the database clock.
 #[derive(Clone, Default)]
-struct RecordAcquisition(Arc<Mutex<HashMap<String, (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)>>>);
+struct RecordAcquisition(Arc<Mutex<HashMap<String, Times>>>);
+
+/// (created, acquired, due) of one run.
+type Times = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
 
 #[async_trait::async_trait]
 impl Handler for RecordAcquisition {
