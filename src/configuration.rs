@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The whole configuration of one process.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -43,29 +43,6 @@ pub struct Settings {
     pub cron: CronSettings,
     /// Cron schedules declared in configuration (`[[schedules]]`), upserted into the database at start.
     pub schedules: Vec<ScheduleSpec>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            database: DatabaseSettings::default(),
-            log: LogSettings::default(),
-            transport: TransportSettings::default(),
-            sqs: SqsSettings::default(),
-            persister: PersisterSettings::default(),
-            acquirer: AcquirerSettings::default(),
-            worker: WorkerSettings::default(),
-            result_sink: ResultSinkSettings::default(),
-            retry: RetrySettings::default(),
-            reaper: ReaperSettings::default(),
-            chaos: ChaosSettings::default(),
-            http: HttpSettings::default(),
-            supervision: SupervisionSettings::default(),
-            actions: ActionsSettings::default(),
-            cron: CronSettings::default(),
-            schedules: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -187,6 +164,9 @@ impl Settings {
         if self.acquirer.idle_wakeup_ms == 0 {
             return err("acquirer.idle_wakeup_ms", "must be at least 1");
         }
+        if !(1..=60_000).contains(&self.acquirer.throttle_poll_ms) {
+            return err("acquirer.throttle_poll_ms", "must be between 1 and 60000");
+        }
         if self.worker.concurrency == 0 {
             return err("worker.concurrency", "must be at least 1");
         }
@@ -200,7 +180,8 @@ impl Settings {
         if !(1..=1000).contains(&self.retry.default_max_attempts) {
             return err("retry.default_max_attempts", "must be between 1 and 1000");
         }
-        if !(self.retry.base_delay_secs >= 0.0) || !(self.retry.max_delay_secs >= self.retry.base_delay_secs) {
+        let (base, max) = (self.retry.base_delay_secs, self.retry.max_delay_secs);
+        if base.is_nan() || max.is_nan() || base < 0.0 || max < base {
             return err("retry.max_delay_secs", "must be at least retry.base_delay_secs, and both non-negative");
         }
         if !(0.0..=1.0).contains(&self.retry.jitter) {

@@ -179,6 +179,29 @@ pub enum RunAt {
     After(Duration),
 }
 
+/// How long one run of a task may take, in seconds, measured from its handler's start: more than 0, at most a
+/// week (604800).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+pub struct TimeoutSecs(f64);
+
+impl TimeoutSecs {
+    pub const MAX: f64 = 604_800.0;
+
+    pub fn parse(field: &'static str, v: f64) -> Result<Self, ValidationError> {
+        if !(v.is_finite() && v > 0.0 && v <= Self::MAX) {
+            return Err(ValidationError::new(
+                field,
+                format!("must be a number of seconds above 0 and at most {}, got {v}", Self::MAX),
+            ));
+        }
+        Ok(Self(v))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
 /// A validated task submission.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTask {
@@ -187,7 +210,12 @@ pub struct NewTask {
     pub dedup_key: Option<DedupKey>,
     pub priority: Priority,
     pub max_attempts: MaxAttempts,
+    /// False while `max_attempts` is only the configured default: the action's own max_attempts
+    /// (`action.configure`) then takes its place. Set by [`NewTask::with_max_attempts`].
+    pub max_attempts_explicit: bool,
     pub run_at: RunAt,
+    /// This task's own timeout; None: its action's (`action.configure`), if any, read when each attempt starts.
+    pub timeout: Option<TimeoutSecs>,
 }
 
 impl NewTask {
@@ -198,8 +226,17 @@ impl NewTask {
             dedup_key: None,
             priority: Priority::default(),
             max_attempts: MaxAttempts::default(),
+            max_attempts_explicit: false,
             run_at: RunAt::Now,
+            timeout: None,
         }
+    }
+
+    /// Sets max_attempts as the submitter's own choice (the action's default no longer applies).
+    pub fn with_max_attempts(mut self, n: MaxAttempts) -> Self {
+        self.max_attempts = n;
+        self.max_attempts_explicit = true;
+        self
     }
 }
 
@@ -276,6 +313,26 @@ pub struct AcquiredTask {
     pub created_at: DateTime<Utc>,
     /// How long the task waited between becoming due and being acquired (database clock).
     pub wait_seconds: f64,
+    /// The attempt's timeout (the task's, else its action's): its handler is dropped this long after it started.
+    pub timeout_secs: Option<f64>,
+    /// Acquisition time + timeout on the database clock: when the attempt must end at the latest if it starts at
+    /// once (for workers in other languages; the pool measures `timeout_secs` from the handler's start).
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// What one acquire call returned: the tasks, and the actions whose limits held back due tasks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Acquisition {
+    pub tasks: Vec<AcquiredTask>,
+    pub throttled: Vec<Throttled>,
+}
+
+/// An action whose pause, max_concurrency or rate_per_sec held back due tasks in an acquire call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Throttled {
+    pub action: String,
+    /// When its rate limit has its next token (seconds); 0 when a running task must end first (or it is paused).
+    pub retry_after_secs: f64,
 }
 
 /// What a worker reported for one (id, attempt).
@@ -352,11 +409,78 @@ pub struct ListFilter {
 pub enum CancelOutcome {
     /// SCHEDULED or ERROR: now CANCELLED.
     Cancelled,
-    /// ACQUIRED: it runs on, but a failure will not be retried.
-    CancelRequested,
+    /// ACQUIRED: now CANCELLED; its worker is told to drop the handler, and a late result is stale.
+    CancelledRunning,
     /// Already finished (SUCCESS, CRITICAL_ERROR or CANCELLED): nothing changed.
     AlreadyFinished,
     NotFound,
+}
+
+/// Which tasks a bulk `task.cancel` / `task.retry` applies to: every task of `action` (if given) in `state` (if
+/// given; else every state the operation applies to).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskFilter {
+    pub action: Option<Action>,
+    pub state: Option<TaskState>,
+}
+
+/// Per-action settings (`action.configure`, `action.pause`): limits decided inside the acquire statement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionSettings {
+    pub action: String,
+    /// At most this many tasks of the action ACQUIRED at once, across every process.
+    pub max_concurrency: Option<i32>,
+    /// At most this many acquisitions per second, across every process (token bucket of 100 ms capacity).
+    pub rate_per_sec: Option<f64>,
+    /// Timeout of a run of its tasks that have none of their own.
+    pub timeout_secs: Option<f64>,
+    /// max_attempts of its tasks submitted without one.
+    pub max_attempts: Option<i32>,
+    /// Not acquired while paused; running tasks finish.
+    pub paused: bool,
+}
+
+/// A change to an action's settings: None leaves a setting as it is, Some(None) removes it, Some(Some(v)) sets it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActionChange {
+    pub max_concurrency: Option<Option<i32>>,
+    pub rate_per_sec: Option<Option<f64>>,
+    pub timeout_secs: Option<Option<TimeoutSecs>>,
+    pub max_attempts: Option<Option<MaxAttempts>>,
+}
+
+impl ActionChange {
+    pub const MAX_CONCURRENCY: i64 = 1_000_000;
+    pub const MAX_RATE: f64 = 1_000_000.0;
+
+    pub fn max_concurrency(v: i64) -> Result<i32, ValidationError> {
+        if !(1..=Self::MAX_CONCURRENCY).contains(&v) {
+            return Err(ValidationError::new(
+                "max_concurrency",
+                format!("must be an integer between 1 and {}, got {v}", Self::MAX_CONCURRENCY),
+            ));
+        }
+        Ok(v as i32)
+    }
+
+    pub fn rate_per_sec(v: f64) -> Result<f64, ValidationError> {
+        if !(v.is_finite() && v > 0.0 && v <= Self::MAX_RATE) {
+            return Err(ValidationError::new(
+                "rate_per_sec",
+                format!("must be a number above 0 and at most {}, got {v}", Self::MAX_RATE),
+            ));
+        }
+        Ok(v)
+    }
+}
+
+/// An action's settings and its tasks by state (`action.list`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionStatus {
+    #[serde(flatten)]
+    pub settings: ActionSettings,
+    /// Every state, zero if none.
+    pub counts: std::collections::BTreeMap<&'static str, i64>,
 }
 
 /// Exponential backoff with jitter: `min(base * 2^(attempt-1), max) * (1 ± jitter)`. Evaluated in SQL.
@@ -377,7 +501,7 @@ impl Default for Backoff {
 impl Backoff {
     /// The delay before jitter for a failed attempt (1-based).
     pub fn nominal_seconds(&self, attempt: i32) -> f64 {
-        let exp = (attempt.max(1) - 1).min(62) as i32;
+        let exp = (attempt.max(1) - 1).min(62);
         (self.base_seconds * 2f64.powi(exp)).min(self.max_seconds)
     }
 }

@@ -41,6 +41,11 @@ pub struct Metrics {
     pub cron_ticks: IntCounterVec,
     pub cron_schedules: IntGaugeVec,
     pub unknown_action_rejections: IntCounterVec,
+    pub acquire_throttled: IntCounterVec,
+    pub actions_paused: prometheus::IntGauge,
+    pub tasks_timed_out: IntCounterVec,
+    pub tasks_cancelled: IntCounterVec,
+    pub handlers_cancelled: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -62,7 +67,7 @@ impl Metrics {
         let hist = |name: &str, help: &str| {
             reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())).unwrap())
         };
-        let m = Metrics {
+        Metrics {
             messages_received: counter_vec(
                 "scheduler_messages_received_total",
                 "Messages received from a queue.",
@@ -185,9 +190,31 @@ impl Metrics {
                  (http, inbound, schedule).",
                 &["source"],
             ),
+            acquire_throttled: counter_vec(
+                "scheduler_acquire_throttled_total",
+                "Acquire calls in which an action's pause, max_concurrency or rate_per_sec held back due tasks, by action.",
+                &["action"],
+            ),
+            actions_paused: reg(
+                &r,
+                prometheus::IntGauge::new("scheduler_actions_paused", "Actions paused now (action.pause).").unwrap(),
+            ),
+            tasks_timed_out: counter_vec(
+                "scheduler_tasks_timed_out_total",
+                "Handler runs dropped at their timeout (the attempt fails with a timeout error), by action.",
+                &["action"],
+            ),
+            tasks_cancelled: counter_vec(
+                "scheduler_tasks_cancelled_total",
+                "Tasks cancelled through task.cancel, by the state they were in.",
+                &["from"],
+            ),
+            handlers_cancelled: counter(
+                "scheduler_handlers_cancelled_total",
+                "Handler runs a worker dropped, or never started, because their task was cancelled or is no longer theirs.",
+            ),
             registry: r,
-        };
-        m
+        }
     }
 
     /// Text exposition format for `/metrics`.
@@ -270,6 +297,11 @@ impl Metrics {
         for s in REJECTION_SOURCES {
             m.unknown_action_rejections.with_label_values(&[s]);
         }
+        for from in ["SCHEDULED", "ERROR", "ACQUIRED", "WAITING"] {
+            m.tasks_cancelled.with_label_values(&[from]);
+        }
+        m.acquire_throttled.with_label_values(&["noop"]);
+        m.tasks_timed_out.with_label_values(&["noop"]);
         m.http_requests.with_label_values(&["/rpc", "200"]);
         m.rpc_errors.with_label_values(&["-32600"]);
     }

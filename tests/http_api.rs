@@ -191,10 +191,11 @@ async fn task_get_list_cancel_retry_and_stats() {
     let all = call_ok!(app, "task.list", Value::Null);
     assert_eq!(all["tasks"].as_array().unwrap().len(), 3);
 
-    // c has the highest priority: acquire it, then cancel it -> cancel_requested.
+    // c has the highest priority: acquire it, then cancel it -> CANCELLED at once (its worker is notified).
     let acquired = store.acquire_batch(1).await.unwrap();
     assert_eq!(acquired[0].id, c);
-    assert_eq!(call_ok!(app, "task.cancel", json!({"id": c})), json!({"outcome": "cancel_requested"}));
+    assert_eq!(call_ok!(app, "task.cancel", json!({"id": c})), json!({"outcome": "cancelled_running"}));
+    assert_eq!(store.get(c).await.unwrap().unwrap().state, TaskState::Cancelled);
     assert_eq!(call_ok!(app, "task.cancel", json!({"id": a})), json!({"outcome": "cancelled"}));
     assert_eq!(call_ok!(app, "task.cancel", json!({"id": a})), json!({"outcome": "already_finished"}));
     assert_eq!(call_err!(app, "task.cancel", json!({"id": 424242}))["code"], TASK_NOT_FOUND);
@@ -207,8 +208,7 @@ async fn task_get_list_cancel_retry_and_stats() {
     assert_eq!(e["message"], "task is not in CRITICAL_ERROR or CANCELLED");
     assert_eq!(call_err!(app, "task.retry", json!({"id": 777_777}))["code"], TASK_NOT_FOUND);
     // CRITICAL_ERROR -> SCHEDULED with extra attempts.
-    let mut crit = task("export", json!({"objectID": 3}));
-    crit.max_attempts = MaxAttempts::parse(1).unwrap();
+    let mut crit = task("export", json!({"objectID": 3})).with_max_attempts(MaxAttempts::parse(1).unwrap());
     crit.priority = Priority::parse(100).unwrap();
     let d = store.submit_many(&[crit]).await.unwrap()[0].id;
     let got = store.acquire_batch(1).await.unwrap();
@@ -234,10 +234,10 @@ async fn task_get_list_cancel_retry_and_stats() {
     let by_state = s["by_state"].as_object().unwrap();
     assert_eq!(by_state.len(), 7, "{s}"); // every state, WAITING (workflow stages) included
     assert_eq!(s["by_state"]["SCHEDULED"], 3); // a (retried), b, d (retried)
-    assert_eq!(s["by_state"]["ACQUIRED"], 1); // c, cancel requested
+    assert_eq!(s["by_state"]["CANCELLED"], 1); // c, cancelled while running
     assert_eq!(s["by_state"]["SUCCESS"], 0);
     assert_eq!(s["by_action"]["export"]["SCHEDULED"], 3);
-    assert_eq!(s["by_action"]["noop"]["ACQUIRED"], 1);
+    assert_eq!(s["by_action"]["noop"]["CANCELLED"], 1);
     assert_eq!(s["by_action"]["noop"]["SCHEDULED"], 0);
     assert_eq!(call_ok!(app, "stats", json!({})), s);
     assert_eq!(call_ok!(app, "stats", json!([])), s);

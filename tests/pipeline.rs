@@ -218,6 +218,8 @@ async fn malformed_messages_end_in_the_dlqs(kind: Kind) {
             attempt: 1,
             action: "export".into(),
             payload: json!({"objectID": 1, "pad": pad}),
+            timeout_secs: None,
+            deadline: None,
         }
         .to_body(),
         _ => sqs_scheduler::protocol::result_body(&TaskResult {
@@ -386,7 +388,10 @@ async fn a_submission_from_another_process_wakes_the_idle_acquirer_through_notif
 
 /// Records, for each run, when its task was created and acquired and when it was due, on the database clock.
 #[derive(Clone, Default)]
-struct RecordAcquisition(Arc<Mutex<HashMap<String, (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)>>>);
+struct RecordAcquisition(Arc<Mutex<HashMap<String, Times>>>);
+
+/// (created, acquired, due) of one run.
+type Times = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
 
 #[async_trait::async_trait]
 impl Handler for RecordAcquisition {

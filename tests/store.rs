@@ -340,10 +340,14 @@ async fn cancel_scheduled_and_acquired_tasks() {
     assert_eq!(store.cancel(999_999).await.unwrap(), CancelOutcome::NotFound);
     let a = store.acquire_batch(10).await.unwrap();
     assert_eq!(a.len(), 1, "a cancelled task is never acquired");
-    assert_eq!(store.cancel(a[0].id).await.unwrap(), CancelOutcome::CancelRequested);
-    // Its failure is not retried.
+    assert_eq!(store.cancel(a[0].id).await.unwrap(), CancelOutcome::CancelledRunning);
+    // CANCELLED at once; a late result of that attempt is stale.
+    let t = store.get(a[0].id).await.unwrap().unwrap();
+    assert_eq!((t.state, t.acquired_at.is_none(), t.cancel_requested), (TaskState::Cancelled, true, true));
+    assert_eq!(t.error.as_ref().unwrap()["code"], json!(-32011));
     let c = store.complete_many(&[fail(&a[0])]).await.unwrap();
-    assert_eq!(c.applied[0].state, TaskState::Cancelled);
+    assert_eq!((c.applied.len(), c.stale.len()), (0, 1));
+    assert_eq!(store.get(a[0].id).await.unwrap().unwrap().state, TaskState::Cancelled);
     assert!(store.acquire_batch(10).await.unwrap().is_empty());
     // Retry brings a cancelled task back.
     assert!(store.retry(ids[0].id, MaxAttempts::default()).await.unwrap());

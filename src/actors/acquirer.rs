@@ -1,7 +1,9 @@
 //! Acquirer: claims due tasks in batches (TaskStore::acquire_batch) and sends them to the outbound queue; tasks
 //! whose send failed are released. When idle it neither spins nor sleeps long: [`TasksDue`] wakes it (from the
 //! DueListener on NOTIFY, or from this process's Persister and ResultSink), and it looks at least every
-//! `acquirer.idle_wakeup_ms` for retries that became due.
+//! `acquirer.idle_wakeup_ms` for retries that became due. When an action's limits held back due tasks, it looks again
+//! when that action's next rate token comes, or after `acquirer.throttle_poll_ms` for a concurrency slot (a slot
+//! freed by this process's ResultSink wakes it at once).
 
 use super::messages::TasksDue;
 use super::Shared;
@@ -99,10 +101,10 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
                 continue;
             }
         }
-        let tasks = match store.acquire_batch(cfg.batch_size).await {
-            Ok(t) => {
+        let (tasks, throttled) = match store.acquire(cfg.batch_size).await {
+            Ok(a) => {
                 error_delay = Duration::from_millis(100);
-                t
+                (a.tasks, a.throttled)
             }
             Err(e) => {
                 tracing::error!(error = %e, "acquire_batch failed");
@@ -120,8 +122,15 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
             let bodies: Vec<String> = tasks
                 .iter()
                 .map(|t| {
-                    TaskRequest { id: t.id, attempt: t.attempt, action: t.action.clone(), payload: t.payload.clone() }
-                        .to_body()
+                    TaskRequest {
+                        id: t.id,
+                        attempt: t.attempt,
+                        action: t.action.clone(),
+                        payload: t.payload.clone(),
+                        timeout_secs: t.timeout_secs,
+                        deadline: t.deadline,
+                    }
+                    .to_body()
                 })
                 .collect();
             let sent = match shared.transport.send(Queue::Outbound, &bodies).await {
@@ -143,10 +152,21 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
                 }
             }
         }
+        // Held back by an action's limits: look again when its next token comes, or soon for a free slot.
+        let mut wait = idle;
+        for t in &throttled {
+            metrics().acquire_throttled.with_label_values(&[t.action.as_str()]).inc();
+            let next = if t.retry_after_secs > 0.0 {
+                Duration::from_secs_f64(t.retry_after_secs.min(3600.0))
+            } else {
+                Duration::from_millis(cfg.throttle_poll_ms)
+            };
+            wait = wait.min(next.max(Duration::from_millis(5)));
+        }
         if !full {
             tokio::select! {
                 _ = due.notified() => {}
-                _ = tokio::time::sleep(idle) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.stopped() => {}
             }
         }
@@ -165,10 +185,19 @@ pub struct AcquirerSettings {
     pub idle_wakeup_ms: u64,
     /// Stop acquiring while the outbound queue holds more than this many messages (0: no limit).
     pub max_outbound_depth: u64,
+    /// Look again this soon (ms) when an action at its max_concurrency holds back due tasks (a slot frees when one
+    /// of its running tasks ends, possibly in another process).
+    pub throttle_poll_ms: u64,
 }
 
 impl Default for AcquirerSettings {
     fn default() -> Self {
-        Self { batch_size: 200, concurrency: 2, idle_wakeup_ms: 1_000, max_outbound_depth: 10_000 }
+        Self {
+            batch_size: 200,
+            concurrency: 2,
+            idle_wakeup_ms: 1_000,
+            max_outbound_depth: 10_000,
+            throttle_poll_ms: 100,
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! DueListener: LISTEN `tasks_due` on a dedicated connection and tell the Acquirer [`TasksDue`] on every
 //! notification (raised by inserts into `tasks`, from any process). Reconnects after a pause when the
-//! connection is lost; meanwhile the Acquirer's own timer still finds work.
+//! connection is lost; meanwhile the Acquirer's own timer still finds work. [`listen`] is the LISTEN loop itself,
+//! also used by the WorkerPool for `tasks_cancel`.
 
 use super::messages::TasksDue;
-use super::{Shared, Slot};
+use super::Shared;
 use crate::metrics::metrics;
 use crate::supervision::Link;
 use actix::prelude::*;
@@ -26,12 +27,21 @@ impl Actor for DueListener {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.link.attach(ctx);
-        let run = listen(self.shared.settings.database.clone(), self.shared.acquirer.clone());
+        let acquirer = self.shared.acquirer.clone();
+        let run = listen(self.shared.settings.database.clone(), "tasks_due", move |_| {
+            metrics().actor_messages.with_label_values(&["due_listener", "notification"]).inc();
+            if let Some(a) = acquirer.get() {
+                a.do_send(TasksDue);
+            }
+        });
         ctx.spawn(run.into_actor(self));
     }
 }
 
-async fn listen(settings: crate::db::DatabaseSettings, acquirer: Slot<TasksDue>) {
+/// LISTENs on `channel` on a dedicated connection and calls `on` with each notification's payload, for ever:
+/// reconnects a second after the connection is lost (notifications sent meanwhile are missed; callers have a
+/// fallback: a timer, a heartbeat).
+pub async fn listen(settings: crate::db::DatabaseSettings, channel: &'static str, mut on: impl FnMut(&str)) {
     // The same connections as the pools: TLS per sslmode, connect timeout, TCP keepalive (a LISTEN connection is
     // idle most of the time: keepalive is what notices that it died).
     let connector = match crate::db::Connector::new(&settings) {
@@ -49,13 +59,10 @@ async fn listen(settings: crate::db::DatabaseSettings, acquirer: Slot<TasksDue>)
                     futures::stream::poll_fn(move |cx| conn.poll_message(cx)).map(|r| r.map_err(|e| e.to_string()));
                 let driver = stream.forward(futures::SinkExt::sink_map_err(tx, |e| e.to_string()));
                 let listen = async {
-                    client.batch_execute("LISTEN tasks_due").await?;
+                    client.batch_execute(&format!("LISTEN {channel}")).await?;
                     while let Some(msg) = rx.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(_) = msg {
-                            metrics().actor_messages.with_label_values(&["due_listener", "notification"]).inc();
-                            if let Some(a) = acquirer.get() {
-                                a.do_send(TasksDue);
-                            }
+                        if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                            on(n.payload());
                         }
                     }
                     Ok::<_, tokio_postgres::Error>(())

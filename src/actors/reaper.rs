@@ -236,7 +236,7 @@ impl ReaperSettings {
         if self.queue_timeout_secs < self.stale_timeout_secs {
             return Err("reaper.queue_timeout_secs: must be at least reaper.stale_timeout_secs".into());
         }
-        if !(self.retention_secs >= 0.0) {
+        if self.retention_secs.is_nan() || self.retention_secs < 0.0 {
             return Err("reaper.retention_secs: must not be negative".into());
         }
         if self.batch_size < 1 {

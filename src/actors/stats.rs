@@ -1,4 +1,5 @@
-//! StatsCollector: refreshes the gauges that need a query (tasks and workflows by state, queue depths) every 5 s.
+//! StatsCollector: refreshes the gauges that need a query (tasks and workflows by state, paused actions, queue
+//! depths) every 5 s.
 
 use super::Shared;
 use crate::metrics::metrics;
@@ -56,6 +57,10 @@ pub async fn refresh(shared: Shared, store: TaskStore) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "counting workflows failed"),
+    }
+    match store.paused_actions().await {
+        Ok(n) => m.actions_paused.set(n),
+        Err(e) => tracing::warn!(error = %e, "counting paused actions failed"),
     }
     for q in Queue::ALL {
         if let Ok(depth) = shared.transport.depth(q).await {

@@ -10,6 +10,13 @@
 //!   statement), and every `worker.heartbeat_interval_secs` all running tasks are refreshed in one statement, so the
 //!   StaleReaper never rescues a task whose handler still runs.
 //!
+//! Timeouts and cancels: a task with `_meta.timeout_secs` has its handler future dropped that long after it started
+//! and fails with a `timeout` error ([`protocol::TIMEOUT_ERROR`]), retried like any failure. The pool LISTENs on
+//! `tasks_cancel` (sent by `task.cancel` of a running task, after its commit): a handler of a cancelled (id,
+//! attempt) is dropped at once and its slot freed; one whose message has not arrived yet is never started. The
+//! database heartbeat is the fallback for a missed notification: a running task it finds no longer ACQUIRED with
+//! its attempt is dropped too. Either way no result is sent (it would be stale) and the message is deleted.
+//!
 //! Finished tasks go through a bounded channel to the result sender: when it cannot keep up, handlers wait to hand
 //! their results on (and keep their slot), so no unbounded pile of results builds up.
 
@@ -22,6 +29,7 @@ use crate::store::{Outcome, TaskResult, TaskStore};
 use crate::supervision::Link;
 use crate::transport::{Message as QueueMessage, Queue, MAX_BATCH};
 use actix::prelude::*;
+use futures::future::{AbortHandle, Abortable, Aborted};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -37,6 +45,9 @@ pub const START_BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// Finished tasks waiting for the result sender at most; beyond that, finishing handlers wait.
 const DONE_CAPACITY: usize = MAX_BATCH * 10;
 
+/// A cancelled (id, attempt) whose message has not come is remembered this long (it is never started).
+const CANCELLED_MEMORY: Duration = Duration::from_secs(15 * 60);
+
 /// The outbound messages this pool holds, for the heartbeats: receipt -> (task id, attempt) once its handler
 /// started. A message is held from its receipt until its result was sent (or it was given up).
 #[derive(Default)]
@@ -44,6 +55,10 @@ struct Held {
     messages: HashMap<String, Option<(i64, i32)>>,
     /// Handler starts not yet marked in the database.
     started: Vec<(i64, i32)>,
+    /// Running handlers, to drop one when its task is cancelled.
+    running: HashMap<(i64, i32), AbortHandle>,
+    /// Cancelled tasks not running here (yet): if their message comes, they are not started.
+    cancelled: HashMap<(i64, i32), Instant>,
 }
 
 #[derive(Clone, Default)]
@@ -89,11 +104,60 @@ impl HeldRef {
     fn take_started(&self) -> Vec<(i64, i32)> {
         std::mem::take(&mut self.inner.lock().unwrap().started)
     }
+
+    /// Registers a handler about to start; false if its task was cancelled (it must not start).
+    fn register(&self, task: (i64, i32), abort: AbortHandle) -> bool {
+        let mut h = self.inner.lock().unwrap();
+        if h.cancelled.remove(&task).is_some() {
+            return false;
+        }
+        h.running.insert(task, abort);
+        true
+    }
+
+    fn unregister(&self, task: (i64, i32)) {
+        self.inner.lock().unwrap().running.remove(&task);
+    }
+
+    /// Drops the handlers of `tasks` that run here and remembers the others, so they never start. Returns how many
+    /// handlers it dropped.
+    fn cancel(&self, tasks: &[(i64, i32)]) -> usize {
+        let mut h = self.inner.lock().unwrap();
+        let now = Instant::now();
+        if h.cancelled.len() > 10_000 {
+            h.cancelled.retain(|_, at| now.duration_since(*at) < CANCELLED_MEMORY);
+        }
+        let mut dropped = 0;
+        for t in tasks {
+            match h.running.remove(t) {
+                Some(abort) => {
+                    abort.abort();
+                    dropped += 1;
+                }
+                None => {
+                    h.cancelled.insert(*t, now);
+                }
+            }
+        }
+        dropped
+    }
+}
+
+/// The (id, attempt) pairs of a `tasks_cancel` payload: "id:attempt,id:attempt,...". Malformed pairs are skipped.
+fn parse_cancelled(payload: &str) -> Vec<(i64, i32)> {
+    payload
+        .split(',')
+        .filter_map(|pair| {
+            let (id, attempt) = pair.split_once(':')?;
+            Some((id.trim().parse().ok()?, attempt.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// A finished task waiting for its result to be sent and its outbound message deleted.
 struct Done {
-    body: String,
+    /// None: no result to send (its task was cancelled or is no longer this attempt's); only delete the message.
+    body: Option<String>,
     receipt: String,
     _guard: TrackGuard,
 }
@@ -137,6 +201,14 @@ impl Actor for WorkerPool {
         let heartbeat_store = self.shared.store("worker_pool", 1);
         let every = Duration::from_secs_f64(self.settings.heartbeat_interval_secs);
         ctx.spawn(database_heartbeat(heartbeat_store, self.held.clone(), every).into_actor(self));
+        let held = self.held.clone();
+        let cancels = super::due_listener::listen(self.shared.settings.database.clone(), "tasks_cancel", move |p| {
+            let tasks = parse_cancelled(p);
+            let dropped = held.cancel(&tasks);
+            metrics().handlers_cancelled.inc_by(dropped as u64);
+            tracing::info!(tasks = ?tasks, dropped, "tasks cancelled");
+        });
+        ctx.spawn(cancels.into_actor(self));
     }
 }
 
@@ -254,31 +326,63 @@ async fn run_task(
     let mut ctx = HandlerContext::new(req.id, req.attempt, db);
     ctx.take_meta(&mut req.payload);
     let started = Instant::now();
+    let key = (req.id, req.attempt);
     let outcome = match shared.handlers.get(&req.action) {
-        None => {
-            Err(HandlerError::with_code(protocol::METHOD_NOT_FOUND, format!("no handler for action {:?}", req.action)))
-        }
+        None => Some(Err(HandlerError::with_code(
+            protocol::METHOD_NOT_FOUND,
+            format!("no handler for action {:?}", req.action),
+        ))),
         Some(handler) => {
-            held.handler_started(&msg.receipt, (req.id, req.attempt));
-            AssertUnwindSafe(handler.handle(&ctx, &req.payload)).catch_unwind().await.unwrap_or_else(|p| {
-                let what = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                Err(HandlerError::new(format!("handler panicked: {what}")))
-            })
+            let (abort, registration) = AbortHandle::new_pair();
+            if held.register(key, abort) {
+                held.handler_started(&msg.receipt, key);
+                let run =
+                    Abortable::new(AssertUnwindSafe(handler.handle(&ctx, &req.payload)).catch_unwind(), registration);
+                let ended = match req.timeout_secs {
+                    None => Ok(run.await),
+                    Some(t) => tokio::time::timeout(Duration::from_secs_f64(t), run).await.map_err(|_| t),
+                };
+                held.unregister(key);
+                match ended {
+                    Err(t) => {
+                        metrics().tasks_timed_out.with_label_values(&[req.action.as_str()]).inc();
+                        Some(Err(HandlerError::with_code(
+                            protocol::TIMEOUT_ERROR,
+                            format!("timeout: the handler ran longer than {t} s (timeout_secs)"),
+                        )))
+                    }
+                    // Cancelled: dropped by a tasks_cancel notification or a lost heartbeat.
+                    Ok(Err(Aborted)) => None,
+                    Ok(Ok(r)) => Some(r.unwrap_or_else(|p| {
+                        let what = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(HandlerError::new(format!("handler panicked: {what}")))
+                    })),
+                }
+            } else {
+                // Cancelled before its message came: never started.
+                metrics().handlers_cancelled.inc();
+                None
+            }
         }
     };
-    metrics().handler_duration.with_label_values(&[req.action.as_str()]).observe(started.elapsed().as_secs_f64());
-    let outcome = match outcome {
-        Ok(v) => Outcome::Success(v),
-        Err(e) => {
-            tracing::info!(task_id = req.id, attempt = req.attempt, action = %req.action, error = %e, "handler failed");
-            Outcome::Failure(e.to_value())
-        }
-    };
-    let body = protocol::result_body(&TaskResult { id: req.id, attempt: req.attempt, outcome });
+    let body = outcome.map(|outcome| {
+        metrics().handler_duration.with_label_values(&[req.action.as_str()]).observe(started.elapsed().as_secs_f64());
+        let outcome = match outcome {
+            Ok(v) => Outcome::Success(v),
+            Err(e) => {
+                tracing::info!(task_id = req.id, attempt = req.attempt, action = %req.action, error = %e, "handler failed");
+                Outcome::Failure(e.to_value())
+            }
+        };
+        protocol::result_body(&TaskResult { id: req.id, attempt: req.attempt, outcome })
+    });
+    if body.is_none() {
+        tracing::info!(task_id = req.id, attempt = req.attempt, action = %req.action, "handler dropped: task cancelled");
+    }
     // Bounded: when the result sender is behind, this handler keeps its slot until its result is queued.
     let receipt = msg.receipt.clone();
     if done_tx.send(Done { body, receipt, _guard: guard }).await.is_err() {
@@ -323,9 +427,17 @@ async fn database_heartbeat(store: TaskStore, held: HeldRef, every: Duration) {
         if tasks.is_empty() {
             continue;
         }
-        match store.heartbeat(&tasks).await {
-            Ok(n) if n < tasks.len() => {
-                tracing::debug!(sent = tasks.len(), refreshed = n, "heartbeat: some tasks are no longer ours")
+        match store.heartbeat_lost(&tasks).await {
+            Ok(lost) if !lost.is_empty() => {
+                // Cancelled (a missed notification), rescued or released: their results would be stale.
+                let dropped = held.cancel(&lost);
+                metrics().handlers_cancelled.inc_by(dropped as u64);
+                tracing::debug!(
+                    sent = tasks.len(),
+                    lost = lost.len(),
+                    dropped,
+                    "heartbeat: some tasks are no longer ours"
+                )
             }
             Ok(_) => {}
             // The next tick tries again; the stale timeout is at least two intervals.
@@ -344,16 +456,26 @@ async fn send_results(shared: Shared, mut rx: mpsc::Receiver<Done>, held: HeldRe
                 Err(_) => break,
             }
         }
-        let bodies: Vec<String> = batch.iter().map(|d| d.body.clone()).collect();
-        let sent = match shared.transport.send(Queue::Results, &bodies).await {
-            Ok(r) => r,
-            Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
+        let with_result: Vec<&Done> = batch.iter().filter(|d| d.body.is_some()).collect();
+        let bodies: Vec<String> = with_result.iter().filter_map(|d| d.body.clone()).collect();
+        let sent = if bodies.is_empty() {
+            Vec::new()
+        } else {
+            match shared.transport.send(Queue::Results, &bodies).await {
+                Ok(r) => r,
+                Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
+            }
         };
-        let receipts: Vec<String> =
-            batch.iter().zip(&sent).filter(|(_, r)| r.is_ok()).map(|(d, _)| d.receipt.clone()).collect();
-        if receipts.len() < batch.len() {
-            tracing::warn!(failed = batch.len() - receipts.len(), "result send failed; those tasks will run again");
+        let mut receipts: Vec<String> =
+            with_result.iter().zip(&sent).filter(|(_, r)| r.is_ok()).map(|(d, _)| d.receipt.clone()).collect();
+        if receipts.len() < with_result.len() {
+            tracing::warn!(
+                failed = with_result.len() - receipts.len(),
+                "result send failed; those tasks will run again"
+            );
         }
+        // Cancelled tasks: nothing to send, their messages are done with.
+        receipts.extend(batch.iter().filter(|d| d.body.is_none()).map(|d| d.receipt.clone()));
         if let Err(e) = shared.transport.delete(Queue::Outbound, &receipts).await {
             tracing::warn!(error = %e, "outbound delete failed; the tasks' results will be stale duplicates");
         }
@@ -378,5 +500,30 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self { concurrency: 64, pollers: 2, heartbeat_interval_secs: 30.0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_payloads_parse_and_skip_malformed_pairs() {
+        assert_eq!(parse_cancelled("12:1,13:4"), vec![(12, 1), (13, 4)]);
+        assert_eq!(parse_cancelled("12:1,x:2,14,15:3"), vec![(12, 1), (15, 3)]);
+        assert!(parse_cancelled("").is_empty());
+    }
+
+    #[test]
+    fn a_cancel_drops_a_running_handler_and_keeps_a_later_one_from_starting() {
+        let held = HeldRef::default();
+        let (running, registration) = AbortHandle::new_pair();
+        assert!(held.register((1, 1), running));
+        let run = Abortable::new(std::future::pending::<()>(), registration);
+        assert_eq!(held.cancel(&[(1, 1), (2, 3)]), 1, "one handler ran here");
+        assert!(futures::executor::block_on(run).is_err(), "the running handler was dropped");
+        // (2, 3) was cancelled before its message came: it never starts; another attempt of task 2 does.
+        assert!(!held.register((2, 3), AbortHandle::new_pair().0));
+        assert!(held.register((2, 4), AbortHandle::new_pair().0));
     }
 }

@@ -10,6 +10,7 @@
 //!   every JSON-RPC error response in `scheduler_rpc_errors_total{code}`.
 
 pub mod auth;
+pub mod levers;
 pub mod rpc;
 mod schedules;
 pub mod server;

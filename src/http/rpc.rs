@@ -1,7 +1,9 @@
 //! The JSON-RPC 2.0 dispatcher of `POST /rpc`: single and batch requests, notifications, and the methods
 //! `submit:<action>`, `task.get`, `task.list`, `task.cancel`, `task.retry`, `stats`, `workflow.submit`,
-//! `workflow.get`, `workflow.list`, `workflow.cancel` and `schedule.*` (in `schedules.rs`).
+//! `workflow.get`, `workflow.list`, `workflow.cancel` and `schedule.*` (in `schedules.rs`); the `action.*` methods
+//! and the bulk forms of `task.cancel` / `task.retry` are in `levers.rs`.
 
+use super::levers;
 use crate::actors::commit_stage::{GroupCommitter, ItemError};
 use crate::actors::persister::{SubmitCommit, WorkflowCommit, WORKFLOW_SUBMIT};
 use crate::metrics::metrics;
@@ -132,16 +134,9 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         "task.list" => {
             let mut p = Params::new(params)?;
-            let state = p
-                .optional_str("state")?
-                .map(|s| TaskState::parse(&s))
-                .transpose()
-                .map_err(RpcError::invalid_params)?;
-            let action = p
-                .optional_str("action")?
-                .map(Action::parse)
-                .transpose()
-                .map_err(RpcError::invalid_params)?;
+            let state =
+                p.optional_str("state")?.map(|s| TaskState::parse(&s)).transpose().map_err(RpcError::invalid_params)?;
+            let action = p.optional_str("action")?.map(Action::parse).transpose().map_err(RpcError::invalid_params)?;
             let after_id = p.optional_i64("after_id")?;
             let limit = p.optional_i64("limit")?;
             p.finish()?;
@@ -150,12 +145,7 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
                     return Err(invalid("limit", format!("must be between 1 and 1000, got {l}")));
                 }
             }
-            let filter = ListFilter {
-                state,
-                action,
-                after_id,
-                limit,
-            };
+            let filter = ListFilter { state, action, after_id, limit };
             let tasks = ctx.store.list(&filter).await.map_err(store_error)?;
             let next = tasks.last().map(|t| json!(t.id)).unwrap_or(Value::Null);
             Ok(json!({
@@ -165,25 +155,46 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         "task.cancel" => {
             let mut p = Params::new(params)?;
-            let id = p.required_i64("id")?;
+            let id = p.optional_i64("id")?;
+            let filter = levers::task_filter(&mut p)?;
             p.finish()?;
-            let outcome = match ctx.store.cancel(id).await.map_err(store_error)? {
+            let id = match (id, filter) {
+                (Some(id), None) => id,
+                (None, Some(filter)) => return levers::cancel_matching(&ctx.store, &filter).await,
+                (Some(_), Some(_)) => {
+                    return Err(invalid("params", "give either id or a filter (action, state), not both"))
+                }
+                (None, None) => return Err(invalid("id", "is required (or a filter: action, state)")),
+            };
+            let (outcome, from) = ctx.store.cancel_one(id).await.map_err(store_error)?;
+            if let Some(from) = from {
+                metrics().tasks_cancelled.with_label_values(&[from.as_str()]).inc();
+            }
+            let outcome = match outcome {
                 CancelOutcome::NotFound => return Err(not_found(id)),
                 CancelOutcome::Cancelled => "cancelled",
-                CancelOutcome::CancelRequested => "cancel_requested",
+                CancelOutcome::CancelledRunning => "cancelled_running",
                 CancelOutcome::AlreadyFinished => "already_finished",
             };
             Ok(json!({"outcome": outcome}))
         }
         "task.retry" => {
             let mut p = Params::new(params)?;
-            let id = p.required_i64("id")?;
+            let id = p.optional_i64("id")?;
+            let filter = levers::task_filter(&mut p)?;
             let extra = match p.optional_i64("extra_attempts")? {
                 None => ctx.default_max_attempts,
-                Some(n) => MaxAttempts::parse(n)
-                    .map_err(|e| invalid("extra_attempts", e.message))?,
+                Some(n) => MaxAttempts::parse(n).map_err(|e| invalid("extra_attempts", e.message))?,
             };
             p.finish()?;
+            let id = match (id, filter) {
+                (Some(id), None) => id,
+                (None, Some(filter)) => return levers::retry_matching(&ctx.store, &filter, extra).await,
+                (Some(_), Some(_)) => {
+                    return Err(invalid("params", "give either id or a filter (action, state), not both"))
+                }
+                (None, None) => return Err(invalid("id", "is required (or a filter: action, state)")),
+            };
             if ctx.store.retry(id, extra).await.map_err(store_error)? {
                 return Ok(json!({"retried": true}));
             }
@@ -198,23 +209,13 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
         }
         "stats" => {
             Params::new(params)?.finish()?;
-            let rows = ctx
-                .store
-                .counts_by_state_and_action()
-                .await
-                .map_err(store_error)?;
-            let zero = || -> BTreeMap<&'static str, i64> {
-                TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect()
-            };
+            let rows = ctx.store.counts_by_state_and_action().await.map_err(store_error)?;
+            let zero = || -> BTreeMap<&'static str, i64> { TaskState::ALL.iter().map(|s| (s.as_str(), 0)).collect() };
             let mut by_state = zero();
             let mut by_action: BTreeMap<String, BTreeMap<&'static str, i64>> = BTreeMap::new();
             for (state, action, n) in rows {
                 *by_state.entry(state.as_str()).or_default() += n;
-                *by_action
-                    .entry(action)
-                    .or_insert_with(zero)
-                    .entry(state.as_str())
-                    .or_default() += n;
+                *by_action.entry(action).or_insert_with(zero).entry(state.as_str()).or_default() += n;
             }
             Ok(json!({"by_state": by_state, "by_action": by_action}))
         }
@@ -294,10 +295,11 @@ async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<V
             Ok(json!({"id": s.id, "created": s.created}))
         }
         m if m.starts_with(super::schedules::PREFIX) => super::schedules::call(ctx, m, params).await,
+        m if m.starts_with("action.") => levers::call_action(&ctx.store, m, params).await,
         other => Err(RpcError::new(
             METHOD_NOT_FOUND,
             format!(
-                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, stats, workflow.submit, workflow.get, workflow.list, workflow.cancel, schedule.create, schedule.list, schedule.delete, schedule.pause or schedule.resume)"
+                "method not found: {other:?} (expected submit:<action>, task.get, task.list, task.cancel, task.retry, stats, workflow.submit, workflow.get, workflow.list, workflow.cancel, schedule.create, schedule.list, schedule.delete, schedule.pause, schedule.resume, action.configure, action.pause, action.resume or action.list)"
             ),
         )),
     }
@@ -362,6 +364,11 @@ impl Params {
             Some(Value::Array(a)) if a.is_empty() => Ok(Params(Map::new())),
             Some(_) => Err(invalid("params", "must be an object with named members")),
         }
+    }
+
+    /// The member as given (null included), None if absent.
+    pub(super) fn take_raw(&mut self, field: &'static str) -> Option<Value> {
+        self.0.remove(field)
     }
 
     /// The member, None if absent or null.

@@ -2,9 +2,11 @@
 //!
 //! - inbound (submit): `{"jsonrpc":"2.0","method":"submit:export","params":{"objectID":23}}`. `params` is the
 //!   payload, or, to pass options, `{"payload":{...},"priority":5,"dedup_key":"k","run_at":"<RFC 3339>",
-//!   "delay_secs":30,"max_attempts":3}` (the structured form is recognised by its `payload` member).
+//!   "delay_secs":30,"max_attempts":3,"timeout_secs":60}` (the structured form is recognised by its `payload` member).
 //! - outbound (task): `{"jsonrpc":"2.0","method":"export","params":{"objectID":23,"_meta":{"attempt":1}},"id":42}`
-//!   where the id is the task id; `_meta` is reserved in payloads. A workflow stage's `_meta` also carries
+//!   where the id is the task id; `_meta` is reserved in payloads. A task with a timeout also has
+//!   `"timeout_secs":60` (one run's limit, from its start) and `"deadline":"<RFC 3339>"` (acquisition + timeout,
+//!   database clock) in `_meta`. A workflow stage's `_meta` also carries
 //!   `parents`: its parents' results by stage name (`{"fetch": <result>, ...}`; a spawning parent's `result` member,
 //!   and each child it spawned as `"<parent>/<child>"`), and an on_failure stage's `failed`: `{"stage", "task_id",
 //!   "state", "error"}` of the stage that failed.
@@ -15,7 +17,7 @@
 //!   `{"jsonrpc":"2.0","error":{"code":-1234,"message":"...","attempt":1,"data":...},"id":42}`.
 
 use crate::domain::{
-    Action, DedupKey, MaxAttempts, NewTask, Outcome, Payload, Priority, RunAt, TaskResult, ValidationError,
+    Action, DedupKey, MaxAttempts, NewTask, Outcome, Payload, Priority, RunAt, TaskResult, TimeoutSecs, ValidationError,
 };
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -27,6 +29,10 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// A handler failed without its own code.
 pub const HANDLER_ERROR: i64 = -32000;
+/// A handler ran past its task's timeout_secs and was dropped (the message starts with "timeout").
+pub const TIMEOUT_ERROR: i64 = -32010;
+/// Recorded as the error of a task cancelled while running (`task.cancel`).
+pub const CANCELLED_ERROR: i64 = -32011;
 
 /// Reserved payload key carrying task metadata on the outbound queue.
 pub const META_KEY: &str = "_meta";
@@ -159,7 +165,14 @@ pub fn submit_task(
         for (k, v) in obj {
             match k.as_str() {
                 "priority" => t.priority = Priority::parse(int_field("priority", &v)?).map_err(inv)?,
-                "max_attempts" => t.max_attempts = MaxAttempts::parse(int_field("max_attempts", &v)?).map_err(inv)?,
+                "max_attempts" => {
+                    t = t.with_max_attempts(MaxAttempts::parse(int_field("max_attempts", &v)?).map_err(inv)?)
+                }
+                "timeout_secs" => {
+                    let secs =
+                        v.as_f64().ok_or_else(|| inv(ValidationError::new("timeout_secs", "must be a number")))?;
+                    t.timeout = Some(TimeoutSecs::parse("timeout_secs", secs).map_err(inv)?);
+                }
                 "dedup_key" => {
                     let s = v.as_str().ok_or_else(|| inv(ValidationError::new("dedup_key", "must be a string")))?;
                     t.dedup_key = Some(DedupKey::parse(s).map_err(inv)?);
@@ -224,6 +237,9 @@ pub fn outbound_size(task: &NewTask) -> usize {
         attempt: i32::MAX,
         action: task.action.as_str().to_owned(),
         payload: task.payload.clone().into_value(),
+        // The widest _meta: a timeout (the task's, or one its action may get later) and a deadline.
+        timeout_secs: Some(f64::MIN_POSITIVE),
+        deadline: Some(chrono::DateTime::<chrono::Utc>::MAX_UTC),
     }
     .to_body()
     .len()
@@ -275,6 +291,10 @@ pub struct TaskRequest {
     pub attempt: i32,
     pub action: String,
     pub payload: Value,
+    /// This run's limit (seconds from the handler's start); the pool drops the handler past it.
+    pub timeout_secs: Option<f64>,
+    /// Acquisition + timeout on the database clock (information for workers in other languages).
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl TaskRequest {
@@ -283,12 +303,18 @@ impl TaskRequest {
             Value::Object(m) => m.clone(),
             _ => Map::new(),
         };
-        // A workflow stage's payload carries `_meta.parents` (or `failed`): the attempt joins them.
+        // A workflow stage's payload carries `_meta.parents` (or `failed`): the attempt and the timeout join them.
         let mut meta = match params.remove(META_KEY) {
             Some(Value::Object(m)) => m,
             _ => Map::new(),
         };
         meta.insert("attempt".into(), json!(self.attempt));
+        if let Some(t) = self.timeout_secs {
+            meta.insert("timeout_secs".into(), json!(t));
+        }
+        if let Some(d) = self.deadline {
+            meta.insert("deadline".into(), json!(d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+        }
         params.insert(META_KEY.into(), Value::Object(meta));
         json!({"jsonrpc": "2.0", "method": self.action, "params": params, "id": self.id}).to_string()
     }
@@ -312,11 +338,34 @@ impl TaskRequest {
             .and_then(|a| a.as_i64())
             .filter(|a| *a >= 1 && *a <= i32::MAX as i64)
             .ok_or_else(|| RpcError::new(INVALID_PARAMS, "params._meta.attempt must be a positive integer"))?;
+        let timeout_secs =
+            match meta.remove("timeout_secs") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_f64().filter(|t| t.is_finite() && *t > 0.0).ok_or_else(|| {
+                    RpcError::new(INVALID_PARAMS, "params._meta.timeout_secs must be a positive number")
+                })?),
+            };
+        let deadline = match meta.remove("deadline") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|d| d.with_timezone(&chrono::Utc))
+                    .ok_or_else(|| RpcError::new(INVALID_PARAMS, "params._meta.deadline must be an RFC 3339 time"))?,
+            ),
+        };
         // What else `_meta` holds (a workflow stage's parents) stays in the payload for the worker to hand over.
         if !meta.is_empty() {
             params.insert(META_KEY.into(), Value::Object(meta));
         }
-        Ok(TaskRequest { id, attempt: attempt as i32, action: req.method, payload: Value::Object(params) })
+        Ok(TaskRequest {
+            id,
+            attempt: attempt as i32,
+            action: req.method,
+            payload: Value::Object(params),
+            timeout_secs,
+            deadline,
+        })
     }
 }
 
@@ -400,10 +449,15 @@ mod tests {
 
     #[test]
     fn submit_with_options() {
-        let body = r#"{"jsonrpc":"2.0","method":"submit:export","params":{"payload":{"objectID":1},"priority":7,"dedup_key":"x","delay_secs":5,"max_attempts":3}}"#;
+        let body = r#"{"jsonrpc":"2.0","method":"submit:export","params":{"payload":{"objectID":1},"priority":7,"dedup_key":"x","delay_secs":5,"max_attempts":3,"timeout_secs":2.5}}"#;
         let t = parse_submit(body, 1024, d()).unwrap();
         assert_eq!(t.priority.get(), 7);
         assert_eq!(t.max_attempts.get(), 3);
+        assert!(t.max_attempts_explicit);
+        assert_eq!(t.timeout.map(|t| t.get()), Some(2.5));
+        let plain =
+            parse_submit(r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{}}}"#, 1024, d()).unwrap();
+        assert!(!plain.max_attempts_explicit && plain.timeout.is_none());
         assert_eq!(t.dedup_key.unwrap().as_str(), "x");
         assert_eq!(t.run_at, RunAt::After(Duration::from_secs(5)));
     }
@@ -422,6 +476,9 @@ mod tests {
             (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"bogus":1}}"#, INVALID_PARAMS),
             (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"_meta":{}}}"#, INVALID_PARAMS),
             (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"max_attempts":-1}}"#, INVALID_PARAMS),
+            (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"timeout_secs":0}}"#, INVALID_PARAMS),
+            (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"timeout_secs":-1}}"#, INVALID_PARAMS),
+            (r#"{"jsonrpc":"2.0","method":"submit:x","params":{"payload":{},"timeout_secs":"1"}}"#, INVALID_PARAMS),
         ];
         for (body, code) in cases {
             assert_eq!(parse_submit(body, 1024, d()).unwrap_err().code, code, "{body}");
@@ -440,18 +497,36 @@ mod tests {
         let e = parse_submit(&body, limit, d()).unwrap_err();
         assert_eq!(e.code, INVALID_PARAMS, "{e:?}");
         assert!(e.message.contains("1024") && e.message.contains("transport.max_message_bytes"), "{e:?}");
-        // A smaller one is accepted, and its largest task message fits.
-        let t = parse_submit(&fill(n - 100).to_string(), limit, d()).unwrap();
-        let most =
-            TaskRequest { id: i64::MIN, attempt: i32::MAX, action: "export".into(), payload: t.payload.into_value() };
+        // A smaller one is accepted, and its largest task message (with a timeout and a deadline) fits.
+        let t = parse_submit(&fill(n - 200).to_string(), limit, d()).unwrap();
+        let most = TaskRequest {
+            id: i64::MIN,
+            attempt: i32::MAX,
+            action: "export".into(),
+            payload: t.payload.into_value(),
+            timeout_secs: Some(604_799.123456789),
+            deadline: Some(chrono::Utc::now()),
+        };
         assert!(most.to_body().len() <= limit);
     }
 
     #[test]
     fn task_request_round_trip_keeps_payload_and_attempt() {
-        let t = TaskRequest { id: 42, attempt: 3, action: "export".into(), payload: json!({"objectID": 23}) };
+        let t = TaskRequest {
+            id: 42,
+            attempt: 3,
+            action: "export".into(),
+            payload: json!({"objectID": 23}),
+            timeout_secs: None,
+            deadline: None,
+        };
         let body = t.to_body();
         assert_eq!(TaskRequest::parse(&body, 1024).unwrap(), t);
+        let deadline = chrono::DateTime::parse_from_rfc3339("2026-11-27T10:00:01.500Z").unwrap().to_utc();
+        let timed = TaskRequest { timeout_secs: Some(1.5), deadline: Some(deadline), ..t.clone() };
+        let body = timed.to_body();
+        assert!(body.contains(r#""deadline":"2026-11-27T10:00:01.500Z""#) && body.contains(r#""timeout_secs":1.5"#));
+        assert_eq!(TaskRequest::parse(&body, 1024).unwrap(), timed);
         assert!(
             TaskRequest::parse(r#"{"jsonrpc":"2.0","method":"export","params":{"objectID":1},"id":1}"#, 1024).is_err()
         );

@@ -5,6 +5,7 @@
 //! - fenced: a result applies only to the (id, attempt) that is still `ACQUIRED`;
 //! - every time comes from the database clock (`now()`), never from this process.
 
+mod actions;
 mod workflows;
 
 pub use workflows::{WorkflowFilter, WORKFLOW_CANCELLED_CODE};
@@ -149,6 +150,8 @@ impl TaskStore {
         let mut max_attempts = Vec::with_capacity(tasks.len());
         let mut run_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(tasks.len());
         let mut delays: Vec<Option<f64>> = Vec::with_capacity(tasks.len());
+        let timeouts: Vec<Option<f64>> = tasks.iter().map(|t| t.timeout.map(TimeoutSecs::get)).collect();
+        let explicit: Vec<bool> = tasks.iter().map(|t| t.max_attempts_explicit).collect();
         for t in tasks {
             actions.push(t.action.as_str().to_owned());
             payloads.push(t.payload.clone().into_value());
@@ -191,6 +194,8 @@ impl TaskStore {
                 .bind::<Array<Integer>, _>(&max_attempts)
                 .bind::<Array<Nullable<Timestamptz>>, _>(&run_ats)
                 .bind::<Array<Nullable<Double>>, _>(&delays)
+                .bind::<Array<Nullable<Double>>, _>(&timeouts)
+                .bind::<Array<Bool>, _>(&explicit)
                 .load(&mut conn)
                 .await;
             let rows = match res.map_err(StoreError::from) {
@@ -212,40 +217,60 @@ impl TaskStore {
 
     /// Claims up to `limit` due tasks (SCHEDULED, or ERROR whose run_at has come) by priority, then run_at, then id:
     /// sets ACQUIRED, attempts + 1, acquired_at = now. Concurrent callers never get the same task (SKIP LOCKED).
+    /// Per-action limits apply (see [`TaskStore::acquire`]).
     pub async fn acquire_batch(&self, limit: i64) -> StoreResult<Vec<AcquiredTask>> {
+        Ok(self.acquire(limit).await?.tasks)
+    }
+
+    /// [`TaskStore::acquire_batch`], also naming the actions whose limits (pause, max_concurrency, rate_per_sec)
+    /// held back due tasks in this call, and when to look again. Limits are decided inside the one statement.
+    pub async fn acquire(&self, limit: i64) -> StoreResult<Acquisition> {
         #[derive(QueryableByName)]
         struct Row {
-            #[diesel(sql_type = BigInt)]
-            id: i64,
+            #[diesel(sql_type = Nullable<BigInt>)]
+            id: Option<i64>,
             #[diesel(sql_type = Text)]
             action: String,
-            #[diesel(sql_type = Jsonb)]
-            payload: Value,
-            #[diesel(sql_type = Integer)]
-            attempt: i32,
-            #[diesel(sql_type = SmallInt)]
-            priority: i16,
-            #[diesel(sql_type = Timestamptz)]
-            created_at: DateTime<Utc>,
+            #[diesel(sql_type = Nullable<Jsonb>)]
+            payload: Option<Value>,
+            #[diesel(sql_type = Nullable<Integer>)]
+            attempt: Option<i32>,
+            #[diesel(sql_type = Nullable<SmallInt>)]
+            priority: Option<i16>,
+            #[diesel(sql_type = Nullable<Timestamptz>)]
+            created_at: Option<DateTime<Utc>>,
             #[diesel(sql_type = Double)]
             wait_seconds: f64,
+            #[diesel(sql_type = Nullable<Double>)]
+            timeout_secs: Option<f64>,
+            #[diesel(sql_type = Nullable<Timestamptz>)]
+            deadline: Option<DateTime<Utc>>,
         }
         let mut conn = self.conn().await?;
-        let mut rows: Vec<Row> = diesel::sql_query(ACQUIRE_SQL).bind::<BigInt, _>(limit.max(0)).load(&mut conn).await?;
+        let rows: Vec<Row> = diesel::sql_query(ACQUIRE_SQL).bind::<BigInt, _>(limit.max(0)).load(&mut conn).await?;
+        let mut out = Acquisition::default();
+        for r in rows {
+            match (r.id, r.payload, r.attempt, r.priority, r.created_at) {
+                (Some(id), Some(payload), Some(attempt), Some(priority), Some(created_at)) => {
+                    out.tasks.push(AcquiredTask {
+                        id,
+                        action: r.action,
+                        payload,
+                        attempt,
+                        priority,
+                        created_at,
+                        wait_seconds: r.wait_seconds,
+                        timeout_secs: r.timeout_secs,
+                        deadline: r.deadline,
+                    })
+                }
+                // A row without a task: this action's limits held back due tasks.
+                _ => out.throttled.push(Throttled { action: r.action, retry_after_secs: r.wait_seconds }),
+            }
+        }
         // UPDATE ... RETURNING has no order: restore the acquisition order.
-        rows.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-        Ok(rows
-            .into_iter()
-            .map(|r| AcquiredTask {
-                id: r.id,
-                action: r.action,
-                payload: r.payload,
-                attempt: r.attempt,
-                priority: r.priority,
-                created_at: r.created_at,
-                wait_seconds: r.wait_seconds,
-            })
-            .collect())
+        out.tasks.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Ok(out)
     }
 
     /// Records results. Each applies only while its task is ACQUIRED with that same attempt (fencing); the others
@@ -354,8 +379,17 @@ impl TaskStore {
     /// ACQUIRED with that attempt (a worker marks its handlers' starts and then all its running tasks this way).
     /// Returns how many rows it refreshed.
     pub async fn heartbeat(&self, tasks: &[(i64, i32)]) -> StoreResult<usize> {
+        let mut unique = tasks.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        Ok(unique.len() - self.heartbeat_lost(tasks).await?.len())
+    }
+
+    /// [`TaskStore::heartbeat`], returning the (id, attempt) pairs it did not refresh: no longer ACQUIRED with that
+    /// attempt (cancelled, rescued, released, or already completed). Their handlers' results would be stale.
+    pub async fn heartbeat_lost(&self, tasks: &[(i64, i32)]) -> StoreResult<Vec<(i64, i32)>> {
         if tasks.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         // In id order: concurrent statements over the same rows lock them in the same order.
         let mut tasks = tasks.to_vec();
@@ -363,13 +397,21 @@ impl TaskStore {
         tasks.dedup();
         let ids: Vec<i64> = tasks.iter().map(|t| t.0).collect();
         let attempts: Vec<i32> = tasks.iter().map(|t| t.1).collect();
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
+        }
         let mut conn = self.conn().await?;
-        let n = diesel::sql_query(HEARTBEAT_SQL)
+        let rows: Vec<Row> = diesel::sql_query(HEARTBEAT_SQL)
             .bind::<Array<BigInt>, _>(&ids)
             .bind::<Array<Integer>, _>(&attempts)
-            .execute(&mut conn)
+            .load(&mut conn)
             .await?;
-        Ok(n)
+        let refreshed: HashSet<(i64, i32)> = rows.into_iter().map(|r| (r.id, r.attempts)).collect();
+        Ok(tasks.into_iter().filter(|t| !refreshed.contains(t)).collect())
     }
 
     /// The current attempt's last heartbeat of task `id` (None: not started, not ACQUIRED, or no such task). The
@@ -480,37 +522,97 @@ impl TaskStore {
         rows.into_iter().map(Task::try_from).collect()
     }
 
-    /// SCHEDULED, ERROR or WAITING (a workflow stage) become CANCELLED; an ACQUIRED task is marked so that a
-    /// failure is not retried.
+    /// SCHEDULED, ERROR, WAITING (a workflow stage) or ACQUIRED become CANCELLED, in one statement. For an ACQUIRED
+    /// task the same statement notifies `tasks_cancel` (delivered at commit) so its worker drops the handler; a
+    /// result of that attempt arriving later is stale.
     pub async fn cancel(&self, id: i64) -> StoreResult<CancelOutcome> {
+        Ok(self.cancel_one(id).await?.0)
+    }
+
+    /// [`TaskStore::cancel`], with the state the task was cancelled from (None if it was not cancelled).
+    pub async fn cancel_one(&self, id: i64) -> StoreResult<(CancelOutcome, Option<TaskState>)> {
+        let counts = self.cancel_where(Some(id), &TaskFilter::default()).await?;
+        if let Some(&(from, _)) = counts.iter().find(|(_, n)| *n > 0) {
+            let outcome =
+                if from == TaskState::Acquired { CancelOutcome::CancelledRunning } else { CancelOutcome::Cancelled };
+            return Ok((outcome, Some(from)));
+        }
+        Ok(match self.get(id).await? {
+            None => (CancelOutcome::NotFound, None),
+            Some(_) => (CancelOutcome::AlreadyFinished, None),
+        })
+    }
+
+    /// Bulk cancel: every task matching `filter` (state SCHEDULED, ERROR, ACQUIRED or WAITING; all four when the
+    /// filter names none) becomes CANCELLED in one statement, running ones as in [`TaskStore::cancel`]. Returns how many
+    /// were cancelled, by the state they were in.
+    pub async fn cancel_matching(&self, filter: &TaskFilter) -> StoreResult<Vec<(TaskState, i64)>> {
+        if let Some(s) = filter.state {
+            if !matches!(s, TaskState::Scheduled | TaskState::Error | TaskState::Acquired | TaskState::Waiting) {
+                return Err(ValidationError::new(
+                    "state",
+                    "only SCHEDULED, ERROR, ACQUIRED or WAITING tasks can be cancelled",
+                )
+                .into());
+            }
+        }
+        self.cancel_where(None, filter).await
+    }
+
+    async fn cancel_where(&self, id: Option<i64>, filter: &TaskFilter) -> StoreResult<Vec<(TaskState, i64)>> {
         #[derive(QueryableByName)]
         struct Row {
-            #[diesel(sql_type = Nullable<Text>)]
-            before: Option<String>,
-            #[diesel(sql_type = Nullable<Text>)]
-            after: Option<String>,
+            #[diesel(sql_type = Text)]
+            before: String,
+            #[diesel(sql_type = BigInt)]
+            n: i64,
         }
         let mut conn = self.conn().await?;
-        let row: Row = diesel::sql_query(CANCEL_SQL).bind::<BigInt, _>(id).get_result(&mut conn).await?;
-        Ok(match (row.before.as_deref(), row.after.as_deref()) {
-            (None, _) => CancelOutcome::NotFound,
-            (Some(_), Some("CANCELLED")) => CancelOutcome::Cancelled,
-            (Some(_), Some("ACQUIRED")) => CancelOutcome::CancelRequested,
-            (Some(_), _) => CancelOutcome::AlreadyFinished,
-        })
+        let rows: Vec<Row> = diesel::sql_query(CANCEL_SQL)
+            .bind::<Nullable<BigInt>, _>(id)
+            .bind::<Nullable<Text>, _>(filter.action.as_ref().map(|a| a.as_str().to_owned()))
+            .bind::<Nullable<Text>, _>(filter.state.map(|s| s.as_str()))
+            .load(&mut conn)
+            .await?;
+        rows.into_iter().map(|r| Ok((TaskState::parse(&r.before)?, r.n))).collect()
     }
 
     /// CRITICAL_ERROR or CANCELLED back to SCHEDULED with `extra_attempts` more attempts. Attempt numbers keep
     /// growing, so a late result of an earlier attempt still cannot apply. Returns false if the task was not in
     /// one of those states.
     pub async fn retry(&self, id: i64, extra_attempts: MaxAttempts) -> StoreResult<bool> {
+        Ok(self.retry_where(Some(id), None, &[TaskState::CriticalError, TaskState::Cancelled], extra_attempts).await?
+            == 1)
+    }
+
+    /// Bulk retry: every task of `filter.action` (if given) in `filter.state` (CRITICAL_ERROR or CANCELLED; only
+    /// CRITICAL_ERROR when the filter names none) back to SCHEDULED as in [`TaskStore::retry`], in one statement.
+    /// Returns how many.
+    pub async fn retry_matching(&self, filter: &TaskFilter, extra_attempts: MaxAttempts) -> StoreResult<usize> {
+        let state = filter.state.unwrap_or(TaskState::CriticalError);
+        if !matches!(state, TaskState::CriticalError | TaskState::Cancelled) {
+            return Err(ValidationError::new("state", "only CRITICAL_ERROR or CANCELLED tasks can be retried").into());
+        }
+        self.retry_where(None, filter.action.as_ref(), &[state], extra_attempts).await
+    }
+
+    async fn retry_where(
+        &self,
+        id: Option<i64>,
+        action: Option<&Action>,
+        states: &[TaskState],
+        extra_attempts: MaxAttempts,
+    ) -> StoreResult<usize> {
+        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
         let mut conn = self.conn().await?;
         let n = diesel::sql_query(RETRY_SQL)
-            .bind::<BigInt, _>(id)
+            .bind::<Nullable<BigInt>, _>(id)
             .bind::<Integer, _>(extra_attempts.get())
+            .bind::<Nullable<Text>, _>(action.map(|a| a.as_str().to_owned()))
+            .bind::<Array<Text>, _>(&states)
             .execute(&mut conn)
             .await?;
-        Ok(n == 1)
+        Ok(n)
     }
 
     /// Number of tasks in each state (every state present, zero if none).
@@ -596,7 +698,7 @@ impl TryFrom<TaskRow> for Task {
     }
 }
 
-const SUBMIT_SQL: &str = "SELECT id, created FROM tasks_submit($1, $2, $3, $4, $5, $6, $7)";
+const SUBMIT_SQL: &str = "SELECT id, created FROM tasks_submit($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 const ACQUIRE_SQL: &str = "SELECT * FROM tasks_acquire($1)";
 
@@ -624,6 +726,7 @@ const HEARTBEAT_SQL: &str = r#"
 UPDATE tasks t SET heartbeat_at = now()
 FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
 WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
+RETURNING t.id, t.attempts
 "#;
 
 // $1 stale timeout (since the last heartbeat), $6 queue timeout (since acquisition, no heartbeat yet). A heartbeat
@@ -672,22 +775,46 @@ DELETE FROM tasks WHERE id IN (
 )
 "#;
 
+// $1 id, $2 action, $3 state (each NULL: any). Rows locked in id order; a result racing with it waits and then finds
+// its task no longer ACQUIRED (stale). The notification CTE is evaluated because the final SELECT reads it; NOTIFY is
+// delivered at commit, and only then: workers never drop a handler for a cancel that rolled back.
 const CANCEL_SQL: &str = r#"
-WITH before AS (
-    SELECT state FROM tasks WHERE id = $1
+WITH target AS (
+    SELECT id, state AS before FROM tasks
+    WHERE state IN ('SCHEDULED', 'ERROR', 'ACQUIRED', 'WAITING')
+      AND ($1::int8 IS NULL OR id = $1)
+      AND ($2::text IS NULL OR action = $2)
+      AND ($3::text IS NULL OR state = $3)
+    ORDER BY id
+    FOR UPDATE
 ),
 upd AS (
-    UPDATE tasks SET
-        state = CASE WHEN state IN ('SCHEDULED', 'ERROR', 'WAITING') THEN 'CANCELLED' ELSE state END,
-        cancel_requested = cancel_requested OR state = 'ACQUIRED',
-        finished_at = CASE WHEN state IN ('SCHEDULED', 'ERROR', 'WAITING') THEN now() ELSE finished_at END,
+    UPDATE tasks t SET
+        state = 'CANCELLED',
+        cancel_requested = t.cancel_requested OR target.before = 'ACQUIRED',
+        error = CASE WHEN target.before = 'ACQUIRED'
+                     THEN jsonb_build_object('code', -32011, 'message', 'cancelled while running',
+                                             'attempt', t.attempts)
+                     ELSE t.error END,
+        acquired_at = NULL,
+        finished_at = now(),
         updated_at = now()
-    WHERE id = $1 AND state IN ('SCHEDULED', 'ERROR', 'ACQUIRED', 'WAITING')
-    RETURNING state
+    FROM target
+    WHERE t.id = target.id
+    RETURNING t.id, t.attempts, target.before
+),
+notified AS (
+    SELECT count(pg_notify('tasks_cancel', pairs)) AS n FROM (
+        SELECT string_agg(id || ':' || attempts, ',') AS pairs
+        FROM (SELECT id, attempts, (row_number() OVER (ORDER BY id) - 1) / 400 AS chunk
+              FROM upd WHERE before = 'ACQUIRED') r
+        GROUP BY chunk
+    ) c
 )
-SELECT (SELECT state FROM before) AS before, (SELECT state FROM upd) AS after
+SELECT before, count(*) AS n FROM upd WHERE (SELECT n FROM notified) >= 0 GROUP BY before
 "#;
 
+// $1 id (NULL: any), $2 extra attempts, $3 action (NULL: any), $4 the states to retry.
 const RETRY_SQL: &str = r#"
 UPDATE tasks SET
     state = 'SCHEDULED',
@@ -696,7 +823,9 @@ UPDATE tasks SET
     cancel_requested = false,
     finished_at = NULL,
     updated_at = now()
-WHERE id = $1 AND state IN ('CRITICAL_ERROR', 'CANCELLED')
+WHERE state = ANY($4::text[])
+  AND ($1::int8 IS NULL OR id = $1)
+  AND ($3::text IS NULL OR action = $3)
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

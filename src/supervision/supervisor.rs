@@ -22,8 +22,11 @@ pub struct ActorSpec<A: Actor<Context = Context<A>>> {
     name: String,
     arbiter: actix::ArbiterHandle,
     make: Box<dyn FnMut(Link) -> A>,
-    on_start: Box<dyn FnMut(&Addr<A>)>,
+    on_start: StartHook<A>,
 }
+
+/// Called with each new instance's address.
+type StartHook<A> = Box<dyn FnMut(&Addr<A>)>;
 
 impl<A: Actor<Context = Context<A>> + Send> ActorSpec<A> {
     pub fn new(name: impl Into<String>, arbiter: &actix::ArbiterHandle, make: impl FnMut(Link) -> A + 'static) -> Self {

@@ -78,11 +78,43 @@ pub enum Command {
     /// List the cron schedules in the database: expression, zone, action, state, next and last tick, skipped ticks.
     /// (Create, pause, resume and delete them over JSON-RPC: schedule.*; declare them in [[schedules]].)
     Schedules,
+    /// Per-action settings (as the JSON-RPC action.* methods), straight in the database; prints the result as JSON.
+    /// A bad value exits 2 naming it.
+    Action {
+        #[command(subcommand)]
+        which: ActionCommand,
+    },
     /// Benchmarks; use a release build (`--profile perf` or `--release`).
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ActionCommand {
+    /// Settings plus tasks by state, of every action or of one.
+    List { action: Option<String> },
+    /// Sets limits and defaults; "none" removes one.
+    Configure {
+        action: String,
+        /// At most this many tasks of the action ACQUIRED at once, across every process.
+        #[arg(long, allow_hyphen_values = true)]
+        max_concurrency: Option<String>,
+        /// At most this many acquisitions per second, across every process.
+        #[arg(long, allow_hyphen_values = true)]
+        rate_per_sec: Option<String>,
+        /// Timeout of one run of its tasks (seconds), unless a task has its own.
+        #[arg(long, allow_hyphen_values = true)]
+        timeout_secs: Option<String>,
+        /// max_attempts of its tasks submitted without one.
+        #[arg(long, allow_hyphen_values = true)]
+        max_attempts: Option<String>,
+    },
+    /// Its queued tasks are not acquired; its running ones finish.
+    Pause { action: String },
+    /// Acquired again.
+    Resume { action: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,6 +265,25 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let unfinished = objects as i64 - summary.finished;
             Ok(if unfinished > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
+        Command::Action { which } => {
+            let (method, params) = action_call(which);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let answer = rt.block_on(async {
+                let store = TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff());
+                crate::http::levers::call_action(&store, method, Some(params)).await
+            });
+            match answer {
+                Ok(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) if e.code == crate::protocol::INVALID_PARAMS => {
+                    eprintln!("{}", e.message);
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => Err(anyhow::anyhow!(e.message)),
+            }
+        }
         Command::Bench { which: BenchCommand::Http { clients, total } } => {
             with_scratch_database(settings, |mut s| {
                 s.http.bind = "127.0.0.1:0".into();
@@ -290,6 +341,35 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 })
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The JSON-RPC method and params an `action` subcommand stands for (validated by the same code as over HTTP).
+fn action_call(which: ActionCommand) -> (&'static str, serde_json::Value) {
+    use serde_json::{json, Value};
+    // "none" removes a setting (null); a number is a number; anything else is passed on for the validator to name.
+    let value = |v: String| match v.as_str() {
+        "none" => Value::Null,
+        _ => serde_json::from_str::<serde_json::Number>(&v).map(Value::Number).unwrap_or(Value::String(v)),
+    };
+    match which {
+        ActionCommand::List { action } => ("action.list", json!({"action": action})),
+        ActionCommand::Pause { action } => ("action.pause", json!({"action": action})),
+        ActionCommand::Resume { action } => ("action.resume", json!({"action": action})),
+        ActionCommand::Configure { action, max_concurrency, rate_per_sec, timeout_secs, max_attempts } => {
+            let mut p = json!({"action": action});
+            for (k, v) in [
+                ("max_concurrency", max_concurrency),
+                ("rate_per_sec", rate_per_sec),
+                ("timeout_secs", timeout_secs),
+                ("max_attempts", max_attempts),
+            ] {
+                if let Some(v) = v {
+                    p[k] = value(v);
+                }
+            }
+            ("action.configure", p)
         }
     }
 }
