@@ -746,3 +746,65 @@ async fn the_cleaner_deletes_a_workflow_only_whole_and_finished() {
     assert_eq!(store.clean_workflows(0.0, &all, 100).await.unwrap(), 1);
     assert_eq!(count_rows(&db, "tasks").await, 0);
 }
+
+/// Listens on `channel` and forwards each notification's payload.
+async fn listen(db: &TestDb, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (client, mut conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        use futures::StreamExt;
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {channel}")).await.unwrap();
+    // The connection lives as long as the client: keep it for the test's duration.
+    tokio::spawn(async move {
+        let _client = client;
+        futures::future::pending::<()>().await
+    });
+    rx
+}
+
+/// A running stage cancelled (task.cancel, then workflow.cancel of another workflow) ends CANCELLED at once, its
+/// worker is told (`tasks_cancel` id:attempt), its late result is stale, and the workflow's counters agree.
+#[tokio::test]
+async fn cancelling_a_running_stage_ends_it_at_once_and_cascades() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let mut rx = listen(&db, "tasks_cancel").await;
+    let parse = |v: Value| workflow::parse_submit(Some(v), MaxAttempts::default(), 256 * 1024).unwrap();
+    let subs = store.submit_workflows(&[parse(diamond(1)), parse(diamond(2))]).await.unwrap();
+    let running = store.acquire_batch(10).await.unwrap();
+    assert_eq!(running.len(), 2, "each diamond's root runs");
+    let (first, second) = (&running[0], &running[1]);
+
+    // task.cancel of the running root: CANCELLED now, its dependents cancelled in the same statement.
+    assert_eq!(store.cancel(first.id).await.unwrap(), sqs_scheduler::store::CancelOutcome::CancelledRunning);
+    let payload = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(payload, format!("{}:{}", first.id, first.attempt));
+    let w1 = subs.iter().find(|s| s.tasks.iter().any(|t| t.1 == first.id)).unwrap().workflow_id;
+    let w = store.get_workflow(w1).await.unwrap().unwrap();
+    assert_eq!(w.state, WorkflowState::Failed);
+    assert!(w.stages.iter().all(|s| s.state == TaskState::Cancelled), "{:?}", w.stages);
+
+    // workflow.cancel with a running stage: the same, through workflows_cancel.
+    let w2 = subs.iter().find(|s| s.tasks.iter().any(|t| t.1 == second.id)).unwrap().workflow_id;
+    assert_eq!(store.cancel_workflow(w2).await.unwrap(), Some(WorkflowState::Cancelled));
+    let payload = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(payload, format!("{}:{}", second.id, second.attempt));
+    let w = store.get_workflow(w2).await.unwrap().unwrap();
+    assert!(w.stages.iter().all(|s| s.state == TaskState::Cancelled), "{:?}", w.stages);
+    assert_eq!(w.stages_failed, w.stages_total, "every stage counted once");
+
+    // Late results of both runs are stale: nothing revives.
+    let late: Vec<TaskResult> = running
+        .iter()
+        .map(|t| TaskResult { id: t.id, attempt: t.attempt, outcome: Outcome::Success(json!({"late": true})) })
+        .collect();
+    assert_eq!(store.complete_many(&late).await.unwrap().stale.len(), 2);
+    assert_eq!(store.acquire_batch(10).await.unwrap().len(), 0, "nothing of either workflow runs");
+}

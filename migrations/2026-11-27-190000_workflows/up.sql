@@ -158,8 +158,8 @@ CREATE TRIGGER tasks_stage_guard
     EXECUTE FUNCTION tasks_stage_guard();
 
 -- The workflow state machine, run inside the statement that changed a stage's state (see the header).
--- Cascade markers in `error`: code -32010 "upstream" (a parent failed; upstream_id = the failed stage's task id) and
--- -32011 (cancelled with its workflow). Rows this function changes itself carry them and are accounted here, so
+-- Cascade markers in `error`: code -32012 "upstream" (a parent failed; upstream_id = the failed stage's task id) and
+-- -32013 (cancelled with its workflow). Rows this function changes itself carry them and are accounted here, so
 -- their own (nested) trigger runs do nothing.
 CREATE FUNCTION tasks_stage_transition() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -180,9 +180,9 @@ BEGIN
         RETURN NULL;
     END IF;
     -- Accounted for by the statement that cascaded them.
-    IF (v_failed_new AND NEW.error->>'code' = '-32010' AND OLD.state = 'WAITING')
-       OR (v_failed_new AND NEW.error->>'code' = '-32011')
-       OR (v_failed_old AND NOT v_failed_new AND OLD.error->>'code' = '-32010' AND NEW.error IS NULL) THEN
+    IF (v_failed_new AND NEW.error->>'code' = '-32012' AND OLD.state = 'WAITING')
+       OR (v_failed_new AND NEW.error->>'code' = '-32013')
+       OR (v_failed_old AND NOT v_failed_new AND OLD.error->>'code' = '-32012' AND NEW.error IS NULL) THEN
         RETURN NULL;
     END IF;
 
@@ -261,7 +261,7 @@ BEGIN
             UPDATE tasks t SET
                 state = 'CANCELLED',
                 error = jsonb_build_object(
-                    'code', -32010,
+                    'code', -32012,
                     'message', 'cancelled: upstream stage ' || to_jsonb(NEW.stage)::text || ' ended ' || NEW.state,
                     'upstream', NEW.stage, 'upstream_id', NEW.id),
                 finished_at = now(),
@@ -277,7 +277,7 @@ BEGIN
         UPDATE tasks t SET
             state = 'WAITING', error = NULL, finished_at = NULL, updated_at = now()
         WHERE t.workflow_id = NEW.workflow_id AND t.state = 'CANCELLED'
-          AND t.error->>'code' = '-32010' AND t.error->>'upstream_id' = NEW.id::text;
+          AND t.error->>'code' = '-32012' AND t.error->>'upstream_id' = NEW.id::text;
         GET DIAGNOSTICS v_n = ROW_COUNT;
         v_fail := v_fail - v_n;
     ELSE
@@ -336,33 +336,44 @@ CREATE TRIGGER tasks_stage_transition
           AND (NEW.state IN ('SUCCESS', 'CRITICAL_ERROR', 'CANCELLED') OR OLD.state IN ('CRITICAL_ERROR', 'CANCELLED')))
     EXECUTE FUNCTION tasks_stage_transition();
 
--- workflow.cancel: every stage not finished is cancelled (an ACQUIRED one is marked, as task.cancel does), then the
+-- workflow.cancel: every stage not finished is cancelled, a running one too (as task.cancel does: CANCELLED at once,
+-- `NOTIFY tasks_cancel` with its id:attempt so its worker drops the handler; its late result is stale), then the
 -- workflow is CANCELLED unless it already succeeded. Stages are locked before the workflow row, in id order, as
 -- the trigger does. Returns the workflow's state after, NULL if there is no such workflow.
 CREATE FUNCTION workflows_cancel(p_id bigint) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_state text;
     v_n integer;
+    v_running text[];
 BEGIN
     WITH c AS (
-        SELECT t.id FROM tasks t
+        SELECT t.id, t.state AS before FROM tasks t
         WHERE t.workflow_id = p_id AND t.state IN ('WAITING', 'SCHEDULED', 'ERROR', 'ACQUIRED')
         ORDER BY t.id
         FOR UPDATE
     ), u AS (
     UPDATE tasks t SET
-        state = CASE WHEN t.state = 'ACQUIRED' THEN t.state ELSE 'CANCELLED' END,
-        cancel_requested = t.cancel_requested OR t.state = 'ACQUIRED',
-        error = CASE WHEN t.state = 'ACQUIRED' THEN t.error
-                     ELSE jsonb_build_object('code', -32011, 'message', 'cancelled: its workflow was cancelled') END,
-        finished_at = CASE WHEN t.state = 'ACQUIRED' THEN t.finished_at ELSE now() END,
+        state = 'CANCELLED',
+        cancel_requested = t.cancel_requested OR c.before = 'ACQUIRED',
+        error = jsonb_build_object('code', -32013, 'message', 'cancelled: its workflow was cancelled',
+                                   'attempt', t.attempts),
+        acquired_at = NULL,
+        finished_at = now(),
         updated_at = now()
     FROM c
-    WHERE t.id = c.id AND t.state IN ('WAITING', 'SCHEDULED', 'ERROR', 'ACQUIRED')
-    RETURNING t.state, t.stage_on_failure
+    WHERE t.id = c.id
+    RETURNING t.id, t.attempts, c.before, t.state, t.stage_on_failure
     )
-    SELECT count(*) FILTER (WHERE u.state = 'CANCELLED' AND u.stage_on_failure IS NOT TRUE) INTO v_n FROM u;
-    -- Those stages' own trigger runs skip them (code -32011): they are counted here.
+    SELECT count(*) FILTER (WHERE u.stage_on_failure IS NOT TRUE),
+           array_agg(u.id || ':' || u.attempts ORDER BY u.id) FILTER (WHERE u.before = 'ACQUIRED')
+    INTO v_n, v_running FROM u;
+    -- In chunks of 400 pairs: a notification's payload must stay under 8000 bytes.
+    IF v_running IS NOT NULL THEN
+        FOR i IN 0 .. (array_length(v_running, 1) - 1) / 400 LOOP
+            PERFORM pg_notify('tasks_cancel', array_to_string(v_running[i * 400 + 1 : (i + 1) * 400], ','));
+        END LOOP;
+    END IF;
+    -- Those stages' own trigger runs skip them (code -32013): they are counted here.
     UPDATE workflows w SET
         stages_failed = w.stages_failed + v_n,
         cancel_requested = w.state <> 'SUCCESS',

@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 
 /// Error code recorded on the stages `workflow.cancel` cancelled.
-pub const WORKFLOW_CANCELLED_CODE: i64 = -32011;
+pub const WORKFLOW_CANCELLED_CODE: i64 = -32013;
 
 #[derive(QueryableByName)]
 struct WorkflowRow {
