@@ -36,6 +36,9 @@ pub struct Metrics {
     pub items_refused: IntCounterVec,
     pub breaker_open: prometheus::IntGauge,
     pub breaker_opened: IntCounter,
+    pub amqp_connected: prometheus::IntGauge,
+    pub amqp_reconnects: IntCounter,
+    pub amqp_confirms: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -153,6 +156,23 @@ impl Metrics {
                 "Items the database refused (poison), isolated one by one, by commit stage.",
                 &["stage"],
             ),
+            amqp_connected: reg(
+                &r,
+                prometheus::IntGauge::new(
+                    "scheduler_amqp_connected",
+                    "1 while the RabbitMQ transport holds a live connection (0 while reconnecting).",
+                )
+                .unwrap(),
+            ),
+            amqp_reconnects: counter(
+                "scheduler_amqp_reconnects_total",
+                "Times the RabbitMQ transport reconnected after losing its connection.",
+            ),
+            amqp_confirms: counter_vec(
+                "scheduler_amqp_confirms_total",
+                "RabbitMQ publisher confirms, by outcome (ack; failed: nack, returned, timeout or lost connection).",
+                &["outcome"],
+            ),
             registry: r,
         };
         m
@@ -225,6 +245,9 @@ impl Metrics {
         }
         for s in ["persister", "result_sink", "http_submit"] {
             m.items_refused.with_label_values(&[s]);
+        }
+        for o in ["ack", "failed"] {
+            m.amqp_confirms.with_label_values(&[o]);
         }
         m.http_requests.with_label_values(&["/rpc", "200"]);
         m.rpc_errors.with_label_values(&["-32600"]);

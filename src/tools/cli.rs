@@ -105,7 +105,8 @@ pub enum BenchCommand {
     },
     /// Drain pre-inserted noop tasks; the whole path from the inbound queue; idle single-task latency.
     Pipeline {
-        /// Transport to measure (sqs: the configured endpoint; a fresh queue set is created).
+        /// Transport to measure (sqs, rabbitmq: the configured endpoint or broker; a fresh queue set is created and
+        /// deleted at the end).
         #[arg(long, value_enum, default_value = "memory")]
         transport: TransportKind,
         /// Tasks per measurement (drain of pre-inserted tasks, and whole path from the inbound queue).
@@ -227,6 +228,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             with_scratch_database(settings, |mut s| {
                 s.transport.kind = transport;
                 s.sqs.queue_prefix = format!("bench{}", std::process::id());
+                s.rabbitmq.queue_prefix = format!("bench{}", std::process::id());
                 s.http.bind = String::new();
                 actix_rt::System::new().block_on(crate::tools::bench::pipeline::run(
                     s,

@@ -13,6 +13,7 @@ use crate::metrics::metrics;
 use crate::startup::App;
 use crate::store::{Action, Applied, NewTask, Payload, TaskState, TaskStore};
 use crate::transport::memory::MemoryTransport;
+use crate::transport::rabbitmq::RabbitMqTransport;
 use crate::transport::sqs::SqsTransport;
 use crate::transport::{Queue, Transport, MAX_BATCH};
 use anyhow::{bail, Context};
@@ -55,8 +56,18 @@ pub async fn run(settings: Settings, opts: PipelineBenchOptions) -> anyhow::Resu
             let s = SqsTransport::create_queues(&settings.sqs, &settings.transport).await?;
             (Arc::new(s.clone()), Some(s))
         }
+        TransportKind::RabbitMq => {
+            let prefetch = settings.rabbitmq_prefetch();
+            let r = RabbitMqTransport::create_queues(&settings.rabbitmq, &settings.transport, prefetch).await?;
+            (Arc::new(r), None)
+        }
     };
     let result = measure(&settings, &opts, &store, transport, sqs.as_ref()).await;
+    if settings.transport.kind == TransportKind::RabbitMq {
+        if let Err(e) = RabbitMqTransport::delete_queue_set(&settings.rabbitmq).await {
+            eprintln!("bench pipeline: could not delete the queues of prefix {}: {e:#}", settings.rabbitmq.queue_prefix);
+        }
+    }
     if let Some(s) = &sqs {
         if let Err(e) = s.delete_queues().await {
             eprintln!("bench pipeline: could not delete the queues of prefix {}: {e:#}", settings.sqs.queue_prefix);
