@@ -1,5 +1,5 @@
-//! The whole pipeline end to end, in this process, on the in-process transport and on the local SQS endpoint.
-//! Each scenario is written once and run on both.
+//! The whole pipeline end to end, in this process, on the in-process transport, the local SQS endpoint and the
+//! local RabbitMQ. Each scenario is written once and run on all three.
 
 mod common;
 
@@ -59,7 +59,7 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
     let odd: Vec<_> = by_task.iter().filter(|(_, a)| a.iter().any(|a| *a != 1)).take(5).collect();
     assert!(odd.is_empty(), "runs that were not attempt 1 (task id, attempts): {odd:?}");
     let (outbound_deliveries, _) = deliveries(&delivered, Queue::Outbound);
-    if kind == Kind::Memory {
+    if kind != Kind::Sqs {
         let twice: Vec<_> = by_task.iter().filter(|(_, a)| a.len() != 1).take(5).collect();
         assert!(twice.is_empty(), "tasks not run exactly once (task id, attempts): {twice:?}");
         assert_eq!(runs.len(), 1000);
@@ -88,7 +88,7 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
         stale() as usize + 1000 == deliveries(&delivered, Queue::Results).0
     })
     .await;
-    if kind == Kind::Memory {
+    if kind != Kind::Sqs {
         assert_eq!(stale(), 0, "stale results");
     }
     app.shutdown(Duration::from_secs(10)).await;
@@ -105,7 +105,7 @@ async fn chaos_on_every_stage_keeps_exports_exactly_once(kind: Kind) {
     // Chaos fails about one attempt in ten (the worker stage; the others cause redeliveries and releases): 50 attempts
     // cannot run out by chance (0.1^50), only through a real fault such as a non-idempotent retry.
     settings.retry.default_max_attempts = 50;
-    let n = if kind == Kind::Memory { 1000 } else { 200 };
+    let n = if kind == Kind::Sqs { 200 } else { 1000 };
     if kind == Kind::Sqs {
         // The commit stages' chaos strikes per statement (a group commit's reply is lost), and 200 tasks over the
         // emulator make only a few dozen statements: strike them more often, so each stage is surely hit.
@@ -180,7 +180,11 @@ async fn always_failing_handler_ends_critical_with_backoff(kind: Kind) {
         let nominal = 0.4 * 2f64.powi(i as i32 - 1);
         // At least the jittered backoff; at most that plus the acquirer's wake-up and transport latency (the SQS
         // emulator under load can add seconds).
-        let slack = if kind == Kind::Memory { 0.5 } else { 6.0 };
+        let slack = match kind {
+            Kind::Memory => 0.5,
+            Kind::RabbitMq => 1.0,
+            Kind::Sqs => 6.0,
+        };
         assert!(
             gap >= nominal * 0.9 - 0.01 && gap <= nominal * 1.1 + slack,
             "gap before attempt {}: {gap} s, nominal {nominal} s",
@@ -310,6 +314,9 @@ macro_rules! on_both_transports {
         }
         mod sqs {
             $( #[actix_rt::test] async fn $name() { super::$name(super::Kind::Sqs).await } )*
+        }
+        mod rabbitmq {
+            $( #[actix_rt::test] async fn $name() { super::$name(super::Kind::RabbitMq).await } )*
         }
     };
 }

@@ -49,12 +49,15 @@ use tokio::sync::{mpsc, watch, Notify};
 
 /// Header carrying how many times a message was received before it was republished (our own delivery count).
 const RECEIVES_HEADER: &str = "x-scheduler-receives";
+/// Prefetch of a consumer on a dead-letter queue: only operators and tests read those, and a reader looking at
+/// what is there should not be limited to a few messages per visibility timeout.
+const DLQ_PREFETCH: u16 = 1000;
 /// How often the keeper looks for expired receipts and checks the connection.
 const TICK: Duration = Duration::from_millis(100);
 /// How long a send waits for a connection before its entries fail.
 const SEND_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
-/// Unacked messages a consumer may hold, per main queue (the DLQs get [`MAX_BATCH`]).
+/// Unacked messages a consumer may hold, per main queue (the DLQs get [`DLQ_PREFETCH`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefetch {
     pub inbound: u16,
@@ -74,7 +77,7 @@ impl Prefetch {
             Queue::Inbound => self.inbound,
             Queue::Outbound => self.outbound,
             Queue::Results => self.results,
-            _ => MAX_BATCH as u16,
+            _ => DLQ_PREFETCH,
         }
         .max(1)
     }
@@ -187,7 +190,15 @@ impl RabbitMqTransport {
         let handle = runtime.handle().clone();
         let first = {
             let settings = settings.clone();
-            handle.spawn(async move { open(&settings, 1).await }).await.context("AMQP runtime")??
+            handle.spawn(async move { open(&settings, 1).await }).await.context("AMQP runtime").and_then(|r| r)
+        };
+        let first = match first {
+            Ok(live) => live,
+            Err(e) => {
+                // A runtime must not be dropped inside another one's context.
+                runtime.shutdown_background();
+                return Err(e);
+            }
         };
         let buffers = Queue::ALL
             .into_iter()
@@ -254,9 +265,9 @@ impl RabbitMqTransport {
             let _ = connection.close(200, "bye".into()).await;
             anyhow::Ok(deleted)
         });
-        let res = out.await.context("AMQP runtime")?;
+        let res = out.await.context("AMQP runtime");
         rt.shutdown_background();
-        res
+        res?
     }
 
     fn current(&self) -> Option<Arc<Live>> {
@@ -879,6 +890,6 @@ mod tests {
     fn prefetch_per_queue() {
         let p = Prefetch { inbound: 5, outbound: 0, results: 7 };
         assert_eq!((p.of(Queue::Inbound), p.of(Queue::Outbound), p.of(Queue::Results)), (5, 1, 7));
-        assert_eq!(p.of(Queue::InboundDlq), MAX_BATCH as u16);
+        assert_eq!(p.of(Queue::InboundDlq), DLQ_PREFETCH);
     }
 }
