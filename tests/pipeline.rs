@@ -673,3 +673,57 @@ async fn messages_waiting_for_a_slot_do_not_reappear() {
     assert_eq!(runs.lock().unwrap().len(), 5, "{:?}", runs.lock().unwrap());
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+// RabbitMQ only.
+
+/// Every broker connection of the test's own virtual host is closed twice while 5,000 exports are in flight (as
+/// `rabbitmqctl close_all_connections` does on a broker restart): the transport reconnects, unacked messages come
+/// back, fencing makes the duplicates harmless. Every task ends SUCCESS with one export row each, and no valid
+/// message reaches a DLQ.
+#[actix_rt::test]
+async fn rabbitmq_connections_closed_mid_run_lose_and_duplicate_nothing() {
+    let _metrics = metrics_turn().await;
+    let vhost = common::PrivateVhost::new();
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::RabbitMq);
+    settings.rabbitmq.url = vhost.url();
+    let transport = transport(&settings).await;
+    let n = 5000;
+    insert_objects(&db, n).await;
+    let reconnects = metrics().amqp_reconnects.get();
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
+    let bodies: Vec<String> =
+        (1..=n).map(|i| sqs_scheduler::protocol::submit_message("export", &json!({"objectID": i}))).collect();
+    for chunk in bodies.chunks(500) {
+        let res = transport.send(Queue::Inbound, chunk).await.unwrap();
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    }
+    let store = db.store();
+    for (round, at) in [(1, 500), (2, 2500)] {
+        wait_for_counts(&store, Duration::from_secs(120), |c| c.get(&TaskState::Success).unwrap_or(&0) >= &at).await;
+        let c = counts(&store).await;
+        assert!(c.get(&TaskState::Success).unwrap_or(&0) < &(n as i64), "round {round}: already done, nothing in flight");
+        vhost.close_all_connections();
+        wait_until(Duration::from_secs(30), "the transport to reconnect", || async {
+            metrics().amqp_reconnects.get() >= reconnects + round
+        })
+        .await;
+    }
+    let c = wait_for_counts(&store, Duration::from_secs(300), |c| c.get(&TaskState::Success) == Some(&(n as i64))).await;
+    assert_eq!(c.values().sum::<i64>(), n as i64, "{c:?}");
+    assert_eq!(count_rows(&db, "t_exported_object").await, n as i64);
+    assert_eq!(
+        count_rows(
+            &db,
+            "t_object o WHERE (SELECT count(*) FROM t_exported_object e WHERE e.id = o.id AND e.data = o.data) = 1"
+        )
+        .await,
+        n as i64
+    );
+    for q in [Queue::InboundDlq, Queue::OutboundDlq, Queue::ResultsDlq] {
+        assert_eq!(transport.depth(q).await.unwrap(), 0, "{q}: a valid message was dead-lettered");
+    }
+    app.shutdown(Duration::from_secs(10)).await;
+    drop(transport);
+    drop(db);
+}
