@@ -116,6 +116,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         latency_samples: usize,
     },
+    /// The roles as separate processes over RabbitMQ (submitter, scheduler, N workers, resulter, supervisor):
+    /// submissions on the inbound queue -> all SUCCESS; tasks/s, end-to-end p50/p99, CPU per process.
+    Processes {
+        /// Submissions (noop tasks).
+        #[arg(long, default_value_t = 50_000)]
+        tasks: usize,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
 }
 
 /// Exit code of `run` when the root supervisor gave up (EX_SOFTWARE).
@@ -233,6 +243,17 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 actix_rt::System::new().block_on(crate::tools::bench::pipeline::run(
                     s,
                     crate::tools::bench::pipeline::PipelineBenchOptions { tasks, latency_samples },
+                ))
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { which: BenchCommand::Processes { tasks, workers } } => {
+            with_scratch_database(settings, |mut s| {
+                s.transport.kind = TransportKind::RabbitMq;
+                s.rabbitmq.queue_prefix = format!("bench{}", std::process::id());
+                actix_rt::System::new().block_on(crate::tools::bench::processes::run(
+                    s,
+                    crate::tools::bench::processes::ProcessesBenchOptions { tasks, workers },
                 ))
             })?;
             Ok(ExitCode::SUCCESS)

@@ -270,6 +270,23 @@ impl RabbitMqTransport {
         res?
     }
 
+    /// Consumers attached to `queue` (of any process), from a passive declare.
+    pub async fn consumers(&self, queue: Queue) -> TransportResult<u32> {
+        Ok(self.passive_declare(queue).await?.consumer_count())
+    }
+
+    async fn passive_declare(&self, queue: Queue) -> TransportResult<lapin::Queue> {
+        let live = self.current().ok_or_else(|| self.not_connected(queue))?;
+        let name = self.queue_name(queue);
+        let err = |e: lapin::Error| TransportError::new(queue, format!("queue.declare passive {name}: {e}"));
+        // A failed passive declare closes its channel, so each check uses a channel of its own.
+        let ch = live.connection.create_channel().await.map_err(err)?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let q = ch.queue_declare(name.as_str().into(), passive, FieldTable::default()).await.map_err(err)?;
+        let _ = ch.close(200, "checked".into()).await;
+        Ok(q)
+    }
+
     fn current(&self) -> Option<Arc<Live>> {
         self.inner.live.lock().unwrap().clone()
     }
@@ -462,8 +479,8 @@ async fn check(connection: &Connection, prefix: &str) -> anyhow::Result<()> {
     }
     if !missing.is_empty() {
         bail!(
-            "RabbitMQ queue(s) {} do not exist; declare them (rabbitmq.create_queues = true, or \
-             `scripts/dev-services rabbitmq-queues {prefix}`)",
+            "RabbitMQ queue(s) {} do not exist; set rabbitmq.create_queues = true for one process (it declares \
+             them, with their dead-letter exchanges and queues) or declare them as README.md describes",
             missing.join(", ")
         );
     }
@@ -778,15 +795,7 @@ impl Transport for RabbitMqTransport {
 
     /// Messages ready in the queue (not those delivered and unacked). Fails while disconnected (`/readyz`).
     async fn depth(&self, queue: Queue) -> TransportResult<u64> {
-        let live = self.current().ok_or_else(|| self.not_connected(queue))?;
-        let name = self.queue_name(queue);
-        let err = |e: lapin::Error| TransportError::new(queue, format!("queue.declare passive {name}: {e}"));
-        // A failed passive declare closes its channel, so each check uses a channel of its own.
-        let ch = live.connection.create_channel().await.map_err(err)?;
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let q = ch.queue_declare(name.as_str().into(), passive, FieldTable::default()).await.map_err(err)?;
-        let _ = ch.close(200, "depth".into()).await;
-        Ok(q.message_count() as u64)
+        Ok(self.passive_declare(queue).await?.message_count() as u64)
     }
 
     fn kind(&self) -> &'static str {

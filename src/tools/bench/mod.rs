@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod pipeline;
+pub mod processes;
 pub mod store;
 
 /// Nearest-rank quantile `p` of ascending `sorted` samples, or None when there are too few samples for it to say
