@@ -136,7 +136,8 @@ impl Settings {
     /// (pollers x in-flight batches x 10).
     pub fn rabbitmq_prefetch(&self) -> crate::transport::rabbitmq::Prefetch {
         let stage = |pollers: usize| {
-            (pollers.max(1) * self.transport.in_flight_batches * crate::transport::MAX_BATCH).min(u16::MAX as usize) as u16
+            (pollers.max(1) * self.transport.in_flight_batches * crate::transport::MAX_BATCH).min(u16::MAX as usize)
+                as u16
         };
         crate::transport::rabbitmq::Prefetch {
             inbound: stage(self.persister.pollers),

@@ -407,7 +407,8 @@ async fn run_and_load_over_rabbitmq_and_readyz_follows_the_broker() {
     assert_eq!(status, 200, "{body}");
 
     let mut load = bin();
-    load.args(["load", "--objects", "20", "--via", "rabbitmq", "--timeout-secs", "120"]).env("SCHEDULER_LOG__LEVEL", "warn");
+    load.args(["load", "--objects", "20", "--via", "rabbitmq", "--timeout-secs", "120"])
+        .env("SCHEDULER_LOG__LEVEL", "warn");
     rabbit(&mut load);
     let out = load.output().unwrap();
     let stdout = text(&out.stdout);

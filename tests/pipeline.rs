@@ -702,14 +702,18 @@ async fn rabbitmq_connections_closed_mid_run_lose_and_duplicate_nothing() {
     for (round, at) in [(1, 500), (2, 2500)] {
         wait_for_counts(&store, Duration::from_secs(120), |c| c.get(&TaskState::Success).unwrap_or(&0) >= &at).await;
         let c = counts(&store).await;
-        assert!(c.get(&TaskState::Success).unwrap_or(&0) < &(n as i64), "round {round}: already done, nothing in flight");
+        assert!(
+            c.get(&TaskState::Success).unwrap_or(&0) < &(n as i64),
+            "round {round}: already done, nothing in flight"
+        );
         vhost.close_all_connections();
         wait_until(Duration::from_secs(30), "the transport to reconnect", || async {
             metrics().amqp_reconnects.get() >= reconnects + round
         })
         .await;
     }
-    let c = wait_for_counts(&store, Duration::from_secs(300), |c| c.get(&TaskState::Success) == Some(&(n as i64))).await;
+    let c =
+        wait_for_counts(&store, Duration::from_secs(300), |c| c.get(&TaskState::Success) == Some(&(n as i64))).await;
     assert_eq!(c.values().sum::<i64>(), n as i64, "{c:?}");
     assert_eq!(count_rows(&db, "t_exported_object").await, n as i64);
     assert_eq!(

@@ -11,8 +11,8 @@ use common::pipeline::{sqs_turn, Kind};
 use common::{PrivateVhost, QueueSetCleanup, RabbitQueueSetCleanup};
 use sqs_scheduler::configuration::{RabbitMqSettings, SqsSettings, TransportSettings};
 use sqs_scheduler::metrics::metrics;
-use sqs_scheduler::transport::rabbitmq::{Prefetch, RabbitMqTransport};
 use sqs_scheduler::transport::memory::MemoryTransport;
+use sqs_scheduler::transport::rabbitmq::{Prefetch, RabbitMqTransport};
 use sqs_scheduler::transport::sqs::{SqsTransport, MAX_RECEIVE_COUNT};
 use sqs_scheduler::transport::{Message, Queue, Transport};
 use std::collections::HashMap;
@@ -95,7 +95,8 @@ fn rabbit_settings(url: String) -> RabbitMqSettings {
 
 async fn rabbit_with(settings: RabbitMqSettings, prefetch: Prefetch) -> PrivateRabbit {
     let cleanup = RabbitQueueSetCleanup::new(&settings);
-    let transport_settings = TransportSettings { visibility_timeout_secs: VISIBILITY.as_secs() as u32, ..Default::default() };
+    let transport_settings =
+        TransportSettings { visibility_timeout_secs: VISIBILITY.as_secs() as u32, ..Default::default() };
     let transport = RabbitMqTransport::create_queues(&settings, &transport_settings, prefetch)
         .await
         .expect("declare RabbitMQ queues (is RabbitMQ up? run scripts/dev-services up)");
@@ -107,8 +108,11 @@ async fn rabbitmq() -> PrivateRabbit {
 }
 
 async fn rabbitmq_quorum() -> PrivateRabbit {
-    rabbit_with(RabbitMqSettings { quorum_queues: true, ..rabbit_settings(common::rabbitmq_url()) }, Prefetch::default())
-        .await
+    rabbit_with(
+        RabbitMqSettings { quorum_queues: true, ..rabbit_settings(common::rabbitmq_url()) },
+        Prefetch::default(),
+    )
+    .await
 }
 
 fn bodies(n: usize, tag: &str) -> Vec<String> {

@@ -34,9 +34,9 @@ use async_trait::async_trait;
 use futures::future::join_all;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -259,7 +259,9 @@ impl RabbitMqTransport {
                 }
                 if !q.is_dlq() {
                     let ch = connection.create_channel().await?;
-                    let _ = ch.exchange_delete(dlx_name(q, &settings.queue_prefix).into(), ExchangeDeleteOptions::default()).await;
+                    let _ = ch
+                        .exchange_delete(dlx_name(q, &settings.queue_prefix).into(), ExchangeDeleteOptions::default())
+                        .await;
                 }
             }
             let _ = connection.close(200, "bye".into()).await;
@@ -414,7 +416,8 @@ fn dlx_name(queue: Queue, prefix: &str) -> String {
 
 /// Opens a connection with its publisher channels and declares (or checks) the queues.
 async fn open(settings: &RabbitMqSettings, generation: u64) -> anyhow::Result<Live> {
-    let props = ConnectionProperties::default().with_connection_name(format!("sqs-scheduler-{}", std::process::id()).into());
+    let props =
+        ConnectionProperties::default().with_connection_name(format!("sqs-scheduler-{}", std::process::id()).into());
     let connection = Connection::connect(&settings.url, props)
         .await
         .with_context(|| format!("connecting to RabbitMQ at {}", redact_url(&settings.url)))?;
@@ -452,9 +455,15 @@ async fn declare(connection: &Connection, settings: &RabbitMqSettings) -> anyhow
             .await
             .with_context(|| format!("declaring exchange {dlx}"))?;
         ch.queue_declare(dlq.as_str().into(), durable, dlq_args).await.with_context(|| format!("declaring {dlq}"))?;
-        ch.queue_bind(dlq.as_str().into(), dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
-            .await
-            .with_context(|| format!("binding {dlq} to {dlx}"))?;
+        ch.queue_bind(
+            dlq.as_str().into(),
+            dlx.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("binding {dlq} to {dlx}"))?;
         ch.queue_declare(name.as_str().into(), durable, args).await.with_context(|| {
             format!("declaring {name} (a queue declared before with other arguments, e.g. classic vs quorum, must be deleted first)")
         })?;
@@ -601,11 +610,11 @@ impl RabbitMqTransport {
             metrics().amqp_connected.set(0);
             tracing::warn!(generation, "RabbitMQ connection lost; reconnecting");
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(2), old.connection.close(320, "reconnecting".into())).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), old.connection.close(320, "reconnecting".into()))
+                    .await;
             });
         }
     }
-
 }
 
 async fn reconnect(t: &RabbitMqTransport) {
@@ -868,7 +877,9 @@ impl RabbitMqSettings {
         if self.queue_prefix.is_empty()
             || !self.queue_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
-            return Err("rabbitmq.queue_prefix: must be non-empty and use only letters, digits, '-', '_' and '.'".into());
+            return Err(
+                "rabbitmq.queue_prefix: must be non-empty and use only letters, digits, '-', '_' and '.'".into()
+            );
         }
         if !(1..=64).contains(&self.publish_channels) {
             return Err("rabbitmq.publish_channels: must be between 1 and 64".into());
@@ -877,7 +888,10 @@ impl RabbitMqSettings {
             return Err("rabbitmq.confirm_timeout_ms: must be between 100 and 600000".into());
         }
         if self.reconnect_initial_ms == 0 || self.reconnect_max_ms < self.reconnect_initial_ms {
-            return Err("rabbitmq.reconnect_max_ms: must be at least rabbitmq.reconnect_initial_ms, which must be at least 1".into());
+            return Err(
+                "rabbitmq.reconnect_max_ms: must be at least rabbitmq.reconnect_initial_ms, which must be at least 1"
+                    .into(),
+            );
         }
         Ok(())
     }

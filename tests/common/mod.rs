@@ -63,13 +63,7 @@ impl TestDb {
         let name = format!("t_{}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst), rand::random::<u32>());
         let url = db::create_database(&base_url(), &name).await.expect("create test database");
         db::run_migrations(&url).await.expect("migrate test database");
-        TestDb {
-            name,
-            url,
-            queue_sets: Mutex::new(Vec::new()),
-            rabbitmq_sets: Mutex::new(Vec::new()),
-            _permit: permit,
-        }
+        TestDb { name, url, queue_sets: Mutex::new(Vec::new()), rabbitmq_sets: Mutex::new(Vec::new()), _permit: permit }
     }
 
     pub fn settings(&self) -> DatabaseSettings {
@@ -169,7 +163,9 @@ impl Drop for RabbitQueueSetCleanup {
         .join();
         match outcome {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("could not delete the RabbitMQ queues of prefix {}: {e:#}", self.settings.queue_prefix),
+            Ok(Err(e)) => {
+                eprintln!("could not delete the RabbitMQ queues of prefix {}: {e:#}", self.settings.queue_prefix)
+            }
             Err(_) => eprintln!("deleting the RabbitMQ queues of prefix {} panicked", self.settings.queue_prefix),
         }
     }

@@ -65,7 +65,10 @@ pub async fn run(settings: Settings, opts: PipelineBenchOptions) -> anyhow::Resu
     let result = measure(&settings, &opts, &store, transport, sqs.as_ref()).await;
     if settings.transport.kind == TransportKind::RabbitMq {
         if let Err(e) = RabbitMqTransport::delete_queue_set(&settings.rabbitmq).await {
-            eprintln!("bench pipeline: could not delete the queues of prefix {}: {e:#}", settings.rabbitmq.queue_prefix);
+            eprintln!(
+                "bench pipeline: could not delete the queues of prefix {}: {e:#}",
+                settings.rabbitmq.queue_prefix
+            );
         }
     }
     if let Some(s) = &sqs {

@@ -78,8 +78,7 @@ pub async fn run(settings: Settings, opts: ProcessesBenchOptions) -> anyhow::Res
         bail!("bench processes runs over RabbitMQ only");
     }
     let client =
-        RabbitMqTransport::create_queues(&settings.rabbitmq, &settings.transport, settings.rabbitmq_prefetch())
-            .await?;
+        RabbitMqTransport::create_queues(&settings.rabbitmq, &settings.transport, settings.rabbitmq_prefetch()).await?;
     let mut procs = Vec::new();
     let result = async {
         procs.push(spawn_role(&settings, "submitter", "submitter")?);
