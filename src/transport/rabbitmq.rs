@@ -54,6 +54,8 @@ const RECEIVES_HEADER: &str = "x-scheduler-receives";
 const DLQ_PREFETCH: u16 = 1000;
 /// How often the keeper looks for expired receipts and checks the connection.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a short poll waits for deliveries when the queue has messages ready (see `receive`).
+const SHORT_POLL_WAIT: Duration = Duration::from_secs(1);
 /// How long a send waits for a connection before its entries fail.
 const SEND_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
@@ -676,6 +678,14 @@ impl Transport for RabbitMqTransport {
         let mut rx = match tokio::time::timeout_at(until, self.inner.buffers[&queue].rx.lock()).await {
             Ok(rx) => rx,
             Err(_) => return Ok(Vec::new()),
+        };
+        // A short poll (shutdown drains with them) must not answer "empty" while the broker still has messages
+        // ready that it has not pushed yet (this consumer's prefetch window is full until its acks): then it
+        // waits a little for them, as a short poll on SQS would find them.
+        let until = if wait.is_zero() && rx.is_empty() && self.depth(queue).await.unwrap_or(0) > 0 {
+            tokio::time::Instant::now() + SHORT_POLL_WAIT
+        } else {
+            until
         };
         let mut out = Vec::new();
         // No await between taking a delivery and holding it, so a receive can be dropped while it waits.
