@@ -42,6 +42,11 @@ bench: services ## every benchmark (release-grade build, profile perf)
 	eval "$$(scripts/dev-services env)" && SCHEDULER_ACQUIRER__MAX_OUTBOUND_DEPTH=30 SCHEDULER_ACQUIRER__BATCH_SIZE=30 \
 	  cargo run --locked --profile perf -- bench pipeline --transport sqs --tasks 2000 --latency-samples 0
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench http
+	$(MAKE) bench-rabbitmq
+
+bench-rabbitmq: services ## RabbitMQ: all roles in one process, then the roles as separate processes (50,000 tasks each)
+	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport rabbitmq --tasks 50000
+	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench processes --tasks 50000 --workers 2
 
 chaos: ## chaos suite (issue #9): roles as processes, one fault per scenario, private PostgreSQL + moto (~15 min)
 	cargo build --locked --bin sqs-scheduler
@@ -54,4 +59,4 @@ chaos-fast: ## the fast chaos scenarios only (< 3 min): poison, duplicates, pg-t
 fmt: ## format the code
 	cargo fmt --all
 
-.PHONY: help services services-down run run-local test migrate bench chaos chaos-fast fmt
+.PHONY: help services services-down run run-local test migrate bench bench-rabbitmq chaos chaos-fast fmt

@@ -15,6 +15,7 @@ pub use crate::schedules::ScheduleSpec;
 pub use crate::store::RetrySettings;
 pub use crate::supervision::SupervisionSettings;
 pub use crate::telemetry::{LogFormat, LogSettings};
+pub use crate::transport::rabbitmq::RabbitMqSettings;
 pub use crate::transport::sqs::SqsSettings;
 pub use crate::transport::{TransportKind, TransportSettings};
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -30,6 +31,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub transport: TransportSettings,
     pub sqs: SqsSettings,
+    pub rabbitmq: RabbitMqSettings,
     pub persister: PersisterSettings,
     pub acquirer: AcquirerSettings,
     pub worker: WorkerSettings,
@@ -106,6 +108,30 @@ impl Settings {
         Ok(s)
     }
 
+    /// The queue prefix of the configured transport (`rabbitmq.queue_prefix` on RabbitMQ, else `sqs.queue_prefix`):
+    /// names the queues in logs and metrics.
+    pub fn queue_prefix(&self) -> &str {
+        match self.transport.kind {
+            TransportKind::RabbitMq => &self.rabbitmq.queue_prefix,
+            TransportKind::Sqs | TransportKind::Memory => &self.sqs.queue_prefix,
+        }
+    }
+
+    /// Unacked messages each RabbitMQ consumer may hold: what its stage can take. A worker's is its concurrency, so
+    /// it never holds more messages than it can start; a commit stage's is what its pollers hand on before waiting
+    /// (pollers x in-flight batches x 10).
+    pub fn rabbitmq_prefetch(&self) -> crate::transport::rabbitmq::Prefetch {
+        let stage = |pollers: usize| {
+            (pollers.max(1) * self.transport.in_flight_batches * crate::transport::MAX_BATCH).min(u16::MAX as usize)
+                as u16
+        };
+        crate::transport::rabbitmq::Prefetch {
+            inbound: stage(self.persister.pollers),
+            outbound: self.worker.concurrency.min(u16::MAX as usize) as u16,
+            results: stage(self.result_sink.pollers),
+        }
+    }
+
     /// Checks what types cannot: ranges and relations between fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn err(key: &str, msg: impl std::fmt::Display) -> Result<(), ConfigError> {
@@ -149,6 +175,7 @@ impl Settings {
         {
             return err("sqs.queue_prefix", "must be non-empty and use only letters, digits, '-' and '_'");
         }
+        self.rabbitmq.validate().map_err(ConfigError)?;
         if self.persister.max_batch == 0 {
             return err("persister.max_batch", "must be at least 1");
         }
@@ -237,6 +264,7 @@ impl Settings {
                 s.database.url = u.to_string();
             }
         }
+        s.rabbitmq.url = crate::transport::rabbitmq::redact_url(&s.rabbitmq.url);
         if s.sqs.secret_access_key.is_some() {
             s.sqs.secret_access_key = Some("[redacted]".into());
         }

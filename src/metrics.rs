@@ -46,6 +46,9 @@ pub struct Metrics {
     pub tasks_timed_out: IntCounterVec,
     pub tasks_cancelled: IntCounterVec,
     pub handlers_cancelled: IntCounter,
+    pub amqp_connected: prometheus::IntGauge,
+    pub amqp_reconnects: IntCounter,
+    pub amqp_confirms: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -213,6 +216,23 @@ impl Metrics {
                 "scheduler_handlers_cancelled_total",
                 "Handler runs a worker dropped, or never started, because their task was cancelled or is no longer theirs.",
             ),
+            amqp_connected: reg(
+                &r,
+                prometheus::IntGauge::new(
+                    "scheduler_amqp_connected",
+                    "1 while the RabbitMQ transport holds a live connection (0 while reconnecting).",
+                )
+                .unwrap(),
+            ),
+            amqp_reconnects: counter(
+                "scheduler_amqp_reconnects_total",
+                "Times the RabbitMQ transport reconnected after losing its connection.",
+            ),
+            amqp_confirms: counter_vec(
+                "scheduler_amqp_confirms_total",
+                "RabbitMQ publisher confirms, by outcome (ack; failed: nack, returned, timeout or lost connection).",
+                &["outcome"],
+            ),
             registry: r,
         }
     }
@@ -302,6 +322,9 @@ impl Metrics {
         }
         m.acquire_throttled.with_label_values(&["noop"]);
         m.tasks_timed_out.with_label_values(&["noop"]);
+        for o in ["ack", "failed"] {
+            m.amqp_confirms.with_label_values(&[o]);
+        }
         m.http_requests.with_label_values(&["/rpc", "200"]);
         m.rpc_errors.with_label_values(&["-32600"]);
     }

@@ -22,6 +22,7 @@ use crate::metrics::metrics;
 use crate::store::Applied;
 use crate::supervision::{ActorSpec, ChildSpec, Link, Shutdown, SupervisionEvent, Supervisor, SupervisorSpec, Tree};
 use crate::transport::memory::MemoryTransport;
+use crate::transport::rabbitmq::RabbitMqTransport;
 use crate::transport::sqs::SqsTransport;
 use crate::transport::{Queue, Transport};
 use actix::prelude::*;
@@ -74,6 +75,9 @@ pub async fn connect_transport(settings: &Settings) -> anyhow::Result<Arc<dyn Tr
             Arc::new(MemoryTransport::new(Duration::from_secs(settings.transport.visibility_timeout_secs as u64)))
         }
         TransportKind::Sqs => Arc::new(SqsTransport::connect(&settings.sqs, &settings.transport).await?),
+        TransportKind::RabbitMq => Arc::new(
+            RabbitMqTransport::connect(&settings.rabbitmq, &settings.transport, settings.rabbitmq_prefetch()).await?,
+        ),
     })
 }
 
@@ -254,7 +258,7 @@ impl App {
         handlers: HandlerRegistry,
         http: Option<HttpState>,
     ) -> App {
-        metrics().init_labels(&settings.sqs.queue_prefix);
+        metrics().init_labels(settings.queue_prefix());
         let roles: BTreeSet<Role> =
             if roles.is_empty() { Role::ALL.into_iter().collect() } else { roles.iter().copied().collect() };
         let chaos = Chaos::new(settings.chaos.clone());
@@ -265,7 +269,7 @@ impl App {
                 database: settings.database.clone(),
                 transport: settings.transport.clone(),
                 retry: settings.retry.clone(),
-                queue_prefix: settings.sqs.queue_prefix.clone(),
+                queue_prefix: settings.queue_prefix().to_string(),
             }),
             known_actions: crate::handlers::KnownActions::new(&handlers, &settings.actions),
             handlers,

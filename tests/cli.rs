@@ -374,3 +374,82 @@ async fn load_via_local_completes_and_prints_its_summary() {
     let tasks = db.store().list(&Default::default()).await.unwrap();
     assert!(tasks.iter().all(|t| t.action == "export" && t.state == TaskState::Success), "{tasks:?}");
 }
+
+/// Every role in one `run` process over RabbitMQ (a private vhost, queues declared by the process), submissions
+/// from `load --via rabbitmq` in another process. Then the broker goes away for this process (its vhost deleted:
+/// connections closed, reconnects refused): /readyz answers 503 and scheduler_amqp_connected is 0; once the vhost
+/// is back, the process reconnects, re-declares its queues and works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_and_load_over_rabbitmq_and_readyz_follows_the_broker() {
+    let db = TestDb::new().await;
+    let vhost = common::PrivateVhost::new();
+    let prefix = format!("cli{}", rand::random::<u32>());
+    let rabbit = |c: &mut Command| {
+        c.env("SCHEDULER_DATABASE__URL", &db.url)
+            .env("SCHEDULER_DATABASE__POOL_SIZE", "4")
+            .env("SCHEDULER_TRANSPORT__KIND", "rabbitmq")
+            .env("SCHEDULER_TRANSPORT__WAIT_TIME_SECS", "1")
+            .env("SCHEDULER_RABBITMQ__URL", vhost.url())
+            .env("SCHEDULER_RABBITMQ__QUEUE_PREFIX", &prefix)
+            .env("SCHEDULER_RABBITMQ__CREATE_QUEUES", "true")
+            .env("SCHEDULER_RABBITMQ__RECONNECT_MAX_MS", "500");
+    };
+    let mut c = bin();
+    c.args(["run", "--no-migrate", "--grace-secs", "5"])
+        .env("SCHEDULER_HTTP__BIND", "127.0.0.1:0")
+        .env("SCHEDULER_LOG__FORMAT", "json")
+        .env("SCHEDULER_LOG__LEVEL", "info");
+    rabbit(&mut c);
+    let mut run = Proc::spawn(c);
+    let addr = run.http_address();
+    let ready = || http(addr, "GET", "/readyz", "");
+    let (status, body) = ready();
+    assert_eq!(status, 200, "{body}");
+
+    let mut load = bin();
+    load.args(["load", "--objects", "20", "--via", "rabbitmq", "--timeout-secs", "120"])
+        .env("SCHEDULER_LOG__LEVEL", "warn");
+    rabbit(&mut load);
+    let out = load.output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("finished:    20 in "), "{stdout}");
+    let counts: Vec<_> = db.store().counts_by_state().await.unwrap().into_iter().filter(|c| c.1 > 0).collect();
+    assert_eq!(counts, vec![(TaskState::Success, 20)]);
+
+    // The broker is gone for this process.
+    common::rabbitmqctl(&["delete_vhost", &vhost.name]);
+    // The broker closes the connection; reconnects are refused while the vhost is missing.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http(addr, "GET", "/metrics", "");
+        if metrics.contains("scheduler_amqp_connected 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "still connected without a broker: {metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = ready();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""transport":"failed""#), "{body}");
+
+    // Back: it reconnects with backoff, declares its queues again and is ready.
+    common::rabbitmqctl(&["add_vhost", &vhost.name]);
+    common::rabbitmqctl(&["set_permissions", "-p", &vhost.name, "guest", ".*", ".*", ".*"]);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = ready();
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "/readyz still {status} after the broker came back: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = http(addr, "GET", "/metrics", "");
+    assert!(metrics.contains("scheduler_amqp_connected 1"), "{metrics}");
+    assert!(!metrics.contains("scheduler_amqp_reconnects_total 0"), "{metrics}");
+
+    run.signal("-TERM");
+    assert_eq!(run.wait_exit(Duration::from_secs(60)).code(), Some(0), "{}", run.seen.join("\n"));
+    common::rabbitmqctl(&["delete_vhost", &vhost.name]);
+}

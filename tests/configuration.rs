@@ -119,6 +119,12 @@ fn an_invalid_value_names_the_key_and_exits_2() {
         // The default heartbeat is every 30 s: a 45 s stale timeout would rescue a task after one late heartbeat.
         ("SCHEDULER_REAPER__STALE_TIMEOUT_SECS", "45", "reaper.stale_timeout_secs"),
         ("SCHEDULER_REAPER__QUEUE_TIMEOUT_SECS", "60", "reaper.queue_timeout_secs"),
+        ("SCHEDULER_RABBITMQ__URL", "http://127.0.0.1:5672/", "rabbitmq.url"),
+        ("SCHEDULER_RABBITMQ__QUEUE_PREFIX", "a b", "rabbitmq.queue_prefix"),
+        ("SCHEDULER_RABBITMQ__PUBLISH_CHANNELS", "0", "rabbitmq.publish_channels"),
+        ("SCHEDULER_RABBITMQ__CONFIRM_TIMEOUT_MS", "1", "rabbitmq.confirm_timeout_ms"),
+        ("SCHEDULER_RABBITMQ__RECONNECT_MAX_MS", "1", "rabbitmq.reconnect_max_ms"),
+        ("SCHEDULER_TRANSPORT__KIND", "kafka", "transport.kind"),
     ] {
         let out = bin().arg("config").env(key, value).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{key}={value}");
@@ -136,6 +142,7 @@ fn config_prints_the_effective_settings_with_secrets_redacted() {
         .arg("config")
         .env("SCHEDULER_DATABASE__URL", "postgres://app:hunter2@db:5432/scheduler")
         .env("SCHEDULER_SQS__SECRET_ACCESS_KEY", "topsecret")
+        .env("SCHEDULER_RABBITMQ__URL", "amqps://sched:rabbitpass@mq.example:5671/prod")
         .env("SCHEDULER_HTTP__API_TOKENS", "tok1,tok2")
         .env("SCHEDULER_WORKER__CONCURRENCY", "7")
         .output()
@@ -143,7 +150,8 @@ fn config_prints_the_effective_settings_with_secrets_redacted() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("concurrency = 7"), "{text}");
-    for secret in ["hunter2", "topsecret", "tok1", "tok2"] {
+    assert!(text.contains("mq.example:5671/prod"), "{text}");
+    for secret in ["hunter2", "topsecret", "rabbitpass", "tok1", "tok2"] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
     assert!(text.contains("[redacted]"));

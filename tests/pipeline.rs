@@ -1,5 +1,5 @@
-//! The whole pipeline end to end, in this process, on the in-process transport and on the local SQS endpoint.
-//! Each scenario is written once and run on both.
+//! The whole pipeline end to end, in this process, on the in-process transport, the local SQS endpoint and the
+//! local RabbitMQ. Each scenario is written once and run on all three.
 
 mod common;
 
@@ -59,7 +59,7 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
     let odd: Vec<_> = by_task.iter().filter(|(_, a)| a.iter().any(|a| *a != 1)).take(5).collect();
     assert!(odd.is_empty(), "runs that were not attempt 1 (task id, attempts): {odd:?}");
     let (outbound_deliveries, _) = deliveries(&delivered, Queue::Outbound);
-    if kind == Kind::Memory {
+    if kind != Kind::Sqs {
         let twice: Vec<_> = by_task.iter().filter(|(_, a)| a.len() != 1).take(5).collect();
         assert!(twice.is_empty(), "tasks not run exactly once (task id, attempts): {twice:?}");
         assert_eq!(runs.len(), 1000);
@@ -88,7 +88,7 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
         stale() as usize + 1000 == deliveries(&delivered, Queue::Results).0
     })
     .await;
-    if kind == Kind::Memory {
+    if kind != Kind::Sqs {
         assert_eq!(stale(), 0, "stale results");
     }
     app.shutdown(Duration::from_secs(10)).await;
@@ -105,7 +105,7 @@ async fn chaos_on_every_stage_keeps_exports_exactly_once(kind: Kind) {
     // Chaos fails about one attempt in ten (the worker stage; the others cause redeliveries and releases): 50 attempts
     // cannot run out by chance (0.1^50), only through a real fault such as a non-idempotent retry.
     settings.retry.default_max_attempts = 50;
-    let n = if kind == Kind::Memory { 1000 } else { 200 };
+    let n = if kind == Kind::Sqs { 200 } else { 1000 };
     if kind == Kind::Sqs {
         // The commit stages' chaos strikes per statement (a group commit's reply is lost), and 200 tasks over the
         // emulator make only a few dozen statements: strike them more often, so each stage is surely hit.
@@ -180,7 +180,11 @@ async fn always_failing_handler_ends_critical_with_backoff(kind: Kind) {
         let nominal = 0.4 * 2f64.powi(i as i32 - 1);
         // At least the jittered backoff; at most that plus the acquirer's wake-up and transport latency (the SQS
         // emulator under load can add seconds).
-        let slack = if kind == Kind::Memory { 0.5 } else { 6.0 };
+        let slack = match kind {
+            Kind::Memory => 0.5,
+            Kind::RabbitMq => 1.0,
+            Kind::Sqs => 6.0,
+        };
         assert!(
             gap >= nominal * 0.9 - 0.01 && gap <= nominal * 1.1 + slack,
             "gap before attempt {}: {gap} s, nominal {nominal} s",
@@ -312,6 +316,9 @@ macro_rules! on_both_transports {
         }
         mod sqs {
             $( #[actix_rt::test] async fn $name() { super::$name(super::Kind::Sqs).await } )*
+        }
+        mod rabbitmq {
+            $( #[actix_rt::test] async fn $name() { super::$name(super::Kind::RabbitMq).await } )*
         }
     };
 }
@@ -670,4 +677,62 @@ async fn messages_waiting_for_a_slot_do_not_reappear() {
     assert_eq!(deliveries(&delivered, Queue::Outbound), (5, 5), "outbound messages delivered more than once");
     assert_eq!(runs.lock().unwrap().len(), 5, "{:?}", runs.lock().unwrap());
     app.shutdown(Duration::from_secs(5)).await;
+}
+
+// RabbitMQ only.
+
+/// Every broker connection of the test's own virtual host is closed twice while 5,000 exports are in flight (as
+/// `rabbitmqctl close_all_connections` does on a broker restart): the transport reconnects, unacked messages come
+/// back, fencing makes the duplicates harmless. Every task ends SUCCESS with one export row each, and no valid
+/// message reaches a DLQ.
+#[actix_rt::test]
+async fn rabbitmq_connections_closed_mid_run_lose_and_duplicate_nothing() {
+    let _metrics = metrics_turn().await;
+    let vhost = common::PrivateVhost::new();
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db, Kind::RabbitMq);
+    settings.rabbitmq.url = vhost.url();
+    let transport = transport(&settings).await;
+    let n = 5000;
+    insert_objects(&db, n).await;
+    let reconnects = metrics().amqp_reconnects.get();
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
+    let bodies: Vec<String> =
+        (1..=n).map(|i| sqs_scheduler::protocol::submit_message("export", &json!({"objectID": i}))).collect();
+    for chunk in bodies.chunks(500) {
+        let res = transport.send(Queue::Inbound, chunk).await.unwrap();
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    }
+    let store = db.store();
+    for (round, at) in [(1, 500), (2, 2500)] {
+        wait_for_counts(&store, Duration::from_secs(120), |c| c.get(&TaskState::Success).unwrap_or(&0) >= &at).await;
+        let c = counts(&store).await;
+        assert!(
+            c.get(&TaskState::Success).unwrap_or(&0) < &(n as i64),
+            "round {round}: already done, nothing in flight"
+        );
+        vhost.close_all_connections();
+        wait_until(Duration::from_secs(30), "the transport to reconnect", || async {
+            metrics().amqp_reconnects.get() >= reconnects + round
+        })
+        .await;
+    }
+    let c =
+        wait_for_counts(&store, Duration::from_secs(300), |c| c.get(&TaskState::Success) == Some(&(n as i64))).await;
+    assert_eq!(c.values().sum::<i64>(), n as i64, "{c:?}");
+    assert_eq!(count_rows(&db, "t_exported_object").await, n as i64);
+    assert_eq!(
+        count_rows(
+            &db,
+            "t_object o WHERE (SELECT count(*) FROM t_exported_object e WHERE e.id = o.id AND e.data = o.data) = 1"
+        )
+        .await,
+        n as i64
+    );
+    for q in [Queue::InboundDlq, Queue::OutboundDlq, Queue::ResultsDlq] {
+        assert_eq!(transport.depth(q).await.unwrap(), 0, "{q}: a valid message was dead-lettered");
+    }
+    app.shutdown(Duration::from_secs(10)).await;
+    drop(transport);
+    drop(db);
 }

@@ -1,14 +1,18 @@
 //! Transport contract: the same assertions run against the in-process transport and against SQS (a moto server
 //! from `scripts/dev-services up`, endpoint in SCHEDULER_SQS__ENDPOINT_URL). Each SQS test creates its own queue
 //! set under a random prefix, so tests never see each other's messages, deletes it when it ends (also when it
-//! fails), and takes its turn on the single-threaded emulator like the pipeline tests (`sqs_turn`).
+//! fails), and takes its turn on the single-threaded emulator like the pipeline tests (`sqs_turn`). The RabbitMQ
+//! tests (the local broker, SCHEDULER_RABBITMQ__URL) likewise use a queue prefix of their own, deleted at the end;
+//! the ones that close connections use a virtual host of their own.
 
 mod common;
 
 use common::pipeline::{sqs_turn, Kind};
-use common::QueueSetCleanup;
-use sqs_scheduler::configuration::{SqsSettings, TransportSettings};
+use common::{PrivateVhost, QueueSetCleanup, RabbitQueueSetCleanup};
+use sqs_scheduler::configuration::{RabbitMqSettings, SqsSettings, TransportSettings};
+use sqs_scheduler::metrics::metrics;
 use sqs_scheduler::transport::memory::MemoryTransport;
+use sqs_scheduler::transport::rabbitmq::{Prefetch, RabbitMqTransport};
 use sqs_scheduler::transport::sqs::{SqsTransport, MAX_RECEIVE_COUNT};
 use sqs_scheduler::transport::{Message, Queue, Transport};
 use std::collections::HashMap;
@@ -69,6 +73,46 @@ async fn sqs() -> PrivateQueues {
         .await
         .expect("create SQS queues (is moto up? run scripts/dev-services up)");
     PrivateQueues { transport, _cleanup: cleanup, _turn: turn }
+}
+
+/// A private RabbitMQ queue set, deleted when this is dropped (after the transport).
+struct PrivateRabbit {
+    transport: RabbitMqTransport,
+    settings: RabbitMqSettings,
+    _cleanup: RabbitQueueSetCleanup,
+}
+
+impl std::ops::Deref for PrivateRabbit {
+    type Target = RabbitMqTransport;
+    fn deref(&self) -> &RabbitMqTransport {
+        &self.transport
+    }
+}
+
+fn rabbit_settings(url: String) -> RabbitMqSettings {
+    RabbitMqSettings { url, queue_prefix: fresh_prefix(), ..Default::default() }
+}
+
+async fn rabbit_with(settings: RabbitMqSettings, prefetch: Prefetch) -> PrivateRabbit {
+    let cleanup = RabbitQueueSetCleanup::new(&settings);
+    let transport_settings =
+        TransportSettings { visibility_timeout_secs: VISIBILITY.as_secs() as u32, ..Default::default() };
+    let transport = RabbitMqTransport::create_queues(&settings, &transport_settings, prefetch)
+        .await
+        .expect("declare RabbitMQ queues (is RabbitMQ up? run scripts/dev-services up)");
+    PrivateRabbit { transport, settings, _cleanup: cleanup }
+}
+
+async fn rabbitmq() -> PrivateRabbit {
+    rabbit_with(rabbit_settings(common::rabbitmq_url()), Prefetch::default()).await
+}
+
+async fn rabbitmq_quorum() -> PrivateRabbit {
+    rabbit_with(
+        RabbitMqSettings { quorum_queues: true, ..rabbit_settings(common::rabbitmq_url()) },
+        Prefetch::default(),
+    )
+    .await
 }
 
 fn bodies(n: usize, tag: &str) -> Vec<String> {
@@ -228,7 +272,8 @@ async fn redrive_after_max_receives(t: &dyn Transport) {
     assert_eq!(dead.iter().map(|m| &m.body).collect::<Vec<_>>(), vec![&sent[0]]);
 }
 
-/// One test per transport for each contract function: `memory::<name>` and `sqs::<name>`. SQS tests take turns
+/// One test per transport for each contract function: `memory::<name>`, `sqs::<name>`, `rabbitmq::<name>` (classic
+/// queues) and `rabbitmq_quorum::<name>`. SQS tests take turns
 /// and delete their queues when they end, passed or failed.
 macro_rules! contract_tests {
     ($($name:ident),* $(,)?) => {
@@ -242,6 +287,20 @@ macro_rules! contract_tests {
             $(#[tokio::test]
             async fn $name() {
                 let t = super::sqs().await;
+                super::$name(&*t).await;
+            })*
+        }
+        mod rabbitmq {
+            $(#[tokio::test]
+            async fn $name() {
+                let t = super::rabbitmq().await;
+                super::$name(&*t).await;
+            })*
+        }
+        mod rabbitmq_quorum {
+            $(#[tokio::test]
+            async fn $name() {
+                let t = super::rabbitmq_quorum().await;
                 super::$name(&*t).await;
             })*
         }
@@ -345,4 +404,99 @@ async fn sqs_connect_finds_created_queues() {
     // Immediate on moto and ElasticMQ (AWS may resolve a deleted queue for up to 60 s).
     let gone = SqsTransport::connect(&sqs, &transport).await;
     assert!(gone.is_err(), "queues still there after delete_queues");
+}
+
+// ---------------------------------------------------------------- RabbitMQ only
+
+#[tokio::test]
+async fn rabbitmq_prefetch_bounds_what_a_consumer_holds() {
+    let prefetch = Prefetch { inbound: 160, outbound: 3, results: 160 };
+    let t = rabbit_with(rabbit_settings(common::rabbitmq_url()), prefetch).await;
+    send_all(&*t, Queue::Outbound, &bodies(10, "prefetch")).await;
+    let first = receive_until(&*t, Queue::Outbound, Instant::now() + PATIENCE).await;
+    // Give the broker time to push more than it may: it must not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let more = t.receive(Queue::Outbound, 10, Duration::ZERO).await.expect("receive");
+    let held: Vec<Message> = first.into_iter().chain(more).collect();
+    assert_eq!(held.len(), 3, "a consumer with prefetch 3 got {} messages", held.len());
+    // The others are still ready in the queue (not in this process's buffer), for other workers.
+    assert_eq!(t.depth(Queue::Outbound).await.expect("depth"), 7);
+    // Acking frees room for exactly as many.
+    let receipts: Vec<String> = held.iter().map(|m| m.receipt.clone()).collect();
+    assert!(t.delete(Queue::Outbound, &receipts).await.expect("delete").is_empty());
+    let (next, _) = receive_distinct(&*t, Queue::Outbound, 3).await;
+    assert_eq!(next.len(), 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(t.receive(Queue::Outbound, 10, Duration::ZERO).await.expect("receive").is_empty());
+    assert_eq!(t.depth(Queue::Outbound).await.expect("depth"), 4);
+}
+
+#[tokio::test]
+async fn rabbitmq_send_fails_entry_by_entry_when_the_broker_cannot_take_it() {
+    let t = rabbitmq().await;
+    let confirmed = metrics().amqp_confirms.with_label_values(&["ack"]).get();
+    send_all(&*t, Queue::Results, &bodies(3, "confirmed")).await;
+    assert!(metrics().amqp_confirms.with_label_values(&["ack"]).get() >= confirmed + 3);
+    // The queues are gone: the broker returns what it cannot route, and every entry must fail, not succeed unseen.
+    RabbitMqTransport::delete_queue_set(&t.settings).await.expect("delete queues");
+    let results = t.send(Queue::Results, &bodies(3, "unroutable")).await.expect("send");
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r.as_ref().is_err_and(|e| e.contains("NO_ROUTE"))), "{results:?}");
+}
+
+#[tokio::test]
+async fn rabbitmq_connect_to_missing_queues_names_them() {
+    let prefix = fresh_prefix();
+    let settings = RabbitMqSettings { queue_prefix: prefix.clone(), url: common::rabbitmq_url(), ..Default::default() };
+    let err = RabbitMqTransport::connect(&settings, &TransportSettings::default(), Prefetch::default())
+        .await
+        .expect_err("no queues exist under a fresh prefix");
+    let msg = format!("{err:#}");
+    for q in Queue::ALL {
+        assert!(msg.contains(&q.name(&prefix)), "error does not name {}: {msg}", q.name(&prefix));
+    }
+    assert!(msg.contains("create_queues"), "error does not say how to fix it: {msg}");
+}
+
+#[tokio::test]
+async fn rabbitmq_malformed_by_the_broker_too_reach_the_dlq_through_the_dead_letter_exchange() {
+    // Redrive on a quorum queue: the broker's own x-delivery-limit (counting returns our count cannot see) and ours
+    // agree that a message over the limit ends in the DLQ, not lost.
+    let t = rabbitmq_quorum().await;
+    redrive_after_max_receives(&*t).await;
+}
+
+#[tokio::test]
+async fn rabbitmq_closed_connections_reconnect_and_unacked_messages_come_back() {
+    let vhost = PrivateVhost::new();
+    let t = rabbit_with(rabbit_settings(vhost.url()), Prefetch::default()).await;
+    send_all(&*t, Queue::Inbound, &bodies(5, "held")).await;
+    let (held, _) = receive_distinct(&*t, Queue::Inbound, 5).await;
+    let reconnects = metrics().amqp_reconnects.get();
+
+    vhost.close_all_connections();
+    common::pipeline::wait_until(PATIENCE, "the transport to notice the lost connection", || async {
+        !t.connected() || metrics().amqp_reconnects.get() > reconnects
+    })
+    .await;
+    // Receipts of the lost connection cannot be acked: their messages come back instead.
+    let receipts: Vec<String> = held.values().map(|m| m.receipt.clone()).collect();
+    let failed = t.delete(Queue::Inbound, &receipts).await.expect("delete");
+    assert_eq!(failed.len(), 5, "receipts of a closed connection were acked");
+    common::pipeline::wait_until(PATIENCE, "a reconnect", || async {
+        t.connected() && metrics().amqp_reconnects.get() > reconnects
+    })
+    .await;
+    assert!(t.depth(Queue::Inbound).await.is_ok(), "depth works again after the reconnect");
+
+    // The unacked messages come back, marked as received before; the consumer was restarted on its own.
+    let (again, receipts) = receive_distinct(&*t, Queue::Inbound, 5).await;
+    for (body, m) in &again {
+        assert_eq!(m.id, held[body].id, "same message id after redelivery");
+        assert!(m.receive_count >= 2, "redelivery counted: {m:?}");
+    }
+    assert!(t.delete(Queue::Inbound, &receipts).await.expect("delete").is_empty());
+    // And sends go through again, confirmed.
+    send_all(&*t, Queue::Inbound, &bodies(1, "after")).await;
+    drop(t);
 }

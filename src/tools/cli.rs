@@ -140,7 +140,8 @@ pub enum BenchCommand {
     },
     /// Drain pre-inserted noop tasks; the whole path from the inbound queue; idle single-task latency.
     Pipeline {
-        /// Transport to measure (sqs: the configured endpoint; a fresh queue set is created).
+        /// Transport to measure (sqs, rabbitmq: the configured endpoint or broker; a fresh queue set is created and
+        /// deleted at the end).
         #[arg(long, value_enum, default_value = "memory")]
         transport: TransportKind,
         /// Tasks per measurement (drain of pre-inserted tasks, and whole path from the inbound queue).
@@ -158,6 +159,16 @@ pub enum BenchCommand {
         /// Diamonds to run.
         #[arg(long, default_value_t = 1_000)]
         workflows: usize,
+    },
+    /// The roles as separate processes over RabbitMQ (submitter, scheduler, N workers, resulter, supervisor):
+    /// submissions on the inbound queue -> all SUCCESS; tasks/s, end-to-end p50/p99, CPU per process.
+    Processes {
+        /// Submissions (noop tasks).
+        #[arg(long, default_value_t = 50_000)]
+        tasks: usize,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
     },
 }
 
@@ -310,6 +321,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             with_scratch_database(settings, |mut s| {
                 s.transport.kind = transport;
                 s.sqs.queue_prefix = format!("bench{}", std::process::id());
+                s.rabbitmq.queue_prefix = format!("bench{}", std::process::id());
                 s.http.bind = String::new();
                 actix_rt::System::new().block_on(crate::tools::bench::pipeline::run(
                     s,
@@ -322,10 +334,22 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             with_scratch_database(settings, |mut s| {
                 s.transport.kind = transport;
                 s.sqs.queue_prefix = format!("bench{}", std::process::id());
+                s.rabbitmq.queue_prefix = format!("bench{}", std::process::id());
                 s.http.bind = String::new();
                 actix_rt::System::new().block_on(crate::tools::bench::workflows::run(
                     s,
                     crate::tools::bench::workflows::WorkflowBenchOptions { workflows },
+                ))
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { which: BenchCommand::Processes { tasks, workers } } => {
+            with_scratch_database(settings, |mut s| {
+                s.transport.kind = TransportKind::RabbitMq;
+                s.rabbitmq.queue_prefix = format!("bench{}", std::process::id());
+                actix_rt::System::new().block_on(crate::tools::bench::processes::run(
+                    s,
+                    crate::tools::bench::processes::ProcessesBenchOptions { tasks, workers },
                 ))
             })?;
             Ok(ExitCode::SUCCESS)

@@ -23,6 +23,8 @@ pub enum Via {
     Sqs,
     /// The in-process transport; the pipeline runs in this process.
     Local,
+    /// The inbound RabbitMQ queue (`[rabbitmq]`).
+    Rabbitmq,
     /// The HTTP JSON-RPC API (`--url`).
     Http,
 }
@@ -56,8 +58,10 @@ pub struct LoadSummary {
 /// Runs the load inside an actix System (the caller provides it).
 pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<LoadSummary> {
     let mut settings = settings;
-    if opts.via == Via::Local {
-        settings.transport.kind = TransportKind::Memory;
+    match opts.via {
+        Via::Local => settings.transport.kind = TransportKind::Memory,
+        Via::Rabbitmq => settings.transport.kind = TransportKind::RabbitMq,
+        Via::Sqs | Via::Http => {}
     }
     let store = TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff());
     let run_pipeline = opts.with_pipeline || opts.via == Via::Local;
@@ -67,7 +71,7 @@ pub async fn run(settings: Settings, opts: LoadOptions) -> anyhow::Result<LoadSu
             (None, None)
         } else {
             match settings.transport.kind {
-                TransportKind::Memory => (Some(connect_transport(&settings).await?), None),
+                TransportKind::Memory | TransportKind::RabbitMq => (Some(connect_transport(&settings).await?), None),
                 TransportKind::Sqs => {
                     let sqs = SqsTransport::connect(&settings.sqs, &settings.transport).await?;
                     (Some(Arc::new(sqs.clone())), Some(sqs))

@@ -5,8 +5,14 @@
 //! - a received message is invisible for the visibility timeout, then comes back unless deleted;
 //! - `delete` and `change_visibility` take receipt handles from `receive`;
 //! - batch calls report failures entry by entry.
+//!
+//! Kept ready for a log-based broker (Kafka): nothing above needs per-message acks from the broker. Such a
+//! transport would hand out receipts carrying (partition, offset), keep settled offsets per partition, and make
+//! `delete` commit each partition's offset up to the lowest one not yet settled; `change_visibility` would only
+//! move its own redelivery timer (as the RabbitMQ transport does) and `receive_count` would come from a header.
 
 pub mod memory;
+pub mod rabbitmq;
 pub mod sqs;
 
 use async_trait::async_trait;
@@ -113,7 +119,7 @@ pub trait Transport: Send + Sync + 'static {
     /// Approximate number of visible messages.
     async fn depth(&self, queue: Queue) -> TransportResult<u64>;
 
-    /// A short name for logs and metrics ("sqs", "memory").
+    /// A short name for logs and metrics ("sqs", "rabbitmq", "memory").
     fn kind(&self) -> &'static str;
 
     /// Whether a `receive` may be dropped while it waits without hiding messages: true for the in-process queues;
@@ -134,12 +140,16 @@ pub enum TransportKind {
     Sqs,
     /// In-process queues: single-binary mode and fast tests. All roles must run in one process.
     Memory,
+    /// RabbitMQ (AMQP 0-9-1), settings in `[rabbitmq]`.
+    #[serde(rename = "rabbitmq")]
+    #[value(name = "rabbitmq")]
+    RabbitMq,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportSettings {
-    /// `sqs` or `memory`.
+    /// `sqs`, `rabbitmq` or `memory`.
     pub kind: TransportKind,
     /// A message body larger than this is dead-lettered unprocessed.
     pub max_message_bytes: usize,

@@ -1,9 +1,10 @@
 //! Test support: each test gets its own freshly created and migrated database, dropped afterwards.
 #![allow(dead_code)]
 
-use sqs_scheduler::configuration::{DatabaseSettings, SqsSettings};
+use sqs_scheduler::configuration::{DatabaseSettings, RabbitMqSettings, SqsSettings};
 use sqs_scheduler::db;
 use sqs_scheduler::store::{Backoff, TaskStore};
+use sqs_scheduler::transport::rabbitmq::RabbitMqTransport;
 use sqs_scheduler::transport::sqs::SqsTransport;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -43,6 +44,8 @@ pub struct TestDb {
     pub url: String,
     /// SQS queue sets that belong to this test (see `delete_queues_on_drop`), deleted after the database.
     queue_sets: Mutex<Vec<QueueSetCleanup>>,
+    /// RabbitMQ queue sets that belong to this test, deleted after the database.
+    rabbitmq_sets: Mutex<Vec<RabbitQueueSetCleanup>>,
     _permit: Option<tokio::sync::SemaphorePermit<'static>>,
 }
 
@@ -60,7 +63,7 @@ impl TestDb {
         let name = format!("t_{}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst), rand::random::<u32>());
         let url = db::create_database(&base_url(), &name).await.expect("create test database");
         db::run_migrations(&url).await.expect("migrate test database");
-        TestDb { name, url, queue_sets: Mutex::new(Vec::new()), _permit: permit }
+        TestDb { name, url, queue_sets: Mutex::new(Vec::new()), rabbitmq_sets: Mutex::new(Vec::new()), _permit: permit }
     }
 
     pub fn settings(&self) -> DatabaseSettings {
@@ -76,6 +79,11 @@ impl TestDb {
     /// at the end of the test, also when it fails.
     pub fn delete_queues_on_drop(&self, sqs: &SqsSettings) {
         self.queue_sets.lock().unwrap().push(QueueSetCleanup::new(sqs));
+    }
+
+    /// Deletes the RabbitMQ queues and exchanges of `rabbitmq.queue_prefix` when this TestDb is dropped.
+    pub fn delete_rabbitmq_queues_on_drop(&self, r: &RabbitMqSettings) {
+        self.rabbitmq_sets.lock().unwrap().push(RabbitQueueSetCleanup::new(r));
     }
 
     pub fn store(&self) -> TaskStore {
@@ -130,6 +138,87 @@ impl Drop for QueueSetCleanup {
             Ok(Err(e)) => eprintln!("could not delete the SQS queues of prefix {}: {e:#}", self.sqs.queue_prefix),
             Err(_) => eprintln!("deleting the SQS queues of prefix {} panicked", self.sqs.queue_prefix),
         }
+    }
+}
+
+/// Deletes a RabbitMQ queue set (queues and dead-letter exchanges) when dropped, with a connection of its own on a
+/// thread of its own.
+pub struct RabbitQueueSetCleanup {
+    settings: RabbitMqSettings,
+}
+
+impl RabbitQueueSetCleanup {
+    pub fn new(settings: &RabbitMqSettings) -> RabbitQueueSetCleanup {
+        RabbitQueueSetCleanup { settings: settings.clone() }
+    }
+}
+
+impl Drop for RabbitQueueSetCleanup {
+    fn drop(&mut self) {
+        let settings = self.settings.clone();
+        let outcome = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(RabbitMqTransport::delete_queue_set(&settings))
+        })
+        .join();
+        match outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                eprintln!("could not delete the RabbitMQ queues of prefix {}: {e:#}", self.settings.queue_prefix)
+            }
+            Err(_) => eprintln!("deleting the RabbitMQ queues of prefix {} panicked", self.settings.queue_prefix),
+        }
+    }
+}
+
+/// The broker tests use: SCHEDULER_RABBITMQ__URL, or the local RabbitMQ (guest/guest, vhost /).
+pub fn rabbitmq_url() -> String {
+    std::env::var("SCHEDULER_RABBITMQ__URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Runs `rabbitmqctl` with `args`; panics with its output if it fails (a broker test that cannot reach the broker's
+/// control tool proves nothing).
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("rabbitmqctl {args:?} cannot run: {e} (scripts/dev-services up installs RabbitMQ)"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "rabbitmqctl {args:?} failed: {text}");
+    text
+}
+
+/// A virtual host of its own for a test that disturbs the broker (closes connections): created with full
+/// permissions for guest, deleted with everything in it when dropped.
+pub struct PrivateVhost {
+    pub name: String,
+}
+
+impl PrivateVhost {
+    pub fn new() -> PrivateVhost {
+        let name = format!("t{}", rand::random::<u32>());
+        rabbitmqctl(&["add_vhost", &name]);
+        let v = PrivateVhost { name };
+        rabbitmqctl(&["set_permissions", "-p", &v.name, "guest", ".*", ".*", ".*"]);
+        v
+    }
+
+    /// The AMQP URL of this vhost on the test broker.
+    pub fn url(&self) -> String {
+        let base = rabbitmq_url();
+        let root = base.rsplit_once('/').map_or(base.as_str(), |(r, _)| r).to_string();
+        format!("{root}/{}", self.name)
+    }
+
+    /// Closes every client connection to this vhost, as `rabbitmqctl close_all_connections` does to a broker.
+    pub fn close_all_connections(&self) {
+        rabbitmqctl(&["close_all_connections", "--vhost", &self.name, "test"]);
+    }
+}
+
+impl Drop for PrivateVhost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl").args(["delete_vhost", &self.name]).output();
     }
 }
 

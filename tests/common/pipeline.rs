@@ -8,6 +8,7 @@ use sqs_scheduler::handlers::HandlerRegistry;
 use sqs_scheduler::startup::{App, Role};
 use sqs_scheduler::store::{TaskState, TaskStore};
 use sqs_scheduler::transport::memory::MemoryTransport;
+use sqs_scheduler::transport::rabbitmq::RabbitMqTransport;
 use sqs_scheduler::transport::sqs::SqsTransport;
 use sqs_scheduler::transport::{Queue, Transport};
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     Memory,
     Sqs,
+    RabbitMq,
 }
 
 /// database.pool_size of test Apps: caps every stage's pool (see the connection arithmetic in common/mod.rs).
@@ -29,7 +31,11 @@ pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
     let mut s = Settings::default();
     s.database.url = db.url.clone();
     s.database.pool_size = APP_POOL_SIZE;
-    s.transport.kind = if kind == Kind::Memory { TransportKind::Memory } else { TransportKind::Sqs };
+    s.transport.kind = match kind {
+        Kind::Memory => TransportKind::Memory,
+        Kind::Sqs => TransportKind::Sqs,
+        Kind::RabbitMq => TransportKind::RabbitMq,
+    };
     s.transport.wait_time_secs = 1;
     s.transport.visibility_timeout_secs = 10;
     s.acquirer.idle_wakeup_ms = 50;
@@ -53,6 +59,11 @@ pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
         s.reaper.stale_timeout_secs = 300.0;
         db.delete_queues_on_drop(&s.sqs);
     }
+    s.rabbitmq.url = super::rabbitmq_url();
+    s.rabbitmq.queue_prefix = s.sqs.queue_prefix.clone();
+    if kind == Kind::RabbitMq {
+        db.delete_rabbitmq_queues_on_drop(&s.rabbitmq);
+    }
     s
 }
 
@@ -67,6 +78,11 @@ pub async fn transport(settings: &Settings) -> Arc<dyn Transport> {
             SqsTransport::create_queues(&settings.sqs, &settings.transport)
                 .await
                 .expect("local SQS endpoint (scripts/dev-services up)"),
+        ),
+        TransportKind::RabbitMq => Arc::new(
+            RabbitMqTransport::create_queues(&settings.rabbitmq, &settings.transport, settings.rabbitmq_prefetch())
+                .await
+                .expect("local RabbitMQ (scripts/dev-services up)"),
         ),
     }
 }
@@ -202,7 +218,7 @@ where
 /// `scheduler_messages_dead_lettered_total` for `queue`'s DLQ and `reason` (labelled with this test's own queue
 /// prefix, so no other test moves it).
 pub fn dead_lettered(settings: &Settings, queue: Queue, reason: &str) -> u64 {
-    let dlq = queue.dlq().name(&settings.sqs.queue_prefix);
+    let dlq = queue.dlq().name(settings.queue_prefix());
     sqs_scheduler::metrics::metrics().messages_dead_lettered.with_label_values(&[dlq.as_str(), reason]).get()
 }
 

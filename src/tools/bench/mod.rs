@@ -2,8 +2,62 @@
 
 pub mod http;
 pub mod pipeline;
+pub mod processes;
 pub mod store;
 pub mod workflows;
+
+use crate::configuration::{Settings, TransportKind};
+use crate::transport::memory::MemoryTransport;
+use crate::transport::rabbitmq::RabbitMqTransport;
+use crate::transport::sqs::SqsTransport;
+use crate::transport::Transport;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The transport a benchmark measures: over SQS and RabbitMQ a fresh queue set under the configured prefix, deleted
+/// by [`BenchTransport::close`] whatever the outcome.
+pub struct BenchTransport {
+    pub transport: Arc<dyn Transport>,
+    /// The SQS transport itself, for benchmarks that send on it directly.
+    pub sqs: Option<SqsTransport>,
+}
+
+impl BenchTransport {
+    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(match settings.transport.kind {
+            TransportKind::Memory => BenchTransport {
+                transport: Arc::new(MemoryTransport::new(Duration::from_secs(
+                    settings.transport.visibility_timeout_secs as u64,
+                ))),
+                sqs: None,
+            },
+            TransportKind::Sqs => {
+                let s = SqsTransport::create_queues(&settings.sqs, &settings.transport).await?;
+                BenchTransport { transport: Arc::new(s.clone()), sqs: Some(s) }
+            }
+            TransportKind::RabbitMq => {
+                let prefetch = settings.rabbitmq_prefetch();
+                let r = RabbitMqTransport::create_queues(&settings.rabbitmq, &settings.transport, prefetch).await?;
+                BenchTransport { transport: Arc::new(r), sqs: None }
+            }
+        })
+    }
+
+    /// Deletes the queues `open` created (reported, not fatal, when that fails).
+    pub async fn close(&self, settings: &Settings, bench: &str) {
+        let deleted = match settings.transport.kind {
+            TransportKind::Memory => Ok(()),
+            TransportKind::Sqs => match &self.sqs {
+                Some(s) => s.delete_queues().await,
+                None => Ok(()),
+            },
+            TransportKind::RabbitMq => RabbitMqTransport::delete_queue_set(&settings.rabbitmq).await.map(|_| ()),
+        };
+        if let Err(e) = deleted {
+            eprintln!("bench {bench}: could not delete the queues of prefix {}: {e:#}", settings.queue_prefix());
+        }
+    }
+}
 
 /// Nearest-rank quantile `p` of ascending `sorted` samples, or None when there are too few samples for it to say
 /// more than the maximum does: at least 10 samples must lie above it (p99 needs 1,000 samples, p90 100, p50 20).

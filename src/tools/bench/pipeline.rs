@@ -7,12 +7,11 @@
 //!    API requests per task for the whole path (the scheduler's and the submitting client's).
 //! 3. idle latency: one submission at a time on the inbound queue, timed until that task's own SUCCESS.
 
-use crate::configuration::{Settings, TransportKind};
+use crate::configuration::Settings;
 use crate::handlers::HandlerRegistry;
 use crate::metrics::metrics;
 use crate::startup::App;
 use crate::store::{Action, Applied, NewTask, Payload, TaskState, TaskStore};
-use crate::transport::memory::MemoryTransport;
 use crate::transport::sqs::SqsTransport;
 use crate::transport::{Queue, Transport, MAX_BATCH};
 use anyhow::{bail, Context};
@@ -46,22 +45,9 @@ fn cpu_seconds() -> f64 {
 /// fresh queue set is created under `sqs.queue_prefix`, and deleted at the end whatever the outcome.
 pub async fn run(settings: Settings, opts: PipelineBenchOptions) -> anyhow::Result<()> {
     let store = TaskStore::new(crate::db::build_pool(&settings.database), settings.retry.backoff());
-    let (transport, sqs): (Arc<dyn Transport>, Option<SqsTransport>) = match settings.transport.kind {
-        TransportKind::Memory => (
-            Arc::new(MemoryTransport::new(Duration::from_secs(settings.transport.visibility_timeout_secs as u64))),
-            None,
-        ),
-        TransportKind::Sqs => {
-            let s = SqsTransport::create_queues(&settings.sqs, &settings.transport).await?;
-            (Arc::new(s.clone()), Some(s))
-        }
-    };
-    let result = measure(&settings, &opts, &store, transport, sqs.as_ref()).await;
-    if let Some(s) = &sqs {
-        if let Err(e) = s.delete_queues().await {
-            eprintln!("bench pipeline: could not delete the queues of prefix {}: {e:#}", settings.sqs.queue_prefix);
-        }
-    }
+    let bench = super::BenchTransport::open(&settings).await?;
+    let result = measure(&settings, &opts, &store, bench.transport.clone(), bench.sqs.as_ref()).await;
+    bench.close(&settings, "pipeline").await;
     result
 }
 

@@ -3,12 +3,10 @@
 //! latency p50/p99: from a stage's last parent's SUCCESS to the stage's ACQUIRED, both on the database clock (the
 //! stage handler reads its own acquired_at while it runs; the parents' finished_at is read afterwards).
 
-use crate::configuration::{Settings, TransportKind};
+use crate::configuration::Settings;
 use crate::handlers::{Handler, HandlerContext, HandlerError, HandlerRegistry};
 use crate::startup::App;
 use crate::store::{MaxAttempts, TaskStore};
-use crate::transport::memory::MemoryTransport;
-use crate::transport::sqs::SqsTransport;
 use crate::transport::Transport;
 use crate::workflow::{self, WorkflowState};
 use chrono::{DateTime, Utc};
@@ -62,22 +60,9 @@ fn diamond(i: usize) -> Value {
 /// Runs the benchmark on a migrated, empty database configured in `settings` (inside an actix System).
 pub async fn run(settings: Settings, opts: WorkflowBenchOptions) -> anyhow::Result<()> {
     let store = TaskStore::new(crate::db::build_pool(&settings.database), settings.retry.backoff());
-    let (transport, sqs): (Arc<dyn Transport>, Option<SqsTransport>) = match settings.transport.kind {
-        TransportKind::Memory => (
-            Arc::new(MemoryTransport::new(Duration::from_secs(settings.transport.visibility_timeout_secs as u64))),
-            None,
-        ),
-        TransportKind::Sqs => {
-            let s = SqsTransport::create_queues(&settings.sqs, &settings.transport).await?;
-            (Arc::new(s.clone()), Some(s))
-        }
-    };
-    let result = measure(&settings, &opts, &store, transport).await;
-    if let Some(s) = &sqs {
-        if let Err(e) = s.delete_queues().await {
-            eprintln!("bench workflows: could not delete the queues of prefix {}: {e:#}", settings.sqs.queue_prefix);
-        }
-    }
+    let bench = super::BenchTransport::open(&settings).await?;
+    let result = measure(&settings, &opts, &store, bench.transport.clone()).await;
+    bench.close(&settings, "workflows").await;
     result
 }
 
