@@ -1,4 +1,5 @@
-//! Workflows end to end: a diamond's order and parents' results; 1,000 diamonds under chaos on both transports;
+//! Workflows end to end: a diamond's order and parents' results; 1,000 diamonds under chaos on the in-process
+//! transport (100 on the slow SQS emulator; RabbitMQ: ignored, a known failure);
 //! failure, on_failure and task.retry resuming; fan-out and fan-in; bad input storing nothing; two schedulers and
 //! two result sinks in separate processes never running a stage early or twice.
 
@@ -235,7 +236,7 @@ async fn thousand_diamonds_under_chaos(kind: Kind) {
     settings.retry.default_max_attempts = 50;
     // The emulator takes a few hundred messages/s at best (4 stages x 2 messages per diamond, plus retries): 100
     // diamonds take about 35 s there, 1,000 would take six minutes (WORKFLOWS_SQS_N sets it).
-    let n = if kind == Kind::Memory {
+    let n = if kind != Kind::Sqs {
         1000
     } else {
         std::env::var("WORKFLOWS_SQS_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
@@ -278,6 +279,14 @@ async fn thousand_diamonds_under_chaos_memory() {
 #[actix_rt::test]
 async fn diamonds_under_chaos_sqs() {
     thousand_diamonds_under_chaos(Kind::Sqs).await
+}
+
+// Known failure, left for the RabbitMQ work (issue 12): after ~2,000 of 4,000 stages the results queue holds ~14,000
+// messages (results redelivered faster than the ResultSink settles them, a growing loop) and it never completes.
+#[actix_rt::test]
+#[ignore = "RabbitMQ: results backlog grows under workflow chaos (issue 12, see the closing note)"]
+async fn thousand_diamonds_under_chaos_rabbitmq() {
+    thousand_diamonds_under_chaos(Kind::RabbitMq).await
 }
 
 #[actix_rt::test]
