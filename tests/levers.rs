@@ -8,6 +8,7 @@ mod common;
 use actix_web::http::StatusCode;
 use actix_web::test::{self, TestRequest};
 use common::pipeline::*;
+use common::process::{spawn_roles, Proc};
 use common::TestDb;
 use serde_json::{json, Value};
 use sqs_scheduler::configuration::Settings;
@@ -20,7 +21,7 @@ use sqs_scheduler::store::{
 };
 use sqs_scheduler::transport::Queue;
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -424,35 +425,8 @@ async fn a_running_task_cancelled_ends_cancelled_and_frees_its_slot() {
 }
 
 /// A worker process of the binary; killed if the test ends early.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_worker(settings: &Settings, concurrency: usize) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sqs-scheduler"));
-    cmd.args(["run", "--no-migrate", "--role", "worker"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SCHEDULER_DATABASE__URL", &settings.database.url)
-        .env("SCHEDULER_DATABASE__POOL_SIZE", settings.database.pool_size.to_string())
-        .env("SCHEDULER_TRANSPORT__KIND", "sqs")
-        .env("SCHEDULER_TRANSPORT__WAIT_TIME_SECS", "1")
-        .env("SCHEDULER_SQS__ENDPOINT_URL", settings.sqs.endpoint_url.clone().unwrap())
-        .env("SCHEDULER_SQS__REGION", "us-east-1")
-        .env("SCHEDULER_SQS__ACCESS_KEY_ID", "test")
-        .env("SCHEDULER_SQS__SECRET_ACCESS_KEY", "test")
-        .env("SCHEDULER_SQS__QUEUE_PREFIX", &settings.sqs.queue_prefix)
-        .env("SCHEDULER_WORKER__CONCURRENCY", concurrency.to_string())
-        .env("SCHEDULER_HTTP__BIND", "")
-        .env("SCHEDULER_LOG__LEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    Proc(cmd.spawn().expect("spawn sqs-scheduler"))
+    spawn_roles(settings, &["worker"], &[("SCHEDULER_WORKER__CONCURRENCY", concurrency.to_string())])
 }
 
 /// max_concurrency = 3 with two worker processes of concurrency 64 and 100 tasks of 200 ms: never more than 3

@@ -4,22 +4,13 @@
 mod common;
 
 use common::pipeline::*;
+use common::process::{spawn_roles, Proc};
 use common::TestDb;
 use serde_json::json;
 use sqs_scheduler::store::TaskState;
 use sqs_scheduler::transport::Queue;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A child process that is killed if the test ends early.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 impl Proc {
     fn signal(&self, sig: &str) {
@@ -40,38 +31,14 @@ impl Proc {
     }
 }
 
+/// The roles as one process, with short retry delays (a killed worker's task is retried soon).
 fn spawn(settings: &sqs_scheduler::configuration::Settings, roles: &[&str], extra_env: &[(&str, String)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sqs-scheduler"));
-    cmd.arg("run").arg("--no-migrate").arg("--grace-secs").arg("20");
-    for r in roles {
-        cmd.arg("--role").arg(r);
-    }
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SCHEDULER_DATABASE__URL", &settings.database.url)
-        // Each child process opens a pool per stage: keep them as small as the in-process test pipelines.
-        .env("SCHEDULER_DATABASE__POOL_SIZE", settings.database.pool_size.to_string())
-        .env("SCHEDULER_TRANSPORT__KIND", "sqs")
-        .env("SCHEDULER_TRANSPORT__WAIT_TIME_SECS", "1")
-        .env("SCHEDULER_SQS__ENDPOINT_URL", settings.sqs.endpoint_url.clone().unwrap())
-        .env("SCHEDULER_SQS__REGION", "us-east-1")
-        .env("SCHEDULER_SQS__ACCESS_KEY_ID", "test")
-        .env("SCHEDULER_SQS__SECRET_ACCESS_KEY", "test")
-        .env("SCHEDULER_SQS__QUEUE_PREFIX", &settings.sqs.queue_prefix)
-        .env("SCHEDULER_ACQUIRER__IDLE_WAKEUP_MS", "100")
-        // Short queues: the emulator rescans a whole queue for every message it delivers.
-        .env("SCHEDULER_ACQUIRER__MAX_OUTBOUND_DEPTH", "30")
-        .env("SCHEDULER_ACQUIRER__BATCH_SIZE", "30")
-        .env("SCHEDULER_RETRY__BASE_DELAY_SECS", "0.05")
-        .env("SCHEDULER_RETRY__MAX_DELAY_SECS", "0.2")
-        .env("SCHEDULER_HTTP__BIND", "")
-        .env("SCHEDULER_LOG__LEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    Proc(cmd.spawn().expect("spawn sqs-scheduler"))
+    let mut env = vec![
+        ("SCHEDULER_RETRY__BASE_DELAY_SECS", "0.05".to_string()),
+        ("SCHEDULER_RETRY__MAX_DELAY_SECS", "0.2".to_string()),
+    ];
+    env.extend(extra_env.iter().cloned());
+    spawn_roles(settings, roles, &env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

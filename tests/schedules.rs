@@ -9,6 +9,7 @@ mod common;
 use actix_web::test::{self, TestRequest};
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use common::pipeline::*;
+use common::process::{run_roles, Proc};
 use common::{exec, TestDb};
 use serde_json::{json, Value};
 use sqs_scheduler::actors::cron::{declare, run_once, CronSettings};
@@ -21,7 +22,7 @@ use sqs_scheduler::store::{TaskState, TaskStore};
 use sqs_scheduler::transport::Queue;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,16 +55,6 @@ async fn ticks_of(store: &TaskStore, name: &str) -> Vec<DateTime<Utc>> {
 // ---------------------------------------------------------------------------------------------------------------
 // The CronScheduler
 // ---------------------------------------------------------------------------------------------------------------
-
-/// A child process, killed if the test ends early.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -103,7 +94,7 @@ async fn three_scheduler_processes_enqueue_each_tick_of_an_every_second_schedule
     )
     .unwrap();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut procs: Vec<Proc> = ports.iter().map(|port| Proc(spawn_scheduler(&settings, &config, *port))).collect();
+    let mut procs: Vec<Proc> = ports.iter().map(|port| spawn_scheduler(&settings, &config, *port)).collect();
 
     // Ten seconds of ticks, observed in the database (the first ticks come once a process has started).
     let store = db.store();
@@ -183,29 +174,10 @@ async fn three_scheduler_processes_enqueue_each_tick_of_an_every_second_schedule
     assert_eq!(t.action, "noop");
 }
 
-fn spawn_scheduler(settings: &Settings, config: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sqs-scheduler"))
-        .args(["run", "--no-migrate", "--grace-secs", "10", "--role", "scheduler"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SCHEDULER_CONFIG", config)
-        .env("SCHEDULER_DATABASE__URL", &settings.database.url)
-        .env("SCHEDULER_DATABASE__POOL_SIZE", "2")
-        .env("SCHEDULER_TRANSPORT__KIND", "sqs")
-        .env("SCHEDULER_TRANSPORT__WAIT_TIME_SECS", "1")
-        .env("SCHEDULER_SQS__ENDPOINT_URL", settings.sqs.endpoint_url.clone().unwrap())
-        .env("SCHEDULER_SQS__REGION", "us-east-1")
-        .env("SCHEDULER_SQS__ACCESS_KEY_ID", "test")
-        .env("SCHEDULER_SQS__SECRET_ACCESS_KEY", "test")
-        .env("SCHEDULER_SQS__QUEUE_PREFIX", &settings.sqs.queue_prefix)
-        .env("SCHEDULER_ACQUIRER__MAX_OUTBOUND_DEPTH", "30")
-        .env("SCHEDULER_ACQUIRER__BATCH_SIZE", "30")
-        .env("SCHEDULER_HTTP__BIND", format!("127.0.0.1:{port}"))
-        .env("SCHEDULER_LOG__LEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn sqs-scheduler")
+fn spawn_scheduler(settings: &Settings, config: &std::path::Path, port: u16) -> Proc {
+    let mut cmd = run_roles(settings, &["scheduler"]);
+    cmd.env("SCHEDULER_CONFIG", config).env("SCHEDULER_HTTP__BIND", format!("127.0.0.1:{port}"));
+    Proc(cmd.spawn().expect("spawn sqs-scheduler"))
 }
 
 /// Seconds since the epoch of the last multiple of 10 s at or before `t`.

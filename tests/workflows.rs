@@ -7,6 +7,7 @@ mod common;
 
 use actix_web::test;
 use common::pipeline::*;
+use common::process::spawn_roles;
 use common::TestDb;
 use serde_json::{json, Map, Value};
 use sqs_scheduler::handlers::{Handler, HandlerContext, HandlerError, HandlerRegistry};
@@ -16,7 +17,6 @@ use sqs_scheduler::store::{MaxAttempts, Outcome, TaskResult, TaskState, TaskStor
 use sqs_scheduler::transport::Queue;
 use sqs_scheduler::workflow::{self, WorkflowState};
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -580,43 +580,6 @@ async fn a_bad_workflow_on_the_inbound_queue_is_dead_lettered_and_stores_nothing
     app.shutdown(Duration::from_secs(10)).await;
 }
 
-/// A child process that is killed if the test ends early.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_process(settings: &sqs_scheduler::configuration::Settings, roles: &[&str]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sqs-scheduler"));
-    cmd.arg("run").arg("--no-migrate").arg("--grace-secs").arg("20");
-    for r in roles {
-        cmd.arg("--role").arg(r);
-    }
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SCHEDULER_DATABASE__URL", &settings.database.url)
-        .env("SCHEDULER_DATABASE__POOL_SIZE", settings.database.pool_size.to_string())
-        .env("SCHEDULER_TRANSPORT__KIND", "sqs")
-        .env("SCHEDULER_TRANSPORT__WAIT_TIME_SECS", "1")
-        .env("SCHEDULER_SQS__ENDPOINT_URL", settings.sqs.endpoint_url.clone().unwrap())
-        .env("SCHEDULER_SQS__REGION", "us-east-1")
-        .env("SCHEDULER_SQS__ACCESS_KEY_ID", "test")
-        .env("SCHEDULER_SQS__SECRET_ACCESS_KEY", "test")
-        .env("SCHEDULER_SQS__QUEUE_PREFIX", &settings.sqs.queue_prefix)
-        .env("SCHEDULER_ACQUIRER__IDLE_WAKEUP_MS", "100")
-        .env("SCHEDULER_ACQUIRER__MAX_OUTBOUND_DEPTH", "30")
-        .env("SCHEDULER_ACQUIRER__BATCH_SIZE", "30")
-        .env("SCHEDULER_HTTP__BIND", "")
-        .env("SCHEDULER_LOG__LEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    Proc(cmd.spawn().expect("spawn sqs-scheduler"))
-}
-
 /// Two scheduler+resulter processes (two Acquirers, two ResultSinks) over SQS, the workers in this process:
 /// every stage acquired once, none before all its parents succeeded.
 #[actix_rt::test]
@@ -632,8 +595,8 @@ async fn two_schedulers_and_two_result_sinks_never_run_a_stage_early_or_twice() 
     for chunk in wfs.chunks(200) {
         store.submit_workflows(chunk).await.unwrap();
     }
-    let _p1 = spawn_process(&settings, &["scheduler", "resulter"]);
-    let _p2 = spawn_process(&settings, &["scheduler", "resulter"]);
+    let _p1 = spawn_roles(&settings, &["scheduler", "resulter"], &[]);
+    let _p2 = spawn_roles(&settings, &["scheduler", "resulter"], &[]);
     let log = Log::default();
     let started = Instant::now();
     let (transport, delivered) = RecordDeliveries::wrap(transport);

@@ -260,4 +260,5 @@ pub fn promtool_check(exposition: &[u8]) -> Option<String> {
 }
 
 pub mod pipeline;
+pub mod process;
 pub mod proxy;
