@@ -228,7 +228,9 @@ async fn diamond_runs_in_dependency_order_and_d_sees_both_results() {
 }
 
 async fn thousand_diamonds_under_chaos(kind: Kind) {
-    let _turn = sqs_turn(kind).await;
+    // One heavy workflow test at a time, on any transport: run beside the two-process test (1,000 diamonds, its own
+    // pools) the in-process one once stalled past its deadline in CI (907 stages ACQUIRED, see the closing note).
+    let _turn = sqs_turn(Kind::Sqs).await;
     let _metrics = metrics_turn().await;
     let db = TestDb::new().await;
     let mut settings = test_settings(&db, kind);
