@@ -8,8 +8,8 @@
 use super::messages::TasksDue;
 use super::Shared;
 use crate::metrics::metrics;
-use crate::protocol::TaskRequest;
-use crate::store::TaskStore;
+use crate::protocol::{self, TaskRequest};
+use crate::store::{AcquiredTask, Outcome, TaskResult, TaskStore};
 use crate::supervision::Link;
 use crate::transport::Queue;
 use actix::prelude::*;
@@ -133,9 +133,14 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
                     .to_body()
                 })
                 .collect();
-            let sent = match shared.transport.send(Queue::Outbound, &bodies).await {
-                Ok(r) => r,
-                Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
+            let too_large = fail_too_large(&shared, &store, &tasks, &bodies).await;
+            let sent = if too_large.is_empty() {
+                match shared.transport.send(Queue::Outbound, &bodies).await {
+                    Ok(r) => r,
+                    Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
+                }
+            } else {
+                send_fitting(&shared, &bodies, &too_large).await
             };
             let failed: Vec<(i64, i32)> =
                 tasks.iter().zip(&sent).filter(|(_, r)| r.is_err()).map(|(t, _)| (t.id, t.attempt)).collect();
@@ -172,6 +177,45 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
         }
     }
     tracing::debug!("acquirer stopped");
+}
+
+/// Tasks whose message would exceed `transport.max_message_bytes` (a workflow stage whose parents' results pile up
+/// in its payload) are not sent: their attempt fails with [`protocol::TOO_LARGE_ERROR`] in one statement, so they
+/// retry with backoff and end CRITICAL_ERROR instead of looping through the transport. Returns their indexes.
+async fn fail_too_large(shared: &Shared, store: &TaskStore, tasks: &[AcquiredTask], bodies: &[String]) -> Vec<usize> {
+    let max = shared.settings.transport.max_message_bytes;
+    let over: Vec<usize> = (0..bodies.len()).filter(|&i| bodies[i].len() > max).collect();
+    if over.is_empty() {
+        return over;
+    }
+    let results: Vec<TaskResult> = over
+        .iter()
+        .map(|&i| TaskResult {
+            id: tasks[i].id,
+            attempt: tasks[i].attempt,
+            outcome: Outcome::Failure(protocol::too_large("task message", bodies[i].len(), max)),
+        })
+        .collect();
+    tracing::warn!(tasks = ?results.iter().map(|r| r.id).collect::<Vec<_>>(), limit = max, "task messages too large; their attempts fail");
+    metrics().items_refused.with_label_values(&["acquirer_too_large"]).inc_by(over.len() as u64);
+    match store.complete_many(&results).await {
+        Ok(_) => shared.tasks_due(),
+        // Left ACQUIRED: the StaleReaper rescues them, and the next attempt fails here again.
+        Err(e) => tracing::error!(error = %e, "recording too-large task messages failed"),
+    }
+    over
+}
+
+/// Sends the bodies not in `skip`; the skipped ones count as handled (never released).
+async fn send_fitting(shared: &Shared, bodies: &[String], skip: &[usize]) -> Vec<Result<(), String>> {
+    let fitting: Vec<String> =
+        bodies.iter().enumerate().filter(|(i, _)| !skip.contains(i)).map(|(_, b)| b.clone()).collect();
+    let mut sent = match shared.transport.send(Queue::Outbound, &fitting).await {
+        Ok(r) => r,
+        Err(e) => fitting.iter().map(|_| Err(e.to_string())).collect(),
+    }
+    .into_iter();
+    (0..bodies.len()).map(|i| if skip.contains(&i) { Ok(()) } else { sent.next().unwrap_or(Ok(())) }).collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

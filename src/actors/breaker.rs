@@ -49,21 +49,36 @@ impl Breaker {
         *s = State::default();
     }
 
-    /// A commit failed for a transient reason.
+    /// A commit failed for a transient reason. While the breaker is open this changes nothing but the reason:
+    /// such failures come from batches received before it opened (several pollers, pipelined batches), and
+    /// letting each of them double the wait would keep the pollers off a database that is already back for up
+    /// to `MAX_OPEN`. Only a failed probe lengthens the wait.
     pub fn failure(&self, error: &str) {
         let mut s = self.0.lock().unwrap();
-        s.failures += 1;
         s.last_error = error.to_owned();
+        if s.opened_at.is_some() {
+            return;
+        }
+        s.failures += 1;
         if s.failures < FAILURES_TO_OPEN {
             return;
         }
-        s.delay = if s.opened_at.is_none() { FIRST_OPEN } else { (s.delay * 2).min(MAX_OPEN) };
+        s.delay = FIRST_OPEN;
+        s.opened_at = Some(Instant::now());
+        s.open_until = Some(Instant::now() + s.delay);
+        metrics().breaker_opened.inc();
+        metrics().breaker_open.set(1);
+        tracing::error!(error, "database unavailable: circuit open, pollers stop receiving until it recovers");
+    }
+
+    /// The probe a [`Gate::Probe`] asked for failed: wait twice as long (up to `MAX_OPEN`) before the next one.
+    pub fn probe_failed(&self, error: &str) {
+        let mut s = self.0.lock().unwrap();
+        s.last_error = error.to_owned();
         if s.opened_at.is_none() {
-            s.opened_at = Some(Instant::now());
-            metrics().breaker_opened.inc();
-            metrics().breaker_open.set(1);
-            tracing::error!(error, "database unavailable: circuit open, pollers stop receiving until it recovers");
+            return; // a commit succeeded meanwhile: closed
         }
+        s.delay = (s.delay * 2).min(MAX_OPEN);
         s.open_until = Some(Instant::now() + s.delay);
     }
 
@@ -99,7 +114,7 @@ pub enum Gate {
     Receive,
     /// Open: wait this long, then ask again.
     Wait(Duration),
-    /// Open, and a probe is due: check the database, report with `success` or `failure`, then ask again.
+    /// Open, and a probe is due: check the database, report with `success` or `probe_failed`, then ask again.
     Probe,
 }
 
@@ -108,4 +123,62 @@ pub fn any_open() -> Option<String> {
     let mut all = BREAKERS.lock().unwrap();
     all.retain(|w| w.strong_count() > 0);
     all.iter().filter_map(|w| w.upgrade()).find_map(|s| Breaker(s).open_reason())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delay(b: &Breaker) -> Duration {
+        b.0.lock().unwrap().delay
+    }
+
+    #[test]
+    fn opens_after_failures_in_a_row_and_a_success_closes_it() {
+        let b = Breaker::default();
+        b.failure("x");
+        b.success();
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            b.failure("x");
+        }
+        assert_eq!(b.gate(), Gate::Receive, "a success in between resets the count");
+        b.failure("down");
+        assert!(matches!(b.gate(), Gate::Wait(_)));
+        assert!(b.open_reason().unwrap().contains("down"));
+        b.success();
+        assert_eq!(b.gate(), Gate::Receive);
+        assert!(b.open_reason().is_none());
+    }
+
+    #[test]
+    fn only_failed_probes_lengthen_the_wait() {
+        let b = Breaker::default();
+        for _ in 0..FAILURES_TO_OPEN {
+            b.failure("x");
+        }
+        assert_eq!(delay(&b), FIRST_OPEN);
+        // Batches received before it opened keep failing: the wait stays as it is.
+        for _ in 0..20 {
+            b.failure("late");
+        }
+        assert_eq!(delay(&b), FIRST_OPEN);
+        assert!(matches!(b.gate(), Gate::Wait(w) if w <= FIRST_OPEN));
+        b.probe_failed("still down");
+        assert_eq!(delay(&b), FIRST_OPEN * 2);
+        for _ in 0..10 {
+            b.probe_failed("still down");
+        }
+        assert_eq!(delay(&b), MAX_OPEN);
+    }
+
+    #[test]
+    fn a_due_probe_goes_to_one_caller() {
+        let b = Breaker::default();
+        for _ in 0..FAILURES_TO_OPEN {
+            b.failure("x");
+        }
+        b.0.lock().unwrap().open_until = Some(Instant::now());
+        assert_eq!(b.gate(), Gate::Probe);
+        assert!(matches!(b.gate(), Gate::Wait(_)), "the others wait for its outcome");
+    }
 }

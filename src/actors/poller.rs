@@ -107,7 +107,7 @@ async fn poll_loop(shared: Shared, queue: Queue, stage: Slot<Received>, capacity
                 Gate::Probe => {
                     match crate::db::probe(&shared.settings.database).await {
                         Ok(()) => shared.breaker.success(),
-                        Err(e) => shared.breaker.failure(&e),
+                        Err(e) => shared.breaker.probe_failed(&e),
                     }
                     continue;
                 }
@@ -153,8 +153,17 @@ async fn poll_loop(shared: Shared, queue: Queue, stage: Slot<Received>, capacity
         let guard = shared.phases.tracker(queue).guard();
         metrics().messages_received.with_label_values(&[label.as_str()]).inc_by(messages.len() as u64);
         let (shared, label, stage) = (shared.clone(), label.clone(), stage.clone());
+        // A commit stage answers for every message at once: what it did not settle failed transiently.
+        let handed: Vec<(String, u32)> =
+            if gated { messages.iter().map(|m| (m.receipt.clone(), m.receive_count)).collect() } else { Vec::new() };
         actix_rt::spawn(async move {
             let settled = hand_on(&shared, queue, &stage, messages).await;
+            let unsettled: Vec<(String, u32)> =
+                handed.into_iter().filter(|(r, _)| !settled.receipts.contains(r)).collect();
+            if !unsettled.is_empty() {
+                let visibility = Duration::from_secs(shared.settings.transport.visibility_timeout_secs as u64);
+                crate::transport::give_back(shared.transport.as_ref(), queue, &unsettled, visibility).await;
+            }
             if !settled.receipts.is_empty() {
                 match shared.transport.delete(queue, &settled.receipts).await {
                     Ok(failed) if failed.is_empty() => {}

@@ -159,6 +159,7 @@ struct Done {
     /// None: no result to send (its task was cancelled or is no longer this attempt's); only delete the message.
     body: Option<String>,
     receipt: String,
+    receive_count: u32,
     _guard: TrackGuard,
 }
 
@@ -378,6 +379,15 @@ async fn run_task(
                 Outcome::Failure(e.to_value())
             }
         };
+        let body = protocol::result_body(&TaskResult { id: req.id, attempt: req.attempt, outcome });
+        let max = shared.settings.transport.max_message_bytes;
+        if body.len() <= max {
+            return body;
+        }
+        // The results queue would refuse it (or the ResultSink dead-letter it): the attempt fails visibly instead.
+        tracing::warn!(task_id = req.id, attempt = req.attempt, action = %req.action, size = body.len(), "result too large");
+        metrics().items_refused.with_label_values(&["worker_result_too_large"]).inc();
+        let outcome = Outcome::Failure(protocol::too_large("result", body.len(), max));
         protocol::result_body(&TaskResult { id: req.id, attempt: req.attempt, outcome })
     });
     if body.is_none() {
@@ -385,7 +395,7 @@ async fn run_task(
     }
     // Bounded: when the result sender is behind, this handler keeps its slot until its result is queued.
     let receipt = msg.receipt.clone();
-    if done_tx.send(Done { body, receipt, _guard: guard }).await.is_err() {
+    if done_tx.send(Done { body, receipt, receive_count: msg.receive_count, _guard: guard }).await.is_err() {
         // The pool stopped: its message comes back after its visibility timeout.
         held.release([msg.receipt]);
     }
@@ -448,6 +458,7 @@ async fn database_heartbeat(store: TaskStore, held: HeldRef, every: Duration) {
 
 /// Sends results in batches of up to 10, then deletes the outbound messages whose results went out.
 async fn send_results(shared: Shared, mut rx: mpsc::Receiver<Done>, held: HeldRef) {
+    let vis = Duration::from_secs(shared.settings.transport.visibility_timeout_secs as u64);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH * 10 {
@@ -468,18 +479,23 @@ async fn send_results(shared: Shared, mut rx: mpsc::Receiver<Done>, held: HeldRe
         };
         let mut receipts: Vec<String> =
             with_result.iter().zip(&sent).filter(|(_, r)| r.is_ok()).map(|(d, _)| d.receipt.clone()).collect();
-        if receipts.len() < with_result.len() {
-            tracing::warn!(
-                failed = with_result.len() - receipts.len(),
-                "result send failed; those tasks will run again"
-            );
+        let unsent: Vec<(String, u32)> = with_result
+            .iter()
+            .zip(&sent)
+            .filter(|(_, r)| r.is_err())
+            .map(|(d, _)| (d.receipt.clone(), d.receive_count))
+            .collect();
+        if !unsent.is_empty() {
+            tracing::warn!(failed = unsent.len(), "result send failed; those tasks will run again");
+            // Soon, not after a whole visibility timeout (on RabbitMQ they would hold the prefetch window).
+            crate::transport::give_back(shared.transport.as_ref(), Queue::Outbound, &unsent, vis).await;
         }
         // Cancelled tasks: nothing to send, their messages are done with.
         receipts.extend(batch.iter().filter(|d| d.body.is_none()).map(|d| d.receipt.clone()));
         if let Err(e) = shared.transport.delete(Queue::Outbound, &receipts).await {
             tracing::warn!(error = %e, "outbound delete failed; the tasks' results will be stale duplicates");
         }
-        // No longer held: deleted, or (result not sent) left to come back after their visibility timeout.
+        // No longer held: deleted, or (result not sent) given back to come again soon.
         held.release(batch.iter().map(|d| d.receipt.clone()));
         drop(batch); // releases the shutdown guards after the delete
     }

@@ -33,6 +33,18 @@ pub const HANDLER_ERROR: i64 = -32000;
 pub const TIMEOUT_ERROR: i64 = -32010;
 /// Recorded as the error of a task cancelled while running (`task.cancel`).
 pub const CANCELLED_ERROR: i64 = -32011;
+/// A task message or result would exceed `transport.max_message_bytes` (a workflow stage whose parents' results
+/// pile up, a handler returning too much): the attempt fails with this code instead of looping on the transport.
+pub const TOO_LARGE_ERROR: i64 = -32014;
+
+/// The failure recorded for a message of `size` bytes over `limit` (`what`: "task message" or "result").
+pub fn too_large(what: &str, size: usize, limit: usize) -> Value {
+    json!({
+        "code": TOO_LARGE_ERROR,
+        "message": format!("too large: the {what} would be {size} bytes, over the limit of {limit} bytes (transport.max_message_bytes)"),
+        "data": {"size": size, "limit": limit},
+    })
+}
 
 /// Reserved payload key carrying task metadata on the outbound queue.
 pub const META_KEY: &str = "_meta";

@@ -130,6 +130,29 @@ pub trait Transport: Send + Sync + 'static {
     }
 }
 
+/// How long a message whose effect could not be made durable (a transient failure) stays away before it is
+/// received again: 1 s after its first receive, doubling with each receive, at most the visibility timeout.
+pub fn retry_after(receive_count: u32, visibility: Duration) -> Duration {
+    let doublings = receive_count.clamp(1, 16) - 1;
+    (Duration::from_secs(1) * 2u32.pow(doublings)).min(visibility)
+}
+
+/// Gives messages back for a retry after [`retry_after`] instead of the whole visibility timeout: received
+/// messages hold the consumer's window on a broker with prefetch (RabbitMQ) until they are settled, so leaving
+/// them to time out would stall the queue behind them. `(receipt, receive_count)` pairs. Best effort: one that
+/// cannot be changed still comes back after its visibility timeout.
+pub async fn give_back(transport: &dyn Transport, queue: Queue, messages: &[(String, u32)], visibility: Duration) {
+    let mut by_delay: std::collections::BTreeMap<Duration, Vec<String>> = Default::default();
+    for (receipt, count) in messages {
+        by_delay.entry(retry_after(*count, visibility)).or_default().push(receipt.clone());
+    }
+    for (delay, receipts) in by_delay {
+        if let Err(e) = transport.change_visibility(queue, &receipts, delay).await {
+            tracing::debug!(%queue, error = %e, "giving messages back early failed; they come back after their visibility timeout");
+        }
+    }
+}
+
 /// Maximum entries per batch call (the SQS limit, kept by every transport).
 pub const MAX_BATCH: usize = 10;
 

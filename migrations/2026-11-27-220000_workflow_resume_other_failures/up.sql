@@ -1,0 +1,197 @@
+-- task.retry of one failed stage while another failed stage upstream of the same descendant still stands: the
+-- descendant stays CANCELLED and names the other stage (whose retry resumes it), instead of waiting for ever in a
+-- FAILED workflow the cleaner would never delete. Only the retry branch of tasks_stage_transition changes.
+CREATE OR REPLACE FUNCTION tasks_stage_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_failed_old boolean := OLD.state IN ('CRITICAL_ERROR', 'CANCELLED');
+    v_failed_new boolean := NEW.state IN ('CRITICAL_ERROR', 'CANCELLED');
+    v_ok integer := 0;
+    v_fail integer := 0;
+    v_spawned integer := 0;
+    v_result jsonb;
+    v_spawn jsonb;
+    v_old_state text;
+    v_new_state text;
+    v_failures integer;
+    v_on_failure jsonb;
+    v_n integer;
+BEGIN
+    IF NEW.stage_on_failure THEN
+        RETURN NULL;
+    END IF;
+    -- Accounted for by the statement that cascaded them.
+    IF (v_failed_new AND NEW.error->>'code' = '-32012' AND OLD.state = 'WAITING')
+       OR (v_failed_new AND NEW.error->>'code' = '-32013')
+       OR (v_failed_old AND NOT v_failed_new AND OLD.error->>'code' = '-32012' AND NEW.error IS NULL) THEN
+        RETURN NULL;
+    END IF;
+
+    IF NEW.state = 'SUCCESS' THEN
+        v_ok := 1;
+        v_result := NEW.result;
+        -- Fan-out: {"result": ..., "spawn": [stage, ...]}; children get the parent's "result".
+        IF jsonb_typeof(v_result) = 'object' AND jsonb_typeof(v_result->'spawn') = 'array' THEN
+            v_spawn := v_result->'spawn';
+            v_result := v_result->'result';
+            WITH ins AS (
+                INSERT INTO tasks (action, payload, dedup_key, state, priority, max_attempts, run_at,
+                                   workflow_id, stage, pending_parents)
+                SELECT e->>'action',
+                       workflows_parents_meta(COALESCE(e->'payload', '{}'::jsonb), NEW.stage, v_result),
+                       'wf:' || NEW.workflow_id || ':' || NEW.stage || '/' || (e->>'name'),
+                       'SCHEDULED',
+                       COALESCE((e->>'priority')::int2, NEW.priority),
+                       COALESCE((e->>'max_attempts')::int4, 10),
+                       now() + make_interval(secs => COALESCE((e->>'delay_secs')::float8, 0)),
+                       NEW.workflow_id, NEW.stage || '/' || (e->>'name'), 0
+                FROM jsonb_array_elements(v_spawn) e
+                ON CONFLICT (workflow_id, stage) WHERE workflow_id IS NOT NULL DO NOTHING
+                RETURNING id
+            ),
+            to_children AS (
+                INSERT INTO workflow_edges (parent_id, child_id, workflow_id)
+                SELECT NEW.id, ins.id, NEW.workflow_id FROM ins
+            ),
+            -- A chord: every dependent of the spawning stage also waits for each child.
+            to_dependents AS (
+                INSERT INTO workflow_edges (parent_id, child_id, workflow_id)
+                SELECT ins.id, d.child_id, NEW.workflow_id
+                FROM ins CROSS JOIN workflow_edges d
+                WHERE d.parent_id = NEW.id
+            )
+            SELECT count(*) INTO v_spawned FROM ins;
+        END IF;
+        -- Promotion: one less pending parent (plus the spawned children); WAITING at 0 becomes SCHEDULED, here.
+        -- Children locked in id order (deadlocks); a concurrent parent's update of the same child waits for this
+        -- one and re-reads the committed row, so exactly one of them sees the count reach 0.
+        WITH c AS (
+            SELECT t.id FROM tasks t
+            WHERE t.id IN (SELECT child_id FROM workflow_edges WHERE parent_id = NEW.id) AND t.pending_parents > 0
+            ORDER BY t.id
+            FOR UPDATE
+        )
+        UPDATE tasks t SET
+            pending_parents = t.pending_parents - 1 + v_spawned,
+            state = CASE WHEN t.state = 'WAITING' AND t.pending_parents - 1 + v_spawned = 0 THEN 'SCHEDULED'
+                         ELSE t.state END,
+            run_at = CASE WHEN t.state = 'WAITING' AND t.pending_parents - 1 + v_spawned = 0
+                          THEN now() + (t.run_at - t.created_at) ELSE t.run_at END,
+            payload = workflows_parents_meta(t.payload, NEW.stage, v_result),
+            updated_at = now()
+        FROM c
+        WHERE t.id = c.id AND t.pending_parents > 0;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN
+            PERFORM pg_notify('tasks_due', '');
+        END IF;
+    ELSIF v_failed_new AND NOT v_failed_old THEN
+        v_fail := 1;
+        BEGIN
+            -- Cascade: every WAITING descendant becomes CANCELLED, naming this stage.
+            WITH RECURSIVE d(id) AS (
+                SELECT child_id FROM workflow_edges WHERE parent_id = NEW.id
+                UNION
+                SELECT e.child_id FROM workflow_edges e JOIN d ON e.parent_id = d.id
+            ),
+            c AS (
+                SELECT t.id FROM tasks t WHERE t.id IN (SELECT id FROM d) AND t.state = 'WAITING'
+                ORDER BY t.id
+                FOR UPDATE
+            )
+            UPDATE tasks t SET
+                state = 'CANCELLED',
+                error = jsonb_build_object(
+                    'code', -32012,
+                    'message', 'cancelled: upstream stage ' || to_jsonb(NEW.stage)::text || ' ended ' || NEW.state,
+                    'upstream', NEW.stage, 'upstream_id', NEW.id),
+                finished_at = now(),
+                updated_at = now()
+            FROM c
+            WHERE t.id = c.id AND t.state = 'WAITING';
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            v_fail := v_fail + v_n;
+        END;
+    ELSIF v_failed_old AND NOT v_failed_new THEN
+        -- task.retry: the workflow resumes; what this stage's failure cancelled waits again, unless another failed
+        -- stage upstream of it still stands: then it stays CANCELLED, now naming that stage, whose own retry
+        -- resumes it. (Left WAITING, it would wait for a stage that is not coming, in a workflow never cleaned.)
+        v_fail := -1;
+        WITH resumed AS (
+            SELECT t.id,
+                   (WITH RECURSIVE a(id) AS (
+                        SELECT e.parent_id FROM workflow_edges e WHERE e.child_id = t.id
+                        UNION
+                        SELECT e.parent_id FROM workflow_edges e JOIN a ON e.child_id = a.id
+                    )
+                    SELECT p.id FROM tasks p
+                    WHERE p.id IN (SELECT id FROM a) AND p.id <> NEW.id
+                      AND p.state IN ('CRITICAL_ERROR', 'CANCELLED') AND p.error->>'code' IS DISTINCT FROM '-32012'
+                    ORDER BY p.id LIMIT 1) AS other
+            FROM tasks t
+            WHERE t.workflow_id = NEW.workflow_id AND t.state = 'CANCELLED'
+              AND t.error->>'code' = '-32012' AND t.error->>'upstream_id' = NEW.id::text
+            ORDER BY t.id
+            FOR UPDATE OF t
+        ),
+        changed AS (
+            UPDATE tasks t SET
+                state = CASE WHEN r.other IS NULL THEN 'WAITING' ELSE t.state END,
+                error = CASE WHEN r.other IS NULL THEN NULL
+                             ELSE t.error || jsonb_build_object(
+                                 'message', 'cancelled: upstream stage ' || to_jsonb(o.stage)::text || ' ended ' || o.state,
+                                 'upstream', o.stage, 'upstream_id', o.id) END,
+                finished_at = CASE WHEN r.other IS NULL THEN NULL ELSE t.finished_at END,
+                updated_at = now()
+            FROM resumed r LEFT JOIN tasks o ON o.id = r.other
+            WHERE t.id = r.id
+            RETURNING t.state
+        )
+        SELECT count(*) FILTER (WHERE state = 'WAITING') INTO v_n FROM changed;
+        v_fail := v_fail - v_n;
+    ELSE
+        RETURN NULL;
+    END IF;
+
+    SELECT w.state INTO v_old_state FROM workflows w WHERE w.id = NEW.workflow_id FOR UPDATE;
+    UPDATE workflows w SET
+        stages_total = w.stages_total + v_spawned,
+        stages_succeeded = w.stages_succeeded + v_ok,
+        stages_failed = w.stages_failed + v_fail,
+        -- A stage taken out of a failed state (task.retry) ends a cancellation too.
+        cancel_requested = w.cancel_requested AND v_fail >= 0,
+        state = CASE WHEN w.cancel_requested AND v_fail >= 0 THEN 'CANCELLED'
+                     WHEN w.stages_failed + v_fail > 0 THEN 'FAILED'
+                     WHEN w.stages_succeeded + v_ok >= w.stages_total + v_spawned THEN 'SUCCESS'
+                     ELSE 'RUNNING' END,
+        updated_at = now()
+    WHERE w.id = NEW.workflow_id
+    RETURNING w.state, w.on_failure INTO v_new_state, v_on_failure;
+    IF v_new_state IS NULL THEN
+        RETURN NULL; -- its workflow is being deleted
+    END IF;
+    IF v_new_state IS DISTINCT FROM v_old_state THEN
+        UPDATE workflows w SET
+            finished_at = CASE WHEN v_new_state = 'RUNNING' THEN NULL ELSE now() END,
+            failures = w.failures + (v_new_state = 'FAILED' AND v_old_state = 'RUNNING')::int
+        WHERE w.id = NEW.workflow_id
+        RETURNING w.failures INTO v_failures;
+        -- on_failure runs each time the workflow turns FAILED, and sees which stage failed and why.
+        IF v_new_state = 'FAILED' AND v_old_state = 'RUNNING' AND v_on_failure IS NOT NULL THEN
+            INSERT INTO tasks (action, payload, dedup_key, state, priority, max_attempts, workflow_id, stage,
+                               pending_parents, stage_on_failure)
+            SELECT v_on_failure->>'action',
+                   jsonb_set(COALESCE(v_on_failure->'payload', '{}'::jsonb), '{_meta}', jsonb_build_object('failed',
+                       jsonb_build_object('stage', NEW.stage, 'task_id', NEW.id, 'state', NEW.state,
+                                          'error', NEW.error))),
+                   'wf:' || NEW.workflow_id || ':' || (v_on_failure->>'name') || '#' || v_failures,
+                   'SCHEDULED',
+                   COALESCE((v_on_failure->>'priority')::int2, 0),
+                   COALESCE((v_on_failure->>'max_attempts')::int4, 10),
+                   NEW.workflow_id,
+                   (v_on_failure->>'name') || CASE WHEN v_failures > 1 THEN '#' || v_failures ELSE '' END,
+                   0, true;
+        END IF;
+    END IF;
+    RETURN NULL;
+END;
+$$;
