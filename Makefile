@@ -44,9 +44,11 @@ bench: services ## every benchmark (release-grade build, profile perf)
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench http
 	$(MAKE) bench-rabbitmq
 
-bench-rabbitmq: services ## RabbitMQ: all roles in one process, then the roles as separate processes (50,000 tasks each)
-	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport rabbitmq --tasks 50000
+bench-rabbitmq: services ## RabbitMQ: all roles in one process, then as separate processes (50,000 tasks; 1 and 10 per message)
+	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport rabbitmq --tasks 50000 --latency-samples 1000
+	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport rabbitmq --tasks 50000 --latency-samples 0 --tasks-per-message 10
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench processes --tasks 50000 --workers 2
+	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench processes --tasks 50000 --workers 2 --tasks-per-message 10
 
 chaos: ## chaos suite (issue #9): roles as processes, one fault per scenario, private PostgreSQL + moto (~15 min)
 	cargo build --locked --bin sqs-scheduler

@@ -127,7 +127,9 @@ impl Settings {
         };
         crate::transport::rabbitmq::Prefetch {
             inbound: stage(self.persister.pollers),
-            outbound: self.worker.concurrency.min(u16::MAX as usize) as u16,
+            // Messages, not tasks: a worker holds no more tasks than it can start (packed: rounded up).
+            outbound: self.worker.concurrency.div_ceil(self.transport.tasks_per_message.max(1)).min(u16::MAX as usize)
+                as u16,
             results: stage(self.result_sink.pollers),
         }
     }
@@ -184,6 +186,9 @@ impl Settings {
         }
         if !(1..=16).contains(&self.acquirer.concurrency) {
             return err("acquirer.concurrency", "must be between 1 and 16");
+        }
+        if !(1..=100).contains(&self.transport.tasks_per_message) {
+            return err("transport.tasks_per_message", "must be between 1 and 100");
         }
         if !(1..=64).contains(&self.transport.in_flight_batches) {
             return err("transport.in_flight_batches", "must be between 1 and 64");

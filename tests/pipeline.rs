@@ -97,10 +97,16 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
 const CHAOS_STAGES: [&str; 4] = ["persister", "acquirer", "worker", "result_sink"];
 
 async fn chaos_on_every_stage_keeps_exports_exactly_once(kind: Kind) {
+    chaos_on_every_stage(kind, 1).await
+}
+
+/// `per_message`: transport.tasks_per_message (tasks and results packed as JSON-RPC batches).
+async fn chaos_on_every_stage(kind: Kind, per_message: usize) {
     let _turn = sqs_turn(kind).await;
     let _metrics = metrics_turn().await;
     let db = TestDb::new().await;
     let mut settings = test_settings(&db, kind);
+    settings.transport.tasks_per_message = per_message;
     settings.chaos.error_rate = 0.1;
     // Chaos fails about one attempt in ten (the worker stage; the others cause redeliveries and releases): 50 attempts
     // cannot run out by chance (0.1^50), only through a real fault such as a non-idempotent retry.
@@ -330,6 +336,89 @@ on_both_transports!(
     malformed_messages_end_in_the_dlqs,
     graceful_shutdown_leaves_nothing_acquired,
 );
+
+// Packed messages (transport.tasks_per_message = 10): chaos on every stage, on the in-process transport and RabbitMQ.
+mod packed {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn chaos_on_every_stage_keeps_exports_exactly_once_memory() {
+        chaos_on_every_stage(Kind::Memory, 10).await
+    }
+
+    #[actix_rt::test]
+    async fn chaos_on_every_stage_keeps_exports_exactly_once_rabbitmq() {
+        chaos_on_every_stage(Kind::RabbitMq, 10).await
+    }
+
+    /// A packed outbound message and a packed results message, each with one bad entry among good ones: the bad
+    /// entry alone goes to the DLQ, the others run and are recorded, and both messages are deleted.
+    #[actix_rt::test]
+    async fn a_bad_entry_of_a_packed_message_is_dead_lettered_alone() {
+        let db = TestDb::new().await;
+        let mut settings = test_settings(&db, Kind::Memory);
+        settings.transport.tasks_per_message = 10;
+        settings.transport.visibility_timeout_secs = 3;
+        let transport = transport(&settings).await;
+        let store = db.store();
+        let noop = Action::parse("noop").unwrap();
+        let tasks: Vec<NewTask> =
+            (0..4).map(|i| NewTask::new(noop.clone(), Payload::parse(json!({"i": i})).unwrap())).collect();
+        store.submit_many(&tasks).await.unwrap();
+        // Claimed here, so no Acquirer of ours sends them: the test writes their messages itself.
+        let acquired = store.acquire(10).await.unwrap().tasks;
+        assert_eq!(acquired.len(), 4);
+        let request = |t: &sqs_scheduler::store::AcquiredTask| {
+            sqs_scheduler::protocol::TaskRequest {
+                id: t.id,
+                attempt: t.attempt,
+                action: t.action.clone(),
+                payload: t.payload.clone(),
+                timeout_secs: None,
+                deadline: None,
+            }
+            .to_body()
+        };
+        let bad_task = r#"{"jsonrpc":"2.0","method":"noop","params":{},"id":"not a task id"}"#.to_string();
+        let outbound = sqs_scheduler::protocol::pack(
+            &[request(&acquired[0]), bad_task.clone(), request(&acquired[1])],
+            10,
+            settings.transport.max_message_bytes,
+        );
+        assert_eq!(outbound.len(), 1, "one packed message");
+        let result = |t: &sqs_scheduler::store::AcquiredTask| {
+            sqs_scheduler::protocol::result_body(&TaskResult {
+                id: t.id,
+                attempt: t.attempt,
+                outcome: Outcome::Success(json!("r")),
+            })
+        };
+        let bad_result = r#"{"jsonrpc":"2.0","result":{"no":"attempt"},"id":7}"#.to_string();
+        let results = sqs_scheduler::protocol::pack(
+            &[result(&acquired[2]), bad_result.clone(), result(&acquired[3])],
+            10,
+            settings.transport.max_message_bytes,
+        );
+        let app = start(&settings, &[Role::Worker, Role::Resulter], transport.clone(), HandlerRegistry::builtin());
+        transport.send(Queue::Outbound, &[outbound[0].0.clone()]).await.unwrap();
+        transport.send(Queue::Results, &[results[0].0.clone()]).await.unwrap();
+        wait_for_counts(&store, Duration::from_secs(30), |c| c.get(&TaskState::Success) == Some(&4)).await;
+        let dlq = |q| peek_all(transport.as_ref(), q, 1, Duration::from_secs(10));
+        let (out_dlq, res_dlq) = (dlq(Queue::OutboundDlq).await, dlq(Queue::ResultsDlq).await);
+        let parsed = |b: &str| serde_json::from_str::<serde_json::Value>(b).unwrap();
+        assert_eq!(out_dlq.iter().map(|b| parsed(b)).collect::<Vec<_>>(), vec![parsed(&bad_task)]);
+        assert_eq!(res_dlq.iter().map(|b| parsed(b)).collect::<Vec<_>>(), vec![parsed(&bad_result)]);
+        // Both messages were deleted: nothing comes back after their visibility timeout (3 s here).
+        wait_until(Duration::from_secs(15), "both queues empty, nothing in flight", || async {
+            transport.depth(Queue::Outbound).await.unwrap() == 0 && transport.depth(Queue::Results).await.unwrap() == 0
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(4)).await; // a negative: past the visibility timeout
+        assert_eq!(transport.receive(Queue::Outbound, 10, Duration::ZERO).await.unwrap().len(), 0);
+        assert_eq!(transport.receive(Queue::Results, 10, Duration::ZERO).await.unwrap().len(), 0);
+        app.shutdown(Duration::from_secs(10)).await;
+    }
+}
 
 // Memory transport only (what they prove does not depend on the transport).
 

@@ -134,14 +134,7 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
                 })
                 .collect();
             let too_large = fail_too_large(&shared, &store, &tasks, &bodies).await;
-            let sent = if too_large.is_empty() {
-                match shared.transport.send(Queue::Outbound, &bodies).await {
-                    Ok(r) => r,
-                    Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
-                }
-            } else {
-                send_fitting(&shared, &bodies, &too_large).await
-            };
+            let sent = send_packed(&shared, &bodies, &too_large).await;
             let failed: Vec<(i64, i32)> =
                 tasks.iter().zip(&sent).filter(|(_, r)| r.is_err()).map(|(t, _)| (t.id, t.attempt)).collect();
             metrics().tasks_sent.inc_by((tasks.len() - failed.len()) as u64);
@@ -206,16 +199,28 @@ async fn fail_too_large(shared: &Shared, store: &TaskStore, tasks: &[AcquiredTas
     over
 }
 
-/// Sends the bodies not in `skip`; the skipped ones count as handled (never released).
-async fn send_fitting(shared: &Shared, bodies: &[String], skip: &[usize]) -> Vec<Result<(), String>> {
-    let fitting: Vec<String> =
-        bodies.iter().enumerate().filter(|(i, _)| !skip.contains(i)).map(|(_, b)| b.clone()).collect();
-    let mut sent = match shared.transport.send(Queue::Outbound, &fitting).await {
-        Ok(r) => r,
-        Err(e) => fitting.iter().map(|_| Err(e.to_string())).collect(),
+/// Sends the bodies not in `skip`, packed `transport.tasks_per_message` to a message; one result per body (a
+/// body shares its message's fate). The skipped ones count as handled (never released).
+async fn send_packed(shared: &Shared, bodies: &[String], skip: &[usize]) -> Vec<Result<(), String>> {
+    let fitting: Vec<usize> = (0..bodies.len()).filter(|i| !skip.contains(i)).collect();
+    let to_send: Vec<String> = fitting.iter().map(|&i| bodies[i].clone()).collect();
+    let t = &shared.settings.transport;
+    let packed = protocol::pack(&to_send, t.tasks_per_message, t.max_message_bytes);
+    let messages: Vec<String> = packed.iter().map(|(m, _)| m.clone()).collect();
+    if messages.is_empty() {
+        return vec![Ok(()); bodies.len()];
     }
-    .into_iter();
-    (0..bodies.len()).map(|i| if skip.contains(&i) { Ok(()) } else { sent.next().unwrap_or(Ok(())) }).collect()
+    let sent = match shared.transport.send(Queue::Outbound, &messages).await {
+        Ok(r) => r,
+        Err(e) => messages.iter().map(|_| Err(e.to_string())).collect(),
+    };
+    let mut out: Vec<Result<(), String>> = vec![Ok(()); bodies.len()];
+    for ((_, ix), r) in packed.iter().zip(sent) {
+        for &j in ix {
+            out[fitting[j]] = r.clone();
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

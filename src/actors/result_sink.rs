@@ -79,7 +79,11 @@ impl QueueStage for CompleteCommit {
 
     fn parse(shared: &Shared, body: &str) -> Vec<Entry<TaskResult>> {
         let max = shared.settings.transport.max_message_bytes;
-        Entry::whole(protocol::parse_result(body, max).map(|r| refuse_bad_spawn(r, max)))
+        // One result, or several packed as a JSON-RPC batch (`transport.tasks_per_message`).
+        protocol::parse_results(body, max)
+            .into_iter()
+            .map(|(entry, r)| Entry { item: r.map(|r| refuse_bad_spawn(r, max)), body: entry })
+            .collect()
     }
 }
 

@@ -24,7 +24,7 @@ use super::messages::{Capacity, Received, Settled};
 use super::{Shared, TrackGuard};
 use crate::handlers::{HandlerContext, HandlerError};
 use crate::metrics::metrics;
-use crate::protocol::{self, TaskRequest};
+use crate::protocol::{self, RpcError, TaskRequest};
 use crate::store::{Outcome, TaskResult, TaskStore};
 use crate::supervision::Link;
 use crate::transport::{Message as QueueMessage, Queue, MAX_BATCH};
@@ -34,7 +34,7 @@ use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -48,11 +48,12 @@ const DONE_CAPACITY: usize = MAX_BATCH * 10;
 /// A cancelled (id, attempt) whose message has not come is remembered this long (it is never started).
 const CANCELLED_MEMORY: Duration = Duration::from_secs(15 * 60);
 
-/// The outbound messages this pool holds, for the heartbeats: receipt -> (task id, attempt) once its handler
-/// started. A message is held from its receipt until its result was sent (or it was given up).
+/// The outbound messages this pool holds, for the heartbeats: receipt -> the (task id, attempt) of each of its
+/// tasks whose handler started (a message carries several with `transport.tasks_per_message`). A message is held
+/// from its receipt until the results of all its tasks were sent (or it was given up).
 #[derive(Default)]
 struct Held {
-    messages: HashMap<String, Option<(i64, i32)>>,
+    messages: HashMap<String, Vec<(i64, i32)>>,
     /// Handler starts not yet marked in the database.
     started: Vec<(i64, i32)>,
     /// Running handlers, to drop one when its task is cancelled.
@@ -72,13 +73,13 @@ impl HeldRef {
     fn received(&self, receipts: impl IntoIterator<Item = String>) {
         let mut h = self.inner.lock().unwrap();
         for r in receipts {
-            h.messages.insert(r, None);
+            h.messages.entry(r).or_default();
         }
     }
 
     fn handler_started(&self, receipt: &str, task: (i64, i32)) {
         let mut h = self.inner.lock().unwrap();
-        h.messages.insert(receipt.to_owned(), Some(task));
+        h.messages.entry(receipt.to_owned()).or_default().push(task);
         h.started.push(task);
         drop(h);
         self.started.notify_one();
@@ -154,12 +155,41 @@ fn parse_cancelled(payload: &str) -> Vec<(i64, i32)> {
         .collect()
 }
 
-/// A finished task waiting for its result to be sent and its outbound message deleted.
-struct Done {
-    /// None: no result to send (its task was cancelled or is no longer this attempt's); only delete the message.
-    body: Option<String>,
+/// An outbound message being worked on: deleted once each of its tasks is done and every result went out, given
+/// back for a retry if one did not.
+struct Carrier {
     receipt: String,
     receive_count: u32,
+    /// Its tasks not yet done.
+    remaining: AtomicUsize,
+    /// A result (or a dead-lettered entry) did not go out: the message must come back.
+    failed: AtomicBool,
+}
+
+impl Carrier {
+    fn new(m: &QueueMessage, tasks: usize) -> Arc<Carrier> {
+        Arc::new(Carrier {
+            receipt: m.receipt.clone(),
+            receive_count: m.receive_count,
+            remaining: AtomicUsize::new(tasks),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// One of its tasks is done (`sent`: its result, if any, went out). True when it was the last one.
+    fn task_done(&self, sent: bool) -> bool {
+        if !sent {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        self.remaining.fetch_sub(1, Ordering::SeqCst) == 1
+    }
+}
+
+/// A finished task waiting for its result to be sent and its outbound message deleted.
+struct Done {
+    /// None: no result to send (its task was cancelled or is no longer this attempt's).
+    body: Option<String>,
+    carrier: Arc<Carrier>,
     _guard: TrackGuard,
 }
 
@@ -227,12 +257,15 @@ impl Handler<Capacity> for WorkerPool {
     /// Free handler slots not yet promised to a batch; waits until there is one.
     fn handle(&mut self, _: Capacity, _: &mut Self::Context) -> Self::Result {
         let (permits, waiting, freed) = (self.permits.clone(), self.waiting.clone(), self.freed.clone());
+        let per_message = self.shared.settings.transport.tasks_per_message.max(1);
         Box::pin(async move {
             loop {
                 let notified = freed.notified();
                 let free = permits.available_permits().saturating_sub(waiting.load(Ordering::SeqCst));
                 if free > 0 {
-                    return free;
+                    // In messages: a packed one carries up to tasks_per_message tasks (the last may wait a little
+                    // for a slot, its visibility extended).
+                    return free.div_ceil(per_message);
                 }
                 // Never by taking a permit (askers would hand it to each other forever): wait for a release; the
                 // timeout only covers a promise that is given up without a release.
@@ -279,28 +312,41 @@ impl Handler<Received> for WorkerPool {
         let held = self.held.clone();
         let waiting = self.waiting.clone();
         let freed = self.freed.clone();
-        waiting.fetch_add(msg.messages.len(), Ordering::SeqCst);
         Box::pin(async move {
             let max = shared.settings.transport.max_message_bytes;
+            // Whole messages that are malformed, and bad entries of packed ones (each dead-lettered on its own).
             let mut bad = Vec::new();
+            let mut bad_entries: Vec<(String, String, RpcError, Arc<Carrier>)> = Vec::new();
             let mut tasks = Vec::new();
             for m in msg.messages {
-                match TaskRequest::parse(&m.body, max) {
-                    Ok(req) => tasks.push((req, m)),
-                    Err(e) => bad.push((m, e)),
+                let mut parsed = TaskRequest::parse_many(&m.body, max);
+                if let [(None, Err(_))] = parsed.as_slice() {
+                    let Some((_, Err(e))) = parsed.pop() else { unreachable!() };
+                    bad.push((m, e));
+                    continue;
+                }
+                let good = parsed.iter().filter(|(_, r)| r.is_ok()).count();
+                let carrier = Carrier::new(&m, good);
+                for (entry, r) in parsed {
+                    match r {
+                        Ok(req) => tasks.push((req, carrier.clone())),
+                        Err(e) => bad_entries.push((m.id.clone(), entry.unwrap_or_default(), e, carrier.clone())),
+                    }
                 }
             }
-            waiting.fetch_sub(bad.len(), Ordering::SeqCst);
+            waiting.fetch_add(tasks.len(), Ordering::SeqCst);
             // Held from now on: their visibility is extended while they wait for a slot, not only once they run.
-            held.received(tasks.iter().map(|(_, m)| m.receipt.clone()));
-            for (req, m) in tasks {
+            held.received(tasks.iter().map(|(_, c)| c.receipt.clone()));
+            let settled_now = settle_bad_entries(&shared, &bad_entries).await;
+            for (req, carrier) in tasks {
                 // This message no longer waits for a slot once it has one.
                 let _promised = Promise(&waiting);
                 // One slot at a time, so a batch larger than the pool (concurrency below 10) still runs.
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
                 let permit = Slot { permit: Some(permit), freed: freed.clone() };
                 let guard = shared.phases.outbound_work.guard();
-                let run = run_task(shared.clone(), db.clone(), req, m, permit, guard, done_tx.clone(), held.clone());
+                let run =
+                    run_task(shared.clone(), db.clone(), req, carrier, permit, guard, done_tx.clone(), held.clone());
                 // spawn_local: handlers run on this arbiter, outside the actor, so a handler's panic is
                 // contained (caught in run_task) and never takes the pool down.
                 actix_rt::spawn(run);
@@ -308,9 +354,32 @@ impl Handler<Received> for WorkerPool {
             let running = concurrency - permits.available_permits();
             metrics().actor_in_flight.with_label_values(&["worker_pool"]).set(running as i64);
             // Dead-lettered messages may be deleted now; the others once their results are sent.
-            Settled { receipts: shared.dead_letter(Queue::Outbound, bad).await }
+            let mut receipts = shared.dead_letter(Queue::Outbound, bad).await;
+            receipts.extend(settled_now);
+            Settled { receipts }
         })
     }
+}
+
+/// Dead-letters the bad entries of packed messages, each on its own. A message with tasks to run is marked failed
+/// (it comes back) when one of its entries could not be dead-lettered; a message with none is returned for
+/// deletion once all of its entries are in the DLQ.
+async fn settle_bad_entries(shared: &Shared, bad: &[(String, String, RpcError, Arc<Carrier>)]) -> Vec<String> {
+    let entries: Vec<(&str, &str, &RpcError)> = bad.iter().map(|(id, b, e, _)| (id.as_str(), b.as_str(), e)).collect();
+    let sent = shared.dead_letter_bodies(Queue::Outbound, &entries).await;
+    let mut whole: HashMap<&str, (bool, &Carrier)> = HashMap::new();
+    for ((_, _, _, c), ok) in bad.iter().zip(sent) {
+        if !ok {
+            c.failed.store(true, Ordering::SeqCst);
+        }
+        let e = whole.entry(c.receipt.as_str()).or_insert((true, c));
+        e.0 &= ok;
+    }
+    whole
+        .into_values()
+        .filter(|(ok, c)| *ok && c.remaining.load(Ordering::SeqCst) == 0)
+        .map(|(_, c)| c.receipt.clone())
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -318,7 +387,7 @@ async fn run_task(
     shared: Shared,
     db: crate::db::DbPool,
     mut req: TaskRequest,
-    msg: QueueMessage,
+    carrier: Arc<Carrier>,
     permit: Slot,
     guard: TrackGuard,
     done_tx: mpsc::Sender<Done>,
@@ -336,7 +405,7 @@ async fn run_task(
         Some(handler) => {
             let (abort, registration) = AbortHandle::new_pair();
             if held.register(key, abort) {
-                held.handler_started(&msg.receipt, key);
+                held.handler_started(&carrier.receipt, key);
                 let run =
                     Abortable::new(AssertUnwindSafe(handler.handle(&ctx, &req.payload)).catch_unwind(), registration);
                 let ended = match req.timeout_secs {
@@ -394,10 +463,9 @@ async fn run_task(
         tracing::info!(task_id = req.id, attempt = req.attempt, action = %req.action, "handler dropped: task cancelled");
     }
     // Bounded: when the result sender is behind, this handler keeps its slot until its result is queued.
-    let receipt = msg.receipt.clone();
-    if done_tx.send(Done { body, receipt, receive_count: msg.receive_count, _guard: guard }).await.is_err() {
+    if let Err(e) = done_tx.send(Done { body, carrier, _guard: guard }).await {
         // The pool stopped: its message comes back after its visibility timeout.
-        held.release([msg.receipt]);
+        held.release([e.0.carrier.receipt.clone()]);
     }
     drop(permit);
 }
@@ -456,9 +524,13 @@ async fn database_heartbeat(store: TaskStore, held: HeldRef, every: Duration) {
     }
 }
 
-/// Sends results in batches of up to 10, then deletes the outbound messages whose results went out.
+/// Sends results in batches (packed `transport.tasks_per_message` to a message), then deletes the outbound
+/// messages all of whose tasks' results went out; a message one of whose results did not go out is given back to
+/// come again soon (its tasks run again; their duplicate results are stale).
 async fn send_results(shared: Shared, mut rx: mpsc::Receiver<Done>, held: HeldRef) {
     let vis = Duration::from_secs(shared.settings.transport.visibility_timeout_secs as u64);
+    let per_message = shared.settings.transport.tasks_per_message.max(1);
+    let max_bytes = shared.settings.transport.max_message_bytes;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH * 10 {
@@ -467,36 +539,53 @@ async fn send_results(shared: Shared, mut rx: mpsc::Receiver<Done>, held: HeldRe
                 Err(_) => break,
             }
         }
-        let with_result: Vec<&Done> = batch.iter().filter(|d| d.body.is_some()).collect();
-        let bodies: Vec<String> = with_result.iter().filter_map(|d| d.body.clone()).collect();
-        let sent = if bodies.is_empty() {
+        let with_result: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].body.is_some()).collect();
+        let bodies: Vec<String> = with_result.iter().filter_map(|&i| batch[i].body.clone()).collect();
+        let packed = protocol::pack(&bodies, per_message, max_bytes);
+        let messages: Vec<String> = packed.iter().map(|(m, _)| m.clone()).collect();
+        let sent = if messages.is_empty() {
             Vec::new()
         } else {
-            match shared.transport.send(Queue::Results, &bodies).await {
+            match shared.transport.send(Queue::Results, &messages).await {
                 Ok(r) => r,
-                Err(e) => bodies.iter().map(|_| Err(e.to_string())).collect(),
+                Err(e) => messages.iter().map(|_| Err(e.to_string())).collect(),
             }
         };
-        let mut receipts: Vec<String> =
-            with_result.iter().zip(&sent).filter(|(_, r)| r.is_ok()).map(|(d, _)| d.receipt.clone()).collect();
-        let unsent: Vec<(String, u32)> = with_result
-            .iter()
-            .zip(&sent)
-            .filter(|(_, r)| r.is_err())
-            .map(|(d, _)| (d.receipt.clone(), d.receive_count))
-            .collect();
-        if !unsent.is_empty() {
-            tracing::warn!(failed = unsent.len(), "result send failed; those tasks will run again");
+        let mut ok = vec![true; batch.len()];
+        for ((_, ix), r) in packed.iter().zip(&sent) {
+            if r.is_err() {
+                for &b in ix {
+                    ok[with_result[b]] = false;
+                }
+            }
+        }
+        let failed = ok.iter().filter(|o| !**o).count();
+        if failed > 0 {
+            tracing::warn!(failed, "result send failed; those tasks will run again");
+        }
+        // Cancelled tasks have nothing to send: they are done with.
+        let (mut delete, mut give_back) = (Vec::new(), Vec::new());
+        for (d, ok) in batch.iter().zip(&ok) {
+            let c = &d.carrier;
+            if c.task_done(*ok) {
+                if c.failed.load(Ordering::SeqCst) {
+                    give_back.push((c.receipt.clone(), c.receive_count));
+                } else {
+                    delete.push(c.receipt.clone());
+                }
+            }
+        }
+        if !give_back.is_empty() {
             // Soon, not after a whole visibility timeout (on RabbitMQ they would hold the prefetch window).
-            crate::transport::give_back(shared.transport.as_ref(), Queue::Outbound, &unsent, vis).await;
+            crate::transport::give_back(shared.transport.as_ref(), Queue::Outbound, &give_back, vis).await;
         }
-        // Cancelled tasks: nothing to send, their messages are done with.
-        receipts.extend(batch.iter().filter(|d| d.body.is_none()).map(|d| d.receipt.clone()));
-        if let Err(e) = shared.transport.delete(Queue::Outbound, &receipts).await {
-            tracing::warn!(error = %e, "outbound delete failed; the tasks' results will be stale duplicates");
+        if !delete.is_empty() {
+            if let Err(e) = shared.transport.delete(Queue::Outbound, &delete).await {
+                tracing::warn!(error = %e, "outbound delete failed; the tasks' results will be stale duplicates");
+            }
         }
-        // No longer held: deleted, or (result not sent) given back to come again soon.
-        held.release(batch.iter().map(|d| d.receipt.clone()));
+        // No longer held: deleted, or given back to come again soon.
+        held.release(delete.into_iter().chain(give_back.into_iter().map(|(r, _)| r)));
         drop(batch); // releases the shutdown guards after the delete
     }
 }

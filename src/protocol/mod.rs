@@ -277,10 +277,19 @@ pub fn parse_submissions(
     max_bytes: usize,
     default_max_attempts: MaxAttempts,
 ) -> Vec<(Option<String>, Result<NewTask, RpcError>)> {
-    let one = |v: Value| {
+    parse_batch(body, max_bytes, |v| {
         let req = parse_request(v).map_err(|(e, _)| e)?;
         submit_task(submit_action(&req.method)?, req.params, default_max_attempts, max_bytes)
-    };
+    })
+}
+
+/// A message that is one JSON-RPC object or a batch (an array of them) -> each entry parsed by `one`, with the
+/// entry's own JSON for a batch entry (dead-lettered on its own when it is bad), None for a whole message.
+pub fn parse_batch<T>(
+    body: &str,
+    max_bytes: usize,
+    one: impl Fn(Value) -> Result<T, RpcError>,
+) -> Vec<(Option<String>, Result<T, RpcError>)> {
     match parse_body(body, max_bytes) {
         Err(e) => vec![(None, Err(e))],
         Ok(Value::Array(entries)) if entries.is_empty() => {
@@ -289,6 +298,33 @@ pub fn parse_submissions(
         Ok(Value::Array(entries)) => entries.into_iter().map(|e| (Some(e.to_string()), one(e))).collect(),
         Ok(v) => vec![(None, one(v))],
     }
+}
+
+/// Packs JSON-RPC bodies into messages of at most `per_message` entries and `max_bytes` bytes: a single entry
+/// stays as it is, several become a batch (an array). Returns each message with the indexes of its bodies. With
+/// `per_message` 1 every body is its own message, as JSON-RPC clients without batch support expect.
+pub fn pack(bodies: &[String], per_message: usize, max_bytes: usize) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    let mut group: Vec<usize> = Vec::new();
+    let mut size = 1; // "["
+    let flush = |group: &mut Vec<usize>, out: &mut Vec<(String, Vec<usize>)>| match group.len() {
+        0 => {}
+        1 => out.push((bodies[group[0]].clone(), std::mem::take(group))),
+        _ => {
+            let joined = group.iter().map(|&i| bodies[i].as_str()).collect::<Vec<_>>().join(",");
+            out.push((format!("[{joined}]"), std::mem::take(group)));
+        }
+    };
+    for (i, b) in bodies.iter().enumerate() {
+        if !group.is_empty() && (group.len() >= per_message.max(1) || size + b.len() + 1 > max_bytes) {
+            flush(&mut group, &mut out);
+            size = 1;
+        }
+        group.push(i);
+        size += b.len() + 1;
+    }
+    flush(&mut group, &mut out);
+    out
 }
 
 /// A submit notification, as a client sends it.
@@ -332,7 +368,16 @@ impl TaskRequest {
     }
 
     pub fn parse(body: &str, max_bytes: usize) -> Result<TaskRequest, RpcError> {
-        let req = parse_request(parse_body(body, max_bytes)?).map_err(|(e, _)| e)?;
+        TaskRequest::from_value(parse_body(body, max_bytes)?)
+    }
+
+    /// An outbound message: one task, or several packed as a JSON-RPC batch (`transport.tasks_per_message`).
+    pub fn parse_many(body: &str, max_bytes: usize) -> Vec<(Option<String>, Result<TaskRequest, RpcError>)> {
+        parse_batch(body, max_bytes, TaskRequest::from_value)
+    }
+
+    pub fn from_value(v: Value) -> Result<TaskRequest, RpcError> {
+        let req = parse_request(v).map_err(|(e, _)| e)?;
         let id = req
             .id
             .as_ref()
@@ -407,7 +452,15 @@ pub fn result_body(r: &TaskResult) -> String {
 
 /// A results-queue body -> the result to record. Success stores the handler output; failure the error object.
 pub fn parse_result(body: &str, max_bytes: usize) -> Result<TaskResult, RpcError> {
-    let v = parse_body(body, max_bytes)?;
+    result_from_value(parse_body(body, max_bytes)?)
+}
+
+/// A results message: one result, or several packed as a JSON-RPC batch response.
+pub fn parse_results(body: &str, max_bytes: usize) -> Vec<(Option<String>, Result<TaskResult, RpcError>)> {
+    parse_batch(body, max_bytes, result_from_value)
+}
+
+fn result_from_value(v: Value) -> Result<TaskResult, RpcError> {
     let Value::Object(mut o) = v else {
         return Err(RpcError::new(INVALID_REQUEST, "a result must be a JSON object"));
     };
@@ -445,6 +498,56 @@ pub fn parse_result(body: &str, max_bytes: usize) -> Result<TaskResult, RpcError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_groups_by_count_and_size_and_keeps_single_entries_plain() {
+        let bodies: Vec<String> = (0..5).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let one = pack(&bodies, 1, 1024);
+        assert_eq!(one.len(), 5);
+        assert_eq!(one[0], (bodies[0].clone(), vec![0]));
+        let packed = pack(&bodies, 2, 1024);
+        assert_eq!(packed.iter().map(|(_, ix)| ix.clone()).collect::<Vec<_>>(), vec![vec![0, 1], vec![2, 3], vec![4]]);
+        assert_eq!(packed[0].0, r#"[{"n":0},{"n":1}]"#);
+        assert_eq!(packed[2].0, bodies[4], "a lone entry is not wrapped");
+        // 8 bytes per body: "[" + 3 bodies and commas is 27, over 24.
+        let by_size = pack(&bodies, 10, 24);
+        assert!(by_size.iter().all(|(m, _)| m.len() <= 24), "{by_size:?}");
+        assert_eq!(by_size.iter().map(|(_, ix)| ix.len()).sum::<usize>(), 5);
+        let v: Value = serde_json::from_str(&packed[1].0).unwrap();
+        assert_eq!(v, json!([{"n": 2}, {"n": 3}]));
+    }
+
+    #[test]
+    fn packed_requests_and_results_parse_entry_by_entry() {
+        let reqs: Vec<String> = (1..=3)
+            .map(|id| {
+                TaskRequest {
+                    id,
+                    attempt: 1,
+                    action: "noop".into(),
+                    payload: json!({}),
+                    timeout_secs: None,
+                    deadline: None,
+                }
+                .to_body()
+            })
+            .collect();
+        let mut bodies = reqs.clone();
+        bodies.push(r#"{"jsonrpc":"2.0","method":"noop","params":{},"id":"x"}"#.into());
+        let (msg, _) = pack(&bodies, 10, 10_000).remove(0);
+        let parsed = TaskRequest::parse_many(&msg, 10_000);
+        assert_eq!(parsed.iter().filter(|(_, r)| r.is_ok()).count(), 3);
+        let entry: Value = serde_json::from_str(parsed[3].0.as_deref().unwrap()).unwrap();
+        assert!(parsed[3].1.is_err(), "{parsed:?}");
+        assert_eq!(entry, serde_json::from_str::<Value>(&bodies[3]).unwrap(), "the bad entry's own JSON");
+        assert_eq!(TaskRequest::parse_many(&reqs[0], 10_000).len(), 1);
+        let results: Vec<String> = (1..=2)
+            .map(|id| result_body(&TaskResult { id, attempt: 1, outcome: Outcome::Success(json!(id)) }))
+            .collect();
+        let (msg, _) = pack(&results, 10, 10_000).remove(0);
+        let parsed = parse_results(&msg, 10_000);
+        assert_eq!(parsed.iter().map(|(_, r)| r.as_ref().unwrap().id).collect::<Vec<_>>(), vec![1, 2]);
+    }
 
     fn d() -> MaxAttempts {
         MaxAttempts::default()

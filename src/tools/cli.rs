@@ -150,6 +150,9 @@ pub enum BenchCommand {
         /// Idle single-task latency samples (p99 is printed from 1,000 samples on; 0 skips the measurement).
         #[arg(long, default_value_t = 1_000)]
         latency_samples: usize,
+        /// Tasks and results packed per message (transport.tasks_per_message; default: as configured, 1).
+        #[arg(long)]
+        tasks_per_message: Option<usize>,
     },
     /// Diamond workflows a -> (b, c) -> d: workflows/s and stage-to-stage latency p50/p99.
     Workflows {
@@ -169,6 +172,9 @@ pub enum BenchCommand {
         /// Worker processes.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Tasks and results packed per message (transport.tasks_per_message; default: as configured, 1).
+        #[arg(long)]
+        tasks_per_message: Option<usize>,
     },
 }
 
@@ -317,9 +323,11 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { which: BenchCommand::Pipeline { transport, tasks, latency_samples } } => {
+        Command::Bench { which: BenchCommand::Pipeline { transport, tasks, latency_samples, tasks_per_message } } => {
             with_scratch_database(settings, |mut s| {
                 s.transport.kind = transport;
+                s.transport.tasks_per_message = tasks_per_message.unwrap_or(s.transport.tasks_per_message);
+                s.validate()?;
                 s.sqs.queue_prefix = format!("bench{}", std::process::id());
                 s.rabbitmq.queue_prefix = format!("bench{}", std::process::id());
                 s.http.bind = String::new();
@@ -343,9 +351,11 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { which: BenchCommand::Processes { tasks, workers } } => {
+        Command::Bench { which: BenchCommand::Processes { tasks, workers, tasks_per_message } } => {
             with_scratch_database(settings, |mut s| {
                 s.transport.kind = TransportKind::RabbitMq;
+                s.transport.tasks_per_message = tasks_per_message.unwrap_or(s.transport.tasks_per_message);
+                s.validate()?;
                 s.rabbitmq.queue_prefix = format!("bench{}", std::process::id());
                 actix_rt::System::new().block_on(crate::tools::bench::processes::run(
                     s,

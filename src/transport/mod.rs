@@ -182,6 +182,10 @@ pub struct TransportSettings {
     pub wait_time_secs: u32,
     /// Received batches a poller hands on before it waits for their commit (pipelining).
     pub in_flight_batches: usize,
+    /// Tasks (on the outbound queue) and results (on the results queue) packed into one message, as a JSON-RPC
+    /// batch. 1 (the default): one per message, for workers that do not read batches. More cuts the broker's work
+    /// per task (SQS: requests, and so cost): `bench pipeline --tasks-per-message`.
+    pub tasks_per_message: usize,
 }
 
 impl Default for TransportSettings {
@@ -192,6 +196,7 @@ impl Default for TransportSettings {
             visibility_timeout_secs: 30,
             wait_time_secs: 20,
             in_flight_batches: 8,
+            tasks_per_message: 1,
         }
     }
 }

@@ -45,6 +45,7 @@ fn spawn_role(settings: &Settings, name: &str, role: &str) -> anyhow::Result<Rol
         .args(["run", "--no-migrate", "--grace-secs", "10", "--role", role])
         .env("SCHEDULER_DATABASE__URL", &settings.database.url)
         .env("SCHEDULER_TRANSPORT__KIND", "rabbitmq")
+        .env("SCHEDULER_TRANSPORT__TASKS_PER_MESSAGE", settings.transport.tasks_per_message.to_string())
         .env("SCHEDULER_RABBITMQ__URL", &settings.rabbitmq.url)
         .env("SCHEDULER_RABBITMQ__QUEUE_PREFIX", &settings.rabbitmq.queue_prefix)
         .env("SCHEDULER_RABBITMQ__CREATE_QUEUES", "false")
@@ -147,13 +148,20 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
         "processes benchmark: transport rabbitmq, roles as {} processes (submitter, scheduler, {} workers, resulter, \
-         supervisor), {} submit:noop on the inbound queue",
+         supervisor), {} submit:noop on the inbound queue, {} per message",
         procs.len(),
         opts.workers.max(1),
-        opts.tasks
+        opts.tasks,
+        settings.transport.tasks_per_message
     );
-    let bodies: Vec<String> =
+    let submissions: Vec<String> =
         (0..opts.tasks).map(|i| crate::protocol::submit_message("noop", &json!({"i": i}))).collect();
+    // Packed as the scheduler packs tasks (transport.tasks_per_message): a JSON-RPC batch per message.
+    let t = &settings.transport;
+    let bodies: Vec<String> = crate::protocol::pack(&submissions, t.tasks_per_message, t.max_message_bytes)
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
     let t0 = Instant::now();
     let sending = async {
         for chunk in bodies.chunks(500) {
