@@ -251,7 +251,7 @@ impl RabbitMqTransport {
         let rt = amqp_runtime()?;
         let settings = settings.clone();
         let out = rt.spawn(async move {
-            let connection = Connection::connect(&settings.url, ConnectionProperties::default()).await?;
+            let connection = connect(&settings, ConnectionProperties::default()).await?;
             let mut deleted = 0;
             for q in Queue::ALL {
                 // A failed delete (not found) closes the channel: one channel per call.
@@ -417,12 +417,21 @@ fn dlx_name(queue: Queue, prefix: &str) -> String {
 }
 
 /// Opens a connection with its publisher channels and declares (or checks) the queues.
+/// A connection with the configured TLS settings (used by `amqps://` URLs).
+async fn connect(settings: &RabbitMqSettings, props: ConnectionProperties) -> anyhow::Result<Connection> {
+    lapin::DefaultConnectionBuilder::new()?
+        .with_uri_str(settings.url.clone())
+        .with_properties(props)
+        .with_tls_config(settings.tls_config()?)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to RabbitMQ at {}", redact_url(&settings.url)))
+}
+
 async fn open(settings: &RabbitMqSettings, generation: u64) -> anyhow::Result<Live> {
     let props =
         ConnectionProperties::default().with_connection_name(format!("sqs-scheduler-{}", std::process::id()).into());
-    let connection = Connection::connect(&settings.url, props)
-        .await
-        .with_context(|| format!("connecting to RabbitMQ at {}", redact_url(&settings.url)))?;
+    let connection = connect(settings, props).await?;
     if settings.create_queues {
         declare(&connection, settings).await?;
     } else {
@@ -860,6 +869,12 @@ pub struct RabbitMqSettings {
     pub reconnect_initial_ms: u64,
     /// ... up to this (milliseconds).
     pub reconnect_max_ms: u64,
+    /// amqps: PEM file of certificate authorities trusted besides the system's (a private CA, a self-signed broker).
+    pub tls_ca_file: Option<String>,
+    /// amqps with client certificates (RabbitMQ's `verify_peer`, or x509 authentication): PEM certificate chain ...
+    pub tls_client_cert_file: Option<String>,
+    /// ... and its PKCS#8 PEM private key (unencrypted).
+    pub tls_client_key_file: Option<String>,
 }
 
 impl Default for RabbitMqSettings {
@@ -873,11 +888,37 @@ impl Default for RabbitMqSettings {
             confirm_timeout_ms: 10_000,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 10_000,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
         }
     }
 }
 
 impl RabbitMqSettings {
+    /// The TLS settings for `amqps://` (read from the PEM files named; the system's roots are always trusted).
+    pub fn tls_config(&self) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
+        let read = |key: &str, path: &Option<String>| -> anyhow::Result<Option<String>> {
+            let Some(path) = path else { return Ok(None) };
+            let pem = std::fs::read_to_string(path).with_context(|| format!("rabbitmq.{key}: reading {path}"))?;
+            if !pem.contains("-----BEGIN ") {
+                bail!("rabbitmq.{key}: {path} holds no PEM block");
+            }
+            Ok(Some(pem))
+        };
+        let cert_chain = read("tls_ca_file", &self.tls_ca_file)?;
+        let identity = match (
+            read("tls_client_cert_file", &self.tls_client_cert_file)?,
+            read("tls_client_key_file", &self.tls_client_key_file)?,
+        ) {
+            (Some(pem), Some(key)) => {
+                Some(lapin::tcp::OwnedIdentity::PKCS8 { pem: pem.into_bytes(), key: key.into_bytes() })
+            }
+            _ => None,
+        };
+        Ok(lapin::tcp::OwnedTLSConfig { identity, cert_chain })
+    }
+
     /// Checks ranges; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         match url::Url::parse(&self.url) {
@@ -896,6 +937,12 @@ impl RabbitMqSettings {
         }
         if !(100..=600_000).contains(&self.confirm_timeout_ms) {
             return Err("rabbitmq.confirm_timeout_ms: must be between 100 and 600000".into());
+        }
+        if self.tls_client_cert_file.is_some() != self.tls_client_key_file.is_some() {
+            return Err("rabbitmq.tls_client_cert_file: set it together with rabbitmq.tls_client_key_file".into());
+        }
+        if let Err(e) = self.tls_config() {
+            return Err(format!("{e:#}"));
         }
         if self.reconnect_initial_ms == 0 || self.reconnect_max_ms < self.reconnect_initial_ms {
             return Err(
