@@ -44,11 +44,12 @@ bench: services ## every benchmark (release-grade build, profile perf)
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench http
 	$(MAKE) bench-rabbitmq
 
-bench-rabbitmq: services ## RabbitMQ: all roles in one process, then as separate processes (50,000 tasks; 1 and 10 per message)
+bench-rabbitmq: services ## RabbitMQ: one process, then separate processes (50,000 tasks; 1 and 10 per message), then Celery 5
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport rabbitmq --tasks 50000 --latency-samples 1000
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport rabbitmq --tasks 50000 --latency-samples 0 --tasks-per-message 10
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench processes --tasks 50000 --workers 2
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench processes --tasks 50000 --workers 2 --tasks-per-message 10
+	scripts/bench-celery 50000 2
 
 chaos: ## chaos suite (issue #9): roles as processes, one fault per scenario, private PostgreSQL + moto (~15 min)
 	cargo build --locked --bin sqs-scheduler

@@ -281,12 +281,14 @@ async fn idle_latency(
         lat.len()
     );
     let ms = |q: Option<f64>| q.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2} ms"));
+    let p99 = super::quantile(&lat, 0.99);
     println!(
-        "   p50 {}, p90 {}, p99 {}, max {}  (n/a: too few samples; p90 needs 100, p99 1,000)",
+        "   p50 {}, p90 {}, p99 {}, max {}{}",
         ms(super::quantile(&lat, 0.5)),
         ms(super::quantile(&lat, 0.9)),
-        ms(super::quantile(&lat, 0.99)),
-        ms(lat.last().copied())
+        ms(p99),
+        ms(lat.last().copied()),
+        if p99.is_none() { "  (n/a: too few samples; p90 needs 100, p99 1,000)" } else { "" }
     );
     if others > 0 {
         println!("   ({others} other tasks' completions were seen and skipped)");
