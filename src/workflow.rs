@@ -3,7 +3,9 @@
 //! itself is SQL (migrations/2026-11-27-190000_workflows): the stages' transitions drive it in the statements that
 //! make them. See docs/ARCHITECTURE.md ("Workflows").
 
-use crate::domain::{json_kind, Action, DedupKey, MaxAttempts, NewTask, Payload, Priority, RunAt, TaskState};
+use crate::domain::{
+    json_kind, Action, DedupKey, MaxAttempts, NewTask, Payload, Priority, RunAt, TaskState, TimeoutSecs,
+};
 use crate::protocol::{outbound_size, RpcError, INVALID_PARAMS, META_KEY};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -74,6 +76,7 @@ impl NewWorkflow {
                 "payload": s.task.payload.clone().into_value(),
                 "priority": s.task.priority.get(),
                 "max_attempts": s.task.max_attempts.get(),
+                "timeout_secs": s.task.timeout.map(TimeoutSecs::get),
             })
         })
     }
@@ -196,6 +199,10 @@ fn parse_stage(
             "name" | "action" | "payload" => {}
             "priority" => task.priority = Priority::parse(int(v)?).map_err(|e| err(e.to_string()))?,
             "max_attempts" => task.max_attempts = MaxAttempts::parse(int(v)?).map_err(|e| err(e.to_string()))?,
+            "timeout_secs" => {
+                let secs = v.as_f64().ok_or_else(|| err("timeout_secs must be a number of seconds".into()))?;
+                task.timeout = Some(TimeoutSecs::parse("timeout_secs", secs).map_err(|e| err(e.to_string()))?);
+            }
             "delay_secs" => {
                 let d = v
                     .as_f64()
@@ -408,6 +415,11 @@ mod tests {
         .unwrap();
         assert_eq!(w.stages[3].depends_on, vec![1, 2]);
         assert_eq!(w.stages[3].task.priority.get(), 5);
+        let w = submit(json!({"name": "t", "stages": [{"name": "a", "action": "noop", "timeout_secs": 2.5}],
+            "on_failure": {"name": "f", "action": "noop", "timeout_secs": 9}}))
+        .unwrap();
+        assert_eq!(w.stages[0].task.timeout.map(TimeoutSecs::get), Some(2.5));
+        assert_eq!(w.on_failure_json().unwrap()["timeout_secs"], json!(9.0));
     }
 
     #[test]
@@ -424,6 +436,8 @@ mod tests {
             ),
             (json!({"name": "x", "stages": [{"name": "a", "action": ""}]}), "stage 0 (\"a\")"),
             (json!({"name": "x", "stages": [{"name": "a/b", "action": "noop"}]}), "invalid name"),
+            (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "timeout_secs": 0}]}), "timeout_secs"),
+            (json!({"name": "x", "stages": [{"name": "a", "action": "noop", "timeout_secs": "1"}]}), "timeout_secs"),
             (json!({"stages": [{"name": "a", "action": "noop"}]}), "invalid name: is required"),
             (
                 json!({"name": "x", "stages": [

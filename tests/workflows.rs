@@ -426,6 +426,62 @@ async fn retrying_one_of_two_failed_stages_keeps_their_shared_dependent_cancelle
     app.shutdown(Duration::from_secs(10)).await;
 }
 
+/// Spawns one child that sleeps 20 s with a 0.3 s timeout.
+struct SpawnsSlow;
+
+#[async_trait::async_trait]
+impl Handler for SpawnsSlow {
+    async fn handle(&self, _: &HandlerContext, _: &Value) -> Result<Value, HandlerError> {
+        let slow = json!({"name": "slow", "action": "sleep", "payload": {"ms": 20_000}, "timeout_secs": 0.3,
+                          "max_attempts": 1});
+        Ok(workflow::spawn_result(json!("spawned"), vec![slow]))
+    }
+}
+
+#[actix_rt::test]
+async fn a_stages_own_timeout_applies_submitted_spawned_and_on_failure() {
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Memory);
+    let transport = transport(&settings).await;
+    let log = Log::default();
+    let app = start(&settings, &[], transport.clone(), handlers(&log).with("spawns_slow", SpawnsSlow));
+    let slow = |name: &str| {
+        json!({"name": name, "action": "sleep", "payload": {"ms": 20_000}, "timeout_secs": 0.3,
+                                   "max_attempts": 1})
+    };
+    let mut parent = json!({"name": "parent", "action": "spawns_slow"});
+    parent["max_attempts"] = json!(1);
+    submit_on_queue(
+        transport.as_ref(),
+        &[json!({"name": "timeouts", "stages": [slow("slow"), parent], "on_failure": slow("alert")})],
+    )
+    .await;
+    let store = db.store();
+    let started = Instant::now();
+    // Each of the three sleeps 20 s unless its own timeout (0.3 s) ends it: all three end well before that.
+    let until = started + Duration::from_secs(15);
+    let st = loop {
+        if let Some(w) = store.list_workflows(&Default::default()).await.unwrap().first() {
+            let wf = store.get_workflow(w.id).await.unwrap().unwrap();
+            let st: HashMap<String, workflow::StageView> = wf.stages.into_iter().map(|s| (s.name.clone(), s)).collect();
+            let done =
+                ["slow", "parent/slow", "alert"].iter().all(|n| st.get(*n).is_some_and(|s| s.state.is_finished()));
+            if done {
+                break st;
+            }
+            assert!(Instant::now() < until, "stages not finished in time: {st:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for name in ["slow", "parent/slow", "alert"] {
+        let s = &st[name];
+        assert_eq!(s.state, TaskState::CriticalError, "{name}: {s:?}");
+        assert_eq!(s.error.as_ref().unwrap()["code"], sqs_scheduler::protocol::TIMEOUT_ERROR, "{name}: {s:?}");
+    }
+    assert_eq!(st["parent"].state, TaskState::Success);
+    app.shutdown(Duration::from_secs(10)).await;
+}
+
 /// Returns a string of `payload.bytes` bytes.
 struct Big;
 

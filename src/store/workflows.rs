@@ -82,6 +82,7 @@ impl TaskStore {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut priorities, mut max_attempts, mut delays, mut parents) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut timeouts: Vec<Option<f64>> = Vec::new();
         let (mut edge_parent, mut edge_child) = (Vec::new(), Vec::new());
         for (w, wf) in workflows.iter().enumerate() {
             names.push(wf.name.clone());
@@ -100,6 +101,7 @@ impl TaskStore {
                     _ => 0.0,
                 });
                 parents.push(s.depends_on.len() as i32);
+                timeouts.push(s.task.timeout.map(|t| t.get()));
                 for &p in &s.depends_on {
                     edge_parent.push(base + p as i32 + 1);
                     edge_child.push(base + i as i32 + 1);
@@ -124,7 +126,7 @@ impl TaskStore {
         let rows: Vec<Row> = loop {
             let mut conn = self.conn().await?;
             let res = diesel::sql_query(
-                "SELECT * FROM workflows_submit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                "SELECT * FROM workflows_submit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             )
             .bind::<Array<Text>, _>(&names)
             .bind::<Array<Nullable<Text>>, _>(&keys)
@@ -139,6 +141,7 @@ impl TaskStore {
             .bind::<Array<Integer>, _>(&parents)
             .bind::<Array<Integer>, _>(&edge_parent)
             .bind::<Array<Integer>, _>(&edge_child)
+            .bind::<Array<Nullable<Double>>, _>(&timeouts)
             .load(&mut conn)
             .await
             .map_err(StoreError::from);

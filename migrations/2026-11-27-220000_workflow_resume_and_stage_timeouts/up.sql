@@ -1,6 +1,8 @@
 -- task.retry of one failed stage while another failed stage upstream of the same descendant still stands: the
 -- descendant stays CANCELLED and names the other stage (whose retry resumes it), instead of waiting for ever in a
--- FAILED workflow the cleaner would never delete. Only the retry branch of tasks_stage_transition changes.
+-- FAILED workflow the cleaner would never delete.
+-- Stage timeouts: a stage's own `timeout_secs` (submitted, spawned or on_failure), as tasks have (p_timeouts; NULL:
+-- the action's).
 CREATE OR REPLACE FUNCTION tasks_stage_transition() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_failed_old boolean := OLD.state IN ('CRITICAL_ERROR', 'CANCELLED');
@@ -35,7 +37,7 @@ BEGIN
             v_result := v_result->'result';
             WITH ins AS (
                 INSERT INTO tasks (action, payload, dedup_key, state, priority, max_attempts, run_at,
-                                   workflow_id, stage, pending_parents)
+                                   workflow_id, stage, pending_parents, timeout_secs)
                 SELECT e->>'action',
                        workflows_parents_meta(COALESCE(e->'payload', '{}'::jsonb), NEW.stage, v_result),
                        'wf:' || NEW.workflow_id || ':' || NEW.stage || '/' || (e->>'name'),
@@ -43,7 +45,7 @@ BEGIN
                        COALESCE((e->>'priority')::int2, NEW.priority),
                        COALESCE((e->>'max_attempts')::int4, 10),
                        now() + make_interval(secs => COALESCE((e->>'delay_secs')::float8, 0)),
-                       NEW.workflow_id, NEW.stage || '/' || (e->>'name'), 0
+                       NEW.workflow_id, NEW.stage || '/' || (e->>'name'), 0, (e->>'timeout_secs')::float8
                 FROM jsonb_array_elements(v_spawn) e
                 ON CONFLICT (workflow_id, stage) WHERE workflow_id IS NOT NULL DO NOTHING
                 RETURNING id
@@ -178,7 +180,7 @@ BEGIN
         -- on_failure runs each time the workflow turns FAILED, and sees which stage failed and why.
         IF v_new_state = 'FAILED' AND v_old_state = 'RUNNING' AND v_on_failure IS NOT NULL THEN
             INSERT INTO tasks (action, payload, dedup_key, state, priority, max_attempts, workflow_id, stage,
-                               pending_parents, stage_on_failure)
+                               pending_parents, stage_on_failure, timeout_secs)
             SELECT v_on_failure->>'action',
                    jsonb_set(COALESCE(v_on_failure->'payload', '{}'::jsonb), '{_meta}', jsonb_build_object('failed',
                        jsonb_build_object('stage', NEW.stage, 'task_id', NEW.id, 'state', NEW.state,
@@ -189,9 +191,85 @@ BEGIN
                    COALESCE((v_on_failure->>'max_attempts')::int4, 10),
                    NEW.workflow_id,
                    (v_on_failure->>'name') || CASE WHEN v_failures > 1 THEN '#' || v_failures ELSE '' END,
-                   0, true;
+                   0, true, (v_on_failure->>'timeout_secs')::float8;
         END IF;
     END IF;
     RETURN NULL;
+END;
+$$;
+
+DROP FUNCTION workflows_submit(text[], text[], jsonb[], int4[], text[], text[], jsonb[], int2[], int4[], float8[], int4[], int4[], int4[]);
+
+CREATE FUNCTION workflows_submit(
+    p_names text[], p_keys text[], p_on_failure jsonb[],
+    p_stage_wf int4[], p_stage_names text[], p_actions text[], p_payloads jsonb[], p_priorities int2[],
+    p_max_attempts int4[], p_delays float8[], p_parents int4[],
+    p_edge_parent int4[], p_edge_child int4[], p_timeouts float8[] DEFAULT NULL)
+    RETURNS TABLE (workflow_ord integer, workflow_id bigint, created boolean, stage text, task_id bigint)
+    LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $$
+#variable_conflict use_column
+DECLARE
+    n integer := COALESCE(array_length(p_names, 1), 0);
+    m integer := COALESCE(array_length(p_stage_names, 1), 0);
+    v_counts integer[];
+    v_ids bigint[] := '{}';
+    v_created boolean[] := '{}';
+    v_tids bigint[];
+    v_id bigint;
+BEGIN
+    SELECT array_agg(COALESCE(c.n, 0) ORDER BY g.i) INTO v_counts
+    FROM generate_series(1, n) g(i)
+    LEFT JOIN (SELECT s.wf, count(*)::int AS n FROM unnest(p_stage_wf) s(wf) GROUP BY s.wf) c ON c.wf = g.i;
+    FOR i IN 1 .. n LOOP
+        v_id := NULL;
+        IF p_keys[i] IS NOT NULL THEN
+            SELECT w.id INTO v_id FROM workflows w WHERE w.dedup_key = p_keys[i];
+        END IF;
+        IF v_id IS NOT NULL THEN
+            v_ids := v_ids || v_id;
+            v_created := v_created || false;
+            CONTINUE;
+        END IF;
+        INSERT INTO workflows (name, dedup_key, on_failure, stages_total)
+        VALUES (p_names[i], p_keys[i], p_on_failure[i], v_counts[i])
+        ON CONFLICT (dedup_key) DO NOTHING
+        RETURNING id INTO v_id;
+        IF v_id IS NULL THEN
+            -- A concurrent submitter inserted the key; ON CONFLICT waited for its commit, this new snapshot sees it.
+            SELECT w.id INTO v_id FROM workflows w WHERE w.dedup_key = p_keys[i];
+            v_ids := v_ids || v_id;
+            v_created := v_created || false;
+        ELSE
+            v_ids := v_ids || v_id;
+            v_created := v_created || true;
+        END IF;
+    END LOOP;
+
+    -- Ids first, so the edges can name them in the same statement as the stages.
+    v_tids := ARRAY(SELECT nextval(pg_get_serial_sequence('tasks', 'id')) FROM generate_series(1, m));
+    INSERT INTO tasks (id, action, payload, dedup_key, state, priority, max_attempts, run_at,
+                       workflow_id, stage, pending_parents, timeout_secs)
+    OVERRIDING SYSTEM VALUE
+    SELECT v_tids[s.ord], s.action, s.payload, 'wf:' || v_ids[s.wf] || ':' || s.name,
+           CASE WHEN s.parents = 0 THEN 'SCHEDULED' ELSE 'WAITING' END,
+           s.priority, s.max_attempts, now() + make_interval(secs => COALESCE(s.delay, 0)),
+           v_ids[s.wf], s.name, s.parents, p_timeouts[s.ord]
+    FROM unnest(p_stage_wf, p_stage_names, p_actions, p_payloads, p_priorities, p_max_attempts, p_delays, p_parents)
+         WITH ORDINALITY AS s(wf, name, action, payload, priority, max_attempts, delay, parents, ord)
+    WHERE v_created[s.wf];
+    INSERT INTO workflow_edges (parent_id, child_id, workflow_id)
+    SELECT v_tids[e.p], v_tids[e.c], v_ids[p_stage_wf[e.c]]
+    FROM unnest(p_edge_parent, p_edge_child) AS e(p, c)
+    WHERE v_created[p_stage_wf[e.c]];
+
+    RETURN QUERY
+    SELECT s.wf, v_ids[s.wf], true, s.name, v_tids[s.ord]
+    FROM unnest(p_stage_wf, p_stage_names) WITH ORDINALITY AS s(wf, name, ord)
+    WHERE v_created[s.wf]
+    UNION ALL
+    SELECT g.i, v_ids[g.i], false, t.stage, t.id
+    FROM generate_series(1, n) g(i)
+    JOIN tasks t ON t.workflow_id = v_ids[g.i]
+    WHERE NOT v_created[g.i] AND t.stage_on_failure IS NOT TRUE;
 END;
 $$;

@@ -164,3 +164,79 @@ BEGIN
     RETURN NULL;
 END;
 $$;
+
+DROP FUNCTION workflows_submit(text[], text[], jsonb[], int4[], text[], text[], jsonb[], int2[], int4[], float8[], int4[], int4[], int4[], float8[]);
+
+CREATE FUNCTION workflows_submit(
+    p_names text[], p_keys text[], p_on_failure jsonb[],
+    p_stage_wf int4[], p_stage_names text[], p_actions text[], p_payloads jsonb[], p_priorities int2[],
+    p_max_attempts int4[], p_delays float8[], p_parents int4[],
+    p_edge_parent int4[], p_edge_child int4[])
+    RETURNS TABLE (workflow_ord integer, workflow_id bigint, created boolean, stage text, task_id bigint)
+    LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $$
+#variable_conflict use_column
+DECLARE
+    n integer := COALESCE(array_length(p_names, 1), 0);
+    m integer := COALESCE(array_length(p_stage_names, 1), 0);
+    v_counts integer[];
+    v_ids bigint[] := '{}';
+    v_created boolean[] := '{}';
+    v_tids bigint[];
+    v_id bigint;
+BEGIN
+    SELECT array_agg(COALESCE(c.n, 0) ORDER BY g.i) INTO v_counts
+    FROM generate_series(1, n) g(i)
+    LEFT JOIN (SELECT s.wf, count(*)::int AS n FROM unnest(p_stage_wf) s(wf) GROUP BY s.wf) c ON c.wf = g.i;
+    FOR i IN 1 .. n LOOP
+        v_id := NULL;
+        IF p_keys[i] IS NOT NULL THEN
+            SELECT w.id INTO v_id FROM workflows w WHERE w.dedup_key = p_keys[i];
+        END IF;
+        IF v_id IS NOT NULL THEN
+            v_ids := v_ids || v_id;
+            v_created := v_created || false;
+            CONTINUE;
+        END IF;
+        INSERT INTO workflows (name, dedup_key, on_failure, stages_total)
+        VALUES (p_names[i], p_keys[i], p_on_failure[i], v_counts[i])
+        ON CONFLICT (dedup_key) DO NOTHING
+        RETURNING id INTO v_id;
+        IF v_id IS NULL THEN
+            -- A concurrent submitter inserted the key; ON CONFLICT waited for its commit, this new snapshot sees it.
+            SELECT w.id INTO v_id FROM workflows w WHERE w.dedup_key = p_keys[i];
+            v_ids := v_ids || v_id;
+            v_created := v_created || false;
+        ELSE
+            v_ids := v_ids || v_id;
+            v_created := v_created || true;
+        END IF;
+    END LOOP;
+
+    -- Ids first, so the edges can name them in the same statement as the stages.
+    v_tids := ARRAY(SELECT nextval(pg_get_serial_sequence('tasks', 'id')) FROM generate_series(1, m));
+    INSERT INTO tasks (id, action, payload, dedup_key, state, priority, max_attempts, run_at,
+                       workflow_id, stage, pending_parents)
+    OVERRIDING SYSTEM VALUE
+    SELECT v_tids[s.ord], s.action, s.payload, 'wf:' || v_ids[s.wf] || ':' || s.name,
+           CASE WHEN s.parents = 0 THEN 'SCHEDULED' ELSE 'WAITING' END,
+           s.priority, s.max_attempts, now() + make_interval(secs => COALESCE(s.delay, 0)),
+           v_ids[s.wf], s.name, s.parents
+    FROM unnest(p_stage_wf, p_stage_names, p_actions, p_payloads, p_priorities, p_max_attempts, p_delays, p_parents)
+         WITH ORDINALITY AS s(wf, name, action, payload, priority, max_attempts, delay, parents, ord)
+    WHERE v_created[s.wf];
+    INSERT INTO workflow_edges (parent_id, child_id, workflow_id)
+    SELECT v_tids[e.p], v_tids[e.c], v_ids[p_stage_wf[e.c]]
+    FROM unnest(p_edge_parent, p_edge_child) AS e(p, c)
+    WHERE v_created[p_stage_wf[e.c]];
+
+    RETURN QUERY
+    SELECT s.wf, v_ids[s.wf], true, s.name, v_tids[s.ord]
+    FROM unnest(p_stage_wf, p_stage_names) WITH ORDINALITY AS s(wf, name, ord)
+    WHERE v_created[s.wf]
+    UNION ALL
+    SELECT g.i, v_ids[g.i], false, t.stage, t.id
+    FROM generate_series(1, n) g(i)
+    JOIN tasks t ON t.workflow_id = v_ids[g.i]
+    WHERE NOT v_created[g.i] AND t.stage_on_failure IS NOT TRUE;
+END;
+$$;
