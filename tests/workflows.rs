@@ -165,6 +165,40 @@ async fn stages_of(store: &TaskStore, ids: impl IntoIterator<Item = i64>) -> Has
     out
 }
 
+type Stages = HashMap<String, workflow::StageView>;
+
+/// The only workflow's id, once it is stored.
+async fn only_workflow(store: &TaskStore) -> i64 {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(w) = store.list_workflows(&Default::default()).await.unwrap().first() {
+            return w.id;
+        }
+        assert!(Instant::now() < until, "no workflow stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `done` holds for workflow `id`'s state and stages (by name); returns them.
+async fn wait_stages(
+    store: &TaskStore,
+    id: i64,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&Stages) -> bool,
+) -> (WorkflowState, Stages) {
+    let until = Instant::now() + timeout;
+    loop {
+        let wf = store.get_workflow(id).await.unwrap().unwrap();
+        let st: Stages = wf.stages.into_iter().map(|s| (s.name.clone(), s)).collect();
+        if done(&st) {
+            return (wf.state, st);
+        }
+        assert!(Instant::now() < until, "{what}: not within {timeout:?}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Checks n finished diamonds: every workflow SUCCESS, every stage SUCCESS once, no run early, every d saw b and c.
 async fn check_diamonds(store: &TaskStore, log: &Log, n: usize) {
     let list = store
@@ -376,40 +410,21 @@ async fn retrying_one_of_two_failed_stages_keeps_their_shared_dependent_cancelle
     )
     .await;
     let store = db.store();
-    let id = loop {
-        if let Some(w) = store.list_workflows(&Default::default()).await.unwrap().first() {
-            break w.id;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let stages = |store: TaskStore| async move {
-        let wf = store.get_workflow(id).await.unwrap().unwrap();
-        let st: HashMap<String, workflow::StageView> = wf.stages.into_iter().map(|s| (s.name.clone(), s)).collect();
-        (wf.state, st)
-    };
-    let until = Instant::now() + Duration::from_secs(30);
-    let st = loop {
-        let (_, st) = stages(store.clone()).await;
-        if st["x"].state == TaskState::CriticalError && st["y"].state == TaskState::CriticalError {
-            break st;
-        }
-        assert!(Instant::now() < until, "x and y never both failed: {st:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let id = only_workflow(&store).await;
+    let failed = |n: &str, st: &Stages| st[n].state == TaskState::CriticalError;
+    let (_, st) = wait_stages(&store, id, Duration::from_secs(30), "x and y both failed", |st| {
+        failed("x", st) && failed("y", st)
+    })
+    .await;
     assert_eq!(st["d"].state, TaskState::Cancelled);
 
     // Retry x: it succeeds, but d still has y failed upstream (through mid): it stays CANCELLED, naming y.
     x_fails.store(false, Ordering::SeqCst);
     assert!(store.retry(st["x"].task_id, MaxAttempts::parse(1).unwrap()).await.unwrap());
-    let until = Instant::now() + Duration::from_secs(30);
-    let (state, st) = loop {
-        let (state, st) = stages(store.clone()).await;
-        if st["x"].state == TaskState::Success {
-            break (state, st);
-        }
-        assert!(Instant::now() < until, "x never succeeded after its retry: {st:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (state, st) = wait_stages(&store, id, Duration::from_secs(30), "x succeeded after its retry", |st| {
+        st["x"].state == TaskState::Success
+    })
+    .await;
     assert_eq!(state, WorkflowState::Failed, "y still failed");
     assert_eq!(st["d"].state, TaskState::Cancelled, "not left WAITING for a stage that is not coming: {:?}", st["d"]);
     assert_eq!(st["d"].error.as_ref().unwrap()["upstream"], "y", "{:?}", st["d"]);
@@ -419,7 +434,7 @@ async fn retrying_one_of_two_failed_stages_keeps_their_shared_dependent_cancelle
     y_fails.store(false, Ordering::SeqCst);
     assert!(store.retry(st["y"].task_id, MaxAttempts::parse(1).unwrap()).await.unwrap());
     wait_workflows(&store, Duration::from_secs(30), |c| c.get(&WorkflowState::Success) == Some(&1)).await;
-    let (_, st) = stages(store.clone()).await;
+    let (_, st) = wait_stages(&store, id, Duration::ZERO, "all SUCCESS", |_| true).await;
     assert!(st.values().all(|s| s.state == TaskState::Success), "{st:?}");
     let d = log.lock().unwrap().iter().filter(|e| e.task_id == st["d"].task_id).count();
     assert_eq!(d, 1, "d ran once");
@@ -457,22 +472,12 @@ async fn a_stages_own_timeout_applies_submitted_spawned_and_on_failure() {
     )
     .await;
     let store = db.store();
-    let started = Instant::now();
+    let id = only_workflow(&store).await;
     // Each of the three sleeps 20 s unless its own timeout (0.3 s) ends it: all three end well before that.
-    let until = started + Duration::from_secs(15);
-    let st = loop {
-        if let Some(w) = store.list_workflows(&Default::default()).await.unwrap().first() {
-            let wf = store.get_workflow(w.id).await.unwrap().unwrap();
-            let st: HashMap<String, workflow::StageView> = wf.stages.into_iter().map(|s| (s.name.clone(), s)).collect();
-            let done =
-                ["slow", "parent/slow", "alert"].iter().all(|n| st.get(*n).is_some_and(|s| s.state.is_finished()));
-            if done {
-                break st;
-            }
-            assert!(Instant::now() < until, "stages not finished in time: {st:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_, st) = wait_stages(&store, id, Duration::from_secs(15), "the three sleeps ended", |st| {
+        ["slow", "parent/slow", "alert"].iter().all(|n| st.get(*n).is_some_and(|s| s.state.is_finished()))
+    })
+    .await;
     for name in ["slow", "parent/slow", "alert"] {
         let s = &st[name];
         assert_eq!(s.state, TaskState::CriticalError, "{name}: {s:?}");
@@ -517,16 +522,10 @@ async fn parents_results_too_large_for_the_childs_message_fail_it_visibly() {
     let store = db.store();
     wait_workflows(&store, Duration::from_secs(30), |c| c.get(&WorkflowState::Failed) == Some(&1)).await;
     let id = store.list_workflows(&Default::default()).await.unwrap()[0].id;
-    let until = Instant::now() + Duration::from_secs(30);
-    let st = loop {
-        let wf = store.get_workflow(id).await.unwrap().unwrap();
-        let st: HashMap<String, workflow::StageView> = wf.stages.into_iter().map(|s| (s.name.clone(), s)).collect();
-        if st.values().all(|s| s.state.is_finished()) {
-            break st;
-        }
-        assert!(Instant::now() < until, "stages never finished: {st:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_, st) = wait_stages(&store, id, Duration::from_secs(30), "every stage finished", |st| {
+        st.values().all(|s| s.state.is_finished())
+    })
+    .await;
     assert_eq!((st["a"].state, st["b"].state), (TaskState::Success, TaskState::Success));
     for (name, what) in [("join", "task message"), ("huge", "result")] {
         let s = &st[name];
