@@ -390,6 +390,15 @@ pub fn check_spawn(result: &Value, max_message_bytes: usize) -> Result<(), RpcEr
     Ok(())
 }
 
+/// Fills what a spawned stage left out and the database would otherwise default on its own: `max_attempts` (the
+/// configured `retry.default_max_attempts`). `result` has passed [`check_spawn`].
+pub fn spawn_defaults(result: &mut Value, default_max_attempts: i64) {
+    let Some(Value::Array(spawn)) = result.get_mut("spawn") else { return };
+    for stage in spawn.iter_mut().filter_map(Value::as_object_mut) {
+        stage.entry("max_attempts").or_insert(json!(default_max_attempts));
+    }
+}
+
 /// A handler's result that spawns `stages` (each `{"name", "action", "payload"?, ...}`) after `result`: the
 /// stages join the workflow as children of the running stage, and its dependents wait for them too.
 pub fn spawn_result(result: Value, stages: Vec<Value>) -> Value {
@@ -478,6 +487,19 @@ mod tests {
     #[test]
     fn spawn_is_checked() {
         assert!(check_spawn(&json!({"result": 1}), 1024).is_ok());
+        let mut r = spawn_result(
+            json!(1),
+            vec![
+                json!({"name": "a", "action": "noop"}),
+                json!({"name": "b",
+            "action": "noop", "max_attempts": 2}),
+            ],
+        );
+        spawn_defaults(&mut r, 7);
+        assert_eq!(
+            (r["spawn"][0]["max_attempts"].clone(), r["spawn"][1]["max_attempts"].clone()),
+            (json!(7), json!(2))
+        );
         assert!(check_spawn(&spawn_result(json!(1), vec![json!({"name": "c1", "action": "noop"})]), 1024).is_ok());
         for bad in [
             json!({"spawn": [{"name": "c1"}]}),

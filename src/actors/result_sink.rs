@@ -79,20 +79,25 @@ impl QueueStage for CompleteCommit {
 
     fn parse(shared: &Shared, body: &str) -> Vec<Entry<TaskResult>> {
         let max = shared.settings.transport.max_message_bytes;
+        let default_max = shared.settings.retry.default_max_attempts;
         // One result, or several packed as a JSON-RPC batch (`transport.tasks_per_message`).
         protocol::parse_results(body, max)
             .into_iter()
-            .map(|(entry, r)| Entry { item: r.map(|r| refuse_bad_spawn(r, max)), body: entry })
+            .map(|(entry, r)| Entry { item: r.map(|r| refuse_bad_spawn(r, max, default_max)), body: entry })
             .collect()
     }
 }
 
 /// A success that spawns stages the database could not store becomes the task's failure (retried, and visible in
 /// its error), instead of a result that fails its whole group commit.
-fn refuse_bad_spawn(r: TaskResult, max_message_bytes: usize) -> TaskResult {
-    let Outcome::Success(v) = &r.outcome else { return r };
+/// Spawned stages without `max_attempts` get the configured default (`retry.default_max_attempts`).
+fn refuse_bad_spawn(mut r: TaskResult, max_message_bytes: usize, default_max_attempts: i64) -> TaskResult {
+    let Outcome::Success(v) = &mut r.outcome else { return r };
     match crate::workflow::check_spawn(v, max_message_bytes) {
-        Ok(()) => r,
+        Ok(()) => {
+            crate::workflow::spawn_defaults(v, default_max_attempts);
+            r
+        }
         Err(e) => {
             tracing::warn!(task_id = r.id, attempt = r.attempt, error = %e.message, "result spawns invalid stages");
             metrics().items_refused.with_label_values(&["result_sink_spawn"]).inc();
