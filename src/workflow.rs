@@ -286,26 +286,41 @@ pub fn parse_submit(
     if stages.len() > MAX_STAGES {
         return Err(bad(format!("invalid stages: at most {MAX_STAGES} stages, got {}", stages.len())));
     }
+    let out = resolve_stages(&stages, "stages", "stage", default_max_attempts, max_message_bytes)?;
+    if let Some(f) = &on_failure {
+        if out.iter().any(|s| s.name == f.name) {
+            return Err(bad(format!("invalid on_failure: its name {:?} is also a stage's", f.name)));
+        }
+    }
+    Ok(NewWorkflow { name, dedup_key, stages: out, on_failure })
+}
+
+/// A list of stage objects -> stages with their `depends_on` as indexes into the list, or -32602 naming the
+/// problem (`what`: "stages" or "spawn"; `label`: how one stage is named in messages): an invalid stage, a duplicate
+/// name, a dependency on a stage not in the list, a cycle (naming its stages).
+fn resolve_stages(
+    stages: &[Value],
+    what: &str,
+    label: &str,
+    default_max_attempts: MaxAttempts,
+    max_message_bytes: usize,
+) -> Result<Vec<NewStage>, RpcError> {
     let mut parsed = Vec::with_capacity(stages.len());
     let mut index: HashMap<String, usize> = HashMap::with_capacity(stages.len());
     for (i, v) in stages.iter().enumerate() {
-        let (stage, deps) = parse_stage(v, &format!("stage {i}"), default_max_attempts, max_message_bytes, true, None)?;
+        let (stage, deps) =
+            parse_stage(v, &format!("{label} {i}"), default_max_attempts, max_message_bytes, true, None)?;
         if index.insert(stage.name.clone(), i).is_some() {
-            return Err(bad(format!("invalid stages: duplicate stage name {:?}", stage.name)));
+            return Err(bad(format!("invalid {what}: duplicate stage name {:?}", stage.name)));
         }
         parsed.push((stage, deps));
-    }
-    if let Some(f) = &on_failure {
-        if index.contains_key(&f.name) {
-            return Err(bad(format!("invalid on_failure: its name {:?} is also a stage's", f.name)));
-        }
     }
     let mut out = Vec::with_capacity(parsed.len());
     for (mut stage, deps) in parsed {
         let mut seen = HashSet::new();
         for d in deps {
             let Some(&j) = index.get(&d) else {
-                return Err(bad(format!("invalid stages: stage {:?} depends on unknown stage {d:?}", stage.name)));
+                return Err(bad(format!("invalid {what}: stage {:?} depends on unknown stage {d:?}", stage.name)));
             };
             if seen.insert(j) {
                 stage.depends_on.push(j);
@@ -315,11 +330,11 @@ pub fn parse_submit(
     }
     if let Some(cycle) = find_cycle(&out) {
         let names: Vec<&str> = cycle.iter().map(|&i| out[i].name.as_str()).collect();
-        let mut e = bad(format!("invalid stages: dependency cycle {}", names.join(" -> ")));
-        e.data = Some(json!({"field": "stages", "cycle": names}));
+        let mut e = bad(format!("invalid {what}: dependency cycle {}", names.join(" -> ")));
+        e.data = Some(json!({"field": what, "cycle": names}));
         return Err(e);
     }
-    Ok(NewWorkflow { name, dedup_key, stages: out, on_failure })
+    Ok(out)
 }
 
 /// FNV-1a, 128 bits: a stable hash of the canonical submission (serde_json sorts object keys).
@@ -371,23 +386,17 @@ pub fn find_cycle(stages: &[NewStage]) -> Option<Vec<usize>> {
 }
 
 /// Checks the stages a result spawns (`{"result": ..., "spawn": [stage, ...]}`): each an object with name (unique
-/// in the list), action, and optionally payload, priority, max_attempts, delay_secs (no depends_on: a spawned
-/// stage depends on the stage that spawned it). A result whose `spawn` is not an array spawns nothing.
+/// in the list), action, and optionally payload, priority, max_attempts, delay_secs, timeout_secs and depends_on
+/// (siblings in the same list, without a cycle; every spawned stage also depends on the stage that spawned it). A
+/// result whose `spawn` is not an array spawns nothing.
 pub fn check_spawn(result: &Value, max_message_bytes: usize) -> Result<(), RpcError> {
     let Some(Value::Array(spawn)) = result.get("spawn") else { return Ok(()) };
     if spawn.len() > MAX_SPAWN {
         return Err(bad(format!("invalid spawn: at most {MAX_SPAWN} stages, got {}", spawn.len())));
     }
-    let mut names = HashSet::new();
-    for (i, v) in spawn.iter().enumerate() {
-        let (stage, _) =
-            parse_stage(v, &format!("spawned stage {i}"), MaxAttempts::default(), max_message_bytes, false, None)
-                .map_err(|e| bad(format!("invalid spawn: {}", e.message)))?;
-        if !names.insert(stage.name.clone()) {
-            return Err(bad(format!("invalid spawn: duplicate stage name {:?}", stage.name)));
-        }
-    }
-    Ok(())
+    resolve_stages(spawn, "spawn", "spawned stage", MaxAttempts::default(), max_message_bytes).map(|_| ()).map_err(
+        |e| if e.message.starts_with("invalid spawn") { e } else { bad(format!("invalid spawn: {}", e.message)) },
+    )
 }
 
 /// Fills what a spawned stage left out and the database would otherwise default on its own: `max_attempts` (the
@@ -396,6 +405,11 @@ pub fn spawn_defaults(result: &mut Value, default_max_attempts: i64) {
     let Some(Value::Array(spawn)) = result.get_mut("spawn") else { return };
     for stage in spawn.iter_mut().filter_map(Value::as_object_mut) {
         stage.entry("max_attempts").or_insert(json!(default_max_attempts));
+        // Each sibling once: the database counts them as the stage's pending parents.
+        if let Some(Value::Array(deps)) = stage.get_mut("depends_on") {
+            let mut seen = HashSet::new();
+            deps.retain(|d| seen.insert(d.to_string()));
+        }
     }
 }
 
@@ -491,19 +505,24 @@ mod tests {
             json!(1),
             vec![
                 json!({"name": "a", "action": "noop"}),
-                json!({"name": "b",
-            "action": "noop", "max_attempts": 2}),
+                json!({"name": "b", "action": "noop", "max_attempts": 2, "depends_on": ["a", "a"]}),
             ],
         );
+        assert!(check_spawn(&r, 1024).is_ok(), "siblings may depend on each other");
         spawn_defaults(&mut r, 7);
         assert_eq!(
             (r["spawn"][0]["max_attempts"].clone(), r["spawn"][1]["max_attempts"].clone()),
             (json!(7), json!(2))
         );
+        assert_eq!(r["spawn"][1]["depends_on"], json!(["a"]), "each sibling once");
         assert!(check_spawn(&spawn_result(json!(1), vec![json!({"name": "c1", "action": "noop"})]), 1024).is_ok());
+        let cycle = json!({"spawn": [{"name": "x", "action": "noop", "depends_on": ["y"]},
+                                     {"name": "y", "action": "noop", "depends_on": ["x"]}]});
+        let e = check_spawn(&cycle, 1024).unwrap_err();
+        assert!(e.message.starts_with("invalid spawn: dependency cycle"), "{}", e.message);
         for bad in [
             json!({"spawn": [{"name": "c1"}]}),
-            json!({"spawn": [{"name": "c1", "action": "noop", "depends_on": []}]}),
+            json!({"spawn": [{"name": "c1", "action": "noop", "depends_on": ["nope"]}]}),
             json!({"spawn": [{"name": "c1", "action": "noop"}, {"name": "c1", "action": "noop"}]}),
             json!({"spawn": [1]}),
         ] {

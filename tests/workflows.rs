@@ -487,6 +487,45 @@ async fn a_stages_own_timeout_applies_submitted_spawned_and_on_failure() {
     app.shutdown(Duration::from_secs(10)).await;
 }
 
+/// Spawns a chain x -> y (y depends on its sibling x).
+struct SpawnsChain;
+
+#[async_trait::async_trait]
+impl Handler for SpawnsChain {
+    async fn handle(&self, _: &HandlerContext, _: &Value) -> Result<Value, HandlerError> {
+        let x = json!({"name": "x", "action": "rec"});
+        let y = json!({"name": "y", "action": "rec", "depends_on": ["x"]});
+        Ok(workflow::spawn_result(json!("chain"), vec![x, y]))
+    }
+}
+
+#[actix_rt::test]
+async fn spawned_stages_may_depend_on_their_siblings() {
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Memory);
+    let transport = transport(&settings).await;
+    let log = Log::default();
+    let app = start(&settings, &[], transport.clone(), handlers(&log).with("chain", SpawnsChain));
+    let stages = json!([{"name": "p", "action": "chain"}, {"name": "after", "action": "rec", "depends_on": ["p"]}]);
+    submit_on_queue(transport.as_ref(), &[json!({"name": "siblings", "stages": stages})]).await;
+    let store = db.store();
+    wait_workflows(&store, Duration::from_secs(30), |c| c.get(&WorkflowState::Success) == Some(&1)).await;
+    let id = only_workflow(&store).await;
+    let (_, st) = wait_stages(&store, id, Duration::ZERO, "all SUCCESS", |_| true).await;
+    assert_eq!(st.len(), 4, "{st:?}");
+    assert_eq!(st["p/y"].depends_on, vec!["p", "p/x"], "y depends on its parent and its sibling");
+    let log = log.lock().unwrap().clone();
+    assert!(log.iter().all(|e| e.early == 0), "no stage ran before its parents: {log:?}");
+    let pos = |n: &str| log.iter().position(|e| e.task_id == st[n].task_id).unwrap();
+    assert!(pos("p/x") < pos("p/y") && pos("p/y") < pos("after"), "x, then y, then after: {log:?}");
+    assert_eq!(log.iter().filter(|e| e.task_id == st["p/y"].task_id).count(), 1, "y ran once");
+    let y = &log[pos("p/y")];
+    assert_eq!(y.parents.keys().map(String::as_str).collect::<HashSet<_>>(), HashSet::from(["p", "p/x"]));
+    let after = &log[pos("after")];
+    assert_eq!(after.parents.keys().map(String::as_str).collect::<HashSet<_>>(), HashSet::from(["p", "p/x", "p/y"]));
+    app.shutdown(Duration::from_secs(10)).await;
+}
+
 /// Returns a string of `payload.bytes` bytes.
 struct Big;
 

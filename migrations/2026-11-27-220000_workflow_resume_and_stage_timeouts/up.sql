@@ -3,6 +3,7 @@
 -- FAILED workflow the cleaner would never delete.
 -- Stage timeouts: a stage's own `timeout_secs` (submitted, spawned or on_failure), as tasks have (p_timeouts; NULL:
 -- the action's).
+-- Spawned stages may depend on their siblings (`depends_on` in the spawn list): WAITING until those succeed.
 CREATE OR REPLACE FUNCTION tasks_stage_transition() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_failed_old boolean := OLD.state IN ('CRITICAL_ERROR', 'CANCELLED');
@@ -10,6 +11,7 @@ DECLARE
     v_ok integer := 0;
     v_fail integer := 0;
     v_spawned integer := 0;
+    v_spawned_ids bigint[] := '{}';
     v_result jsonb;
     v_spawn jsonb;
     v_old_state text;
@@ -41,18 +43,26 @@ BEGIN
                 SELECT e->>'action',
                        workflows_parents_meta(COALESCE(e->'payload', '{}'::jsonb), NEW.stage, v_result),
                        'wf:' || NEW.workflow_id || ':' || NEW.stage || '/' || (e->>'name'),
-                       'SCHEDULED',
+                       CASE WHEN s.n = 0 THEN 'SCHEDULED' ELSE 'WAITING' END,
                        COALESCE((e->>'priority')::int2, NEW.priority),
                        COALESCE((e->>'max_attempts')::int4, 10),
                        now() + make_interval(secs => COALESCE((e->>'delay_secs')::float8, 0)),
-                       NEW.workflow_id, NEW.stage || '/' || (e->>'name'), 0, (e->>'timeout_secs')::float8
+                       NEW.workflow_id, NEW.stage || '/' || (e->>'name'), s.n, (e->>'timeout_secs')::float8
                 FROM jsonb_array_elements(v_spawn) e
+                -- Siblings it depends on (checked by the ResultSink: in the list, no cycle), each once.
+                CROSS JOIN LATERAL (
+                    SELECT count(DISTINCT d)::int AS n FROM jsonb_array_elements_text(COALESCE(e->'depends_on', '[]')) d
+                ) s
                 ON CONFLICT (workflow_id, stage) WHERE workflow_id IS NOT NULL DO NOTHING
-                RETURNING id
+                RETURNING id, stage
             ),
-            to_children AS (
+            to_siblings AS (
                 INSERT INTO workflow_edges (parent_id, child_id, workflow_id)
-                SELECT NEW.id, ins.id, NEW.workflow_id FROM ins
+                SELECT DISTINCT p.id, c.id, NEW.workflow_id
+                FROM jsonb_array_elements(v_spawn) e
+                JOIN ins c ON c.stage = NEW.stage || '/' || (e->>'name')
+                CROSS JOIN LATERAL jsonb_array_elements_text(COALESCE(e->'depends_on', '[]')) dep(name)
+                JOIN ins p ON p.stage = NEW.stage || '/' || dep.name
             ),
             -- A chord: every dependent of the spawning stage also waits for each child.
             to_dependents AS (
@@ -61,7 +71,7 @@ BEGIN
                 FROM ins CROSS JOIN workflow_edges d
                 WHERE d.parent_id = NEW.id
             )
-            SELECT count(*) INTO v_spawned FROM ins;
+            SELECT COALESCE(array_agg(id), '{}'), count(*) INTO v_spawned_ids, v_spawned FROM ins;
         END IF;
         -- Promotion: one less pending parent (plus the spawned children); WAITING at 0 becomes SCHEDULED, here.
         -- Children locked in id order (deadlocks); a concurrent parent's update of the same child waits for this
@@ -83,6 +93,13 @@ BEGIN
         FROM c
         WHERE t.id = c.id AND t.pending_parents > 0;
         GET DIAGNOSTICS v_n = ROW_COUNT;
+        -- The spawned stages' edge from this stage, after the promotion above (which must not count it: their
+        -- pending parents are their siblings only, this stage being SUCCESS already).
+        IF v_spawned > 0 THEN
+            INSERT INTO workflow_edges (parent_id, child_id, workflow_id)
+            SELECT NEW.id, c, NEW.workflow_id FROM unnest(v_spawned_ids) c;
+            v_n := v_n + 1;
+        END IF;
         IF v_n > 0 THEN
             PERFORM pg_notify('tasks_due', '');
         END IF;
