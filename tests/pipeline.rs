@@ -94,6 +94,13 @@ async fn thousand_exports_reach_success_once(kind: Kind) {
     app.shutdown(Duration::from_secs(10)).await;
 }
 
+/// Exactly one exported row per object, equal to its source row, and nothing else (`n` objects).
+async fn assert_exported_once(db: &TestDb, n: usize) {
+    assert_eq!(count_rows(db, "t_exported_object").await, n as i64);
+    let once = "t_object o WHERE (SELECT count(*) FROM t_exported_object e WHERE e.id = o.id AND e.data = o.data) = 1";
+    assert_eq!(count_rows(db, once).await, n as i64, "objects exported exactly once, equal to their source");
+}
+
 const CHAOS_STAGES: [&str; 4] = ["persister", "acquirer", "worker", "result_sink"];
 
 async fn chaos_on_every_stage_keeps_exports_exactly_once(kind: Kind) {
@@ -131,15 +138,7 @@ async fn chaos_on_every_stage(kind: Kind, per_message: usize) {
     .await;
     assert_eq!(c.get(&TaskState::Success), Some(&(n as i64)), "every task must succeed despite chaos: {c:?}");
     // Exactly one exported row per object, equal to its source row, and nothing else.
-    assert_eq!(count_rows(&db, "t_exported_object").await, n as i64);
-    assert_eq!(
-        count_rows(
-            &db,
-            "t_object o WHERE (SELECT count(*) FROM t_exported_object e WHERE e.id = o.id AND e.data = o.data) = 1"
-        )
-        .await,
-        n as i64
-    );
+    assert_exported_once(&db, n).await;
     let after = injected();
     for (i, stage) in CHAOS_STAGES.iter().enumerate() {
         assert!(after[i] > before[i], "chaos never hit {stage} in this test");
@@ -809,15 +808,7 @@ async fn rabbitmq_connections_closed_mid_run_lose_and_duplicate_nothing() {
     let c =
         wait_for_counts(&store, Duration::from_secs(300), |c| c.get(&TaskState::Success) == Some(&(n as i64))).await;
     assert_eq!(c.values().sum::<i64>(), n as i64, "{c:?}");
-    assert_eq!(count_rows(&db, "t_exported_object").await, n as i64);
-    assert_eq!(
-        count_rows(
-            &db,
-            "t_object o WHERE (SELECT count(*) FROM t_exported_object e WHERE e.id = o.id AND e.data = o.data) = 1"
-        )
-        .await,
-        n as i64
-    );
+    assert_exported_once(&db, n).await;
     for q in [Queue::InboundDlq, Queue::OutboundDlq, Queue::ResultsDlq] {
         assert_eq!(transport.depth(q).await.unwrap(), 0, "{q}: a valid message was dead-lettered");
     }
