@@ -36,6 +36,7 @@ pub struct Metrics {
     pub actor_in_flight: IntGaugeVec,
     pub supervisor_give_ups: IntCounterVec,
     pub items_refused: IntCounterVec,
+    pub commit_batch_size: HistogramVec,
     pub breaker_open: prometheus::IntGauge,
     pub breaker_opened: IntCounter,
     pub cron_ticks: IntCounterVec,
@@ -176,6 +177,19 @@ impl Metrics {
                 "Items the database refused (poison), isolated one by one, by commit stage.",
                 &["stage"],
             ),
+            commit_batch_size: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "scheduler_commit_batch_size",
+                        "Items per statement of a commit stage (group commit), by stage: _count is statements run, \
+                         _sum items committed.",
+                    )
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]),
+                    &["stage"],
+                )
+                .unwrap(),
+            ),
             cron_ticks: counter_vec(
                 "scheduler_cron_ticks_total",
                 "Cron schedule ticks, by schedule and outcome (enqueued; duplicate: its task existed; skipped: missed \
@@ -310,6 +324,7 @@ impl Metrics {
         }
         for s in ["persister", "result_sink", "http_submit", "http_workflow_submit", "result_sink_spawn"] {
             m.items_refused.with_label_values(&[s]);
+            m.commit_batch_size.with_label_values(&[s]);
         }
         for s in ["active", "paused"] {
             m.cron_schedules.with_label_values(&[s]);

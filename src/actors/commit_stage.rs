@@ -186,12 +186,16 @@ async fn commit_group<C: Commit>(commit: &C, items: &[C::Item], counters: &Count
 /// Runs the statement; a transient failure is tried once more at once (a dead pooled connection is discarded by
 /// the pool, and the second try gets a fresh one), so a database restart costs no message a redelivery.
 async fn attempt<C: Commit>(commit: &C, items: &[C::Item], counters: &Counters) -> Result<Vec<C::Output>, StoreError> {
-    counters.statements.fetch_add(1, Ordering::Relaxed);
+    let statement = || {
+        counters.statements.fetch_add(1, Ordering::Relaxed);
+        metrics().commit_batch_size.with_label_values(&[commit.name()]).observe(items.len() as f64);
+    };
+    statement();
     match commit.commit(items).await {
         // A dead pooled connection, not a pool that timed out waiting for a connection (the database is down).
         Err(e @ StoreError::Database(_)) if e.class() == ErrorClass::Transient => {
             tracing::debug!(error = %e, "transient failure; trying once more on a fresh connection");
-            counters.statements.fetch_add(1, Ordering::Relaxed);
+            statement();
             commit.commit(items).await
         }
         other => other,
