@@ -288,7 +288,15 @@ async fn malformed_messages_end_in_the_dlqs(kind: Kind) {
     wait_for_counts(&store, Duration::from_secs(300), |c| c.get(&TaskState::Success) == Some(&50)).await;
     for (q, _) in &expected {
         for r in DEAD_LETTER_REASONS {
-            assert_eq!(delta(*q, r), want(*q, r), "{q} dead-lettered with reason {r}");
+            let (got, want) = (delta(*q, r), want(*q, r));
+            if kind == Kind::Sqs {
+                // SQS delivers at least once: a malformed message delivered again (the emulator under a loaded
+                // `make test` once did so) is dead-lettered again; the DLQ's bodies are compared as a set below. A
+                // few, never a loop.
+                assert!((want..=want + 3).contains(&got), "{q} dead-lettered with reason {r}: {got}, want {want}");
+            } else {
+                assert_eq!(got, want, "{q} dead-lettered with reason {r}");
+            }
         }
         let got = peek_all(transport.as_ref(), q.dlq(), 101, Duration::from_secs(30)).await;
         let got: HashSet<String> = got.into_iter().collect();
