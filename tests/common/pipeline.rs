@@ -298,6 +298,9 @@ impl Transport for RecordDeliveries {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
+    fn cancel_safe_receive(&self) -> bool {
+        self.inner.cancel_safe_receive()
+    }
 }
 
 /// Sends `submit:export` for objects `from..=to` to the inbound queue.
