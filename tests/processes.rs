@@ -84,7 +84,9 @@ async fn a_worker_killed_mid_task_is_rescued_and_completed() {
     ];
     let _core = spawn(&settings, &["submitter", "scheduler", "resulter", "supervisor"], &env);
     let mut doomed = spawn(&settings, &["worker"], &env);
-    let body = sqs_scheduler::protocol::submit_message("sleep", &json!({"ms": 2000}));
+    // Long enough that the doomed worker cannot finish it before the kill, even when the emulator answers the
+    // depth checks below slowly (2 s did not suffice on a loaded machine: the first run completed).
+    let body = sqs_scheduler::protocol::submit_message("sleep", &json!({"ms": 10000}));
     transport.send(Queue::Inbound, &[body]).await.unwrap();
     let store = db.store();
     wait_for_counts(&store, Duration::from_secs(60), |c| c.get(&TaskState::Acquired) == Some(&1)).await;
