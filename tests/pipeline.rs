@@ -127,9 +127,8 @@ async fn chaos_on_every_stage(kind: Kind, per_message: usize) {
     let transport = transport(&settings).await;
     insert_objects(&db, n).await;
     let injected = || CHAOS_STAGES.map(|s| metrics().chaos_injected.with_label_values(&[s]).get());
-    let statements = || {
-        ["persister", "result_sink"].map(|s| metrics().commit_batch_size.with_label_values(&[s]).get_sample_count())
-    };
+    let statements =
+        || ["persister", "result_sink"].map(|s| metrics().commit_batch_size.with_label_values(&[s]).get_sample_count());
     let before = injected();
     let statements_before = statements();
     let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
