@@ -131,7 +131,10 @@ async fn chaos_on_every_stage(kind: Kind, per_message: usize) {
         || ["persister", "result_sink"].map(|s| metrics().commit_batch_size.with_label_values(&[s]).get_sample_count());
     let before = injected();
     let statements_before = statements();
-    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
+    // Chaos on the worker re-runs tasks on purpose (a result "lost" after it went out): count the runs, so that
+    // every repeat must be explained by a redelivery (the exported rows' primary key would hide any).
+    let (audited, handlers, audit) = ExecAudit::wrap(transport.clone(), HandlerRegistry::builtin());
+    let app = start(&settings, &[], audited, handlers);
     submit_exports(transport.as_ref(), n).await;
     let store = db.store();
     let c = wait_for_counts(&store, Duration::from_secs(180), |c| {
@@ -139,8 +142,9 @@ async fn chaos_on_every_stage(kind: Kind, per_message: usize) {
     })
     .await;
     assert_eq!(c.get(&TaskState::Success), Some(&(n as i64)), "every task must succeed despite chaos: {c:?}");
-    // Exactly one exported row per object, equal to its source row, and nothing else.
+    // Exactly one exported row per object, equal to its source row, and nothing else; at least once, effect once.
     assert_exported_once(&db, n).await;
+    let (_, repeats, _, _) = audit.assert_repeats_explained(&store, per_message).await;
     let after = injected();
     let statements_after = statements();
     eprintln!(
@@ -151,6 +155,11 @@ async fn chaos_on_every_stage(kind: Kind, per_message: usize) {
     );
     for (i, stage) in CHAOS_STAGES.iter().enumerate() {
         assert!(after[i] > before[i], "chaos never hit {stage} in this test");
+    }
+    // The worker's strikes leave outbound messages undeleted: their redeliveries really ran tasks again.
+    assert!(repeats > 0, "no task ran twice although chaos kept outbound messages from being deleted");
+    for q in [Queue::InboundDlq, Queue::OutboundDlq, Queue::ResultsDlq] {
+        assert_eq!(transport.depth(q).await.unwrap(), 0, "{q}: a valid message was dead-lettered");
     }
     app.shutdown(Duration::from_secs(10)).await;
 }
@@ -791,7 +800,7 @@ async fn messages_waiting_for_a_slot_do_not_reappear() {
 /// back, fencing makes the duplicates harmless. Every task ends SUCCESS with one export row each, and no valid
 /// message reaches a DLQ.
 #[actix_rt::test]
-async fn rabbitmq_connections_closed_mid_run_lose_and_duplicate_nothing() {
+async fn rabbitmq_connections_closed_mid_run_lose_nothing_and_repeat_only_redeliveries() {
     let _metrics = metrics_turn().await;
     let vhost = common::PrivateVhost::new();
     let db = TestDb::new().await;
@@ -801,7 +810,8 @@ async fn rabbitmq_connections_closed_mid_run_lose_and_duplicate_nothing() {
     let n = 5000;
     insert_objects(&db, n).await;
     let reconnects = metrics().amqp_reconnects.get();
-    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
+    let (audited, handlers, audit) = ExecAudit::wrap(transport.clone(), HandlerRegistry::builtin());
+    let app = start(&settings, &[], audited, handlers);
     let bodies: Vec<String> =
         (1..=n).map(|i| sqs_scheduler::protocol::submit_message("export", &json!({"objectID": i}))).collect();
     for chunk in bodies.chunks(500) {
@@ -826,6 +836,8 @@ async fn rabbitmq_connections_closed_mid_run_lose_and_duplicate_nothing() {
         wait_for_counts(&store, Duration::from_secs(300), |c| c.get(&TaskState::Success) == Some(&(n as i64))).await;
     assert_eq!(c.values().sum::<i64>(), n as i64, "{c:?}");
     assert_exported_once(&db, n).await;
+    // Unacked messages come back after a reconnect: a task may run again, but only from such a redelivery.
+    audit.assert_repeats_explained(&store, 1).await;
     for q in [Queue::InboundDlq, Queue::OutboundDlq, Queue::ResultsDlq] {
         assert_eq!(transport.depth(q).await.unwrap(), 0, "{q}: a valid message was dead-lettered");
     }

@@ -252,10 +252,11 @@ async fn at_start_the_configured_schedule_is_declared_and_its_missed_tick_runs_o
     let skipped_before = skipped();
 
     let transport = transport(&settings).await;
+    log_export_runs(&db).await;
     let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
     wait_for_counts(&store, Duration::from_secs(30), |c| c.get(&TaskState::Success) == Some(&1)).await;
     assert_eq!(ticks_of(&store, "nightly").await, vec![latest], "only the latest missed tick runs");
-    assert_eq!(count_rows(&db, "t_exported_object").await, 1);
+    assert_exports_ran_once(&db, 1).await;
     let row = store.get_schedule("nightly").await.unwrap().unwrap();
     assert_eq!((row.skipped_ticks, row.source.as_str()), (3, "config"));
     assert_eq!(row.next_run_at, latest + ChronoDuration::days(1));

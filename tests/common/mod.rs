@@ -229,6 +229,19 @@ pub async fn exec(url: &str, sql: &str) {
     diesel::sql_query(sql).execute(&mut conn).await.unwrap();
 }
 
+/// The single bigint value of a query that returns one row and column (`sql` is used as a scalar subquery).
+pub async fn query_i64(url: &str, sql: &str) -> i64 {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+    let r: Row = diesel::sql_query(format!("SELECT ({sql})::bigint AS n")).get_result(&mut conn).await.unwrap();
+    r.n
+}
+
 /// Runs `promtool check metrics` on an exposition and returns its report (empty when it found nothing). Panics
 /// when promtool cannot run: a check that is silently skipped proves nothing. `scripts/dev-services up` (or
 /// `scripts/dev-services promtool`) installs it.

@@ -312,3 +312,145 @@ pub async fn submit_exports_range(transport: &dyn Transport, from: usize, to: us
         assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Counting executions (issue 17). t_exported_object.id is a primary key and `export` inserts ON CONFLICT DO
+// NOTHING, so its rows can only show a *missing* export, never a task that ran twice. These count the runs.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Logs every execution of the export handler whose statement committed, in the database itself, so it also counts
+/// the runs of separate processes: a row-level BEFORE INSERT trigger fires for every row the export proposes,
+/// including the ones ON CONFLICT DO NOTHING then skips. The log has no unique key. Call before starting work.
+pub async fn log_export_runs(db: &TestDb) {
+    exec(
+        &db.url,
+        "CREATE TABLE test_export_run (object_id bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+    )
+    .await;
+    exec(
+        &db.url,
+        "CREATE FUNCTION test_log_export_run() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN INSERT INTO test_export_run (object_id) VALUES (NEW.id); RETURN NEW; END $$",
+    )
+    .await;
+    exec(
+        &db.url,
+        "CREATE TRIGGER test_export_run BEFORE INSERT ON t_exported_object FOR EACH ROW EXECUTE FUNCTION test_log_export_run()",
+    )
+    .await;
+}
+
+/// Exactly one committed export run per object 1..=n, and one exported row equal to its source (needs
+/// `log_export_runs`).
+pub async fn assert_exports_ran_once(db: &TestDb, n: usize) {
+    assert_eq!(count_rows(db, "t_exported_object").await, n as i64, "exported rows");
+    let equal = "t_object o JOIN t_exported_object e USING (id) WHERE e.data = o.data";
+    assert_eq!(count_rows(db, equal).await, n as i64, "exported rows equal to their source");
+    let twice =
+        count_rows(db, "(SELECT object_id FROM test_export_run GROUP BY object_id HAVING count(*) > 1) x").await;
+    assert_eq!(twice, 0, "objects whose export ran (and committed) more than once");
+    assert_eq!(count_rows(db, "test_export_run").await, n as i64, "committed export runs");
+}
+
+/// Every task of the store, in pages of the API's largest limit.
+pub async fn all_tasks(store: &TaskStore) -> Vec<sqs_scheduler::store::Task> {
+    let mut all: Vec<sqs_scheduler::store::Task> = Vec::new();
+    loop {
+        let filter = sqs_scheduler::store::ListFilter {
+            limit: Some(1000),
+            after_id: all.last().map(|t| t.id),
+            ..Default::default()
+        };
+        let page = store.list(&filter).await.unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
+}
+
+/// The handler runs and the deliveries behind them, in this process: `wrap` puts `Counting` around the export
+/// handler and `RecordDeliveries` around the transport.
+pub struct ExecAudit {
+    pub runs: ExecLog,
+    pub delivered: DeliveryLog,
+}
+
+impl ExecAudit {
+    pub fn wrap(
+        transport: Arc<dyn Transport>,
+        handlers: HandlerRegistry,
+    ) -> (Arc<dyn Transport>, HandlerRegistry, ExecAudit) {
+        let runs = ExecLog::default();
+        let handlers = handlers.with("export", Counting(sqs_scheduler::handlers::ExportHandler, runs.clone()));
+        let (transport, delivered) = RecordDeliveries::wrap(transport);
+        (transport, handlers, ExecAudit { runs, delivered })
+    }
+
+    /// Runs per (task id, attempt).
+    fn by_attempt(&self) -> HashMap<(i64, i32), usize> {
+        let mut m = HashMap::new();
+        for key in self.runs.lock().unwrap().iter() {
+            *m.entry(*key).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Exactly once, for runs without faults: every task of the store ran once, as attempt 1, from one outbound
+    /// delivery. `transport_may_duplicate` (SQS: the emulator sometimes hands one message to two receives):
+    /// a task may run twice, but only from a second delivery of its message.
+    pub async fn assert_ran_once(&self, store: &TaskStore, transport_may_duplicate: bool) {
+        let tasks = all_tasks(store).await;
+        assert!(tasks.iter().all(|t| t.attempts == 1), "a task took more than one attempt");
+        let runs = self.by_attempt();
+        let missing: Vec<i64> = tasks.iter().filter(|t| !runs.contains_key(&(t.id, 1))).map(|t| t.id).take(5).collect();
+        assert!(missing.is_empty(), "tasks that never ran as attempt 1: {missing:?}");
+        assert_eq!(runs.len(), tasks.len(), "runs of (task, attempt) pairs that are not the store's tasks");
+        let repeats: usize = runs.values().map(|n| n - 1).sum();
+        let (deliveries, messages) = deliveries(&self.delivered, Queue::Outbound);
+        if transport_may_duplicate {
+            assert!(
+                repeats <= deliveries - messages,
+                "{repeats} repeated runs, {} redeliveries",
+                deliveries - messages
+            );
+        } else {
+            assert_eq!(repeats, 0, "tasks run more than once");
+            assert_eq!(deliveries, messages, "outbound messages delivered more than once");
+        }
+    }
+
+    /// At least once, effect once, for runs with faults: every task's final attempt ran; no run of an attempt the
+    /// store never handed out; and each repeated run of one (task, attempt) is explained by a redelivery of an
+    /// outbound message (`per_message` tasks each: transport.tasks_per_message). Returns (runs, repeats,
+    /// redeliveries, attempts beyond the first) for the test's log.
+    pub async fn assert_repeats_explained(&self, store: &TaskStore, per_message: usize) -> (usize, usize, usize, i64) {
+        let tasks = all_tasks(store).await;
+        let attempts: HashMap<i64, i32> = tasks.iter().map(|t| (t.id, t.attempts)).collect();
+        let runs = self.by_attempt();
+        let (deliveries, messages) = deliveries(&self.delivered, Queue::Outbound);
+        let not_run: Vec<_> = tasks
+            .iter()
+            .filter(|t| !runs.contains_key(&(t.id, t.attempts)))
+            .map(|t| (t.id, t.attempts))
+            .take(5)
+            .collect();
+        assert!(not_run.is_empty(), "tasks whose final attempt never ran (id, attempt): {not_run:?}");
+        let foreign: Vec<_> =
+            runs.keys().filter(|(id, a)| attempts.get(id).map_or(true, |max| a > max || *a < 1)).take(5).collect();
+        assert!(foreign.is_empty(), "runs of attempts the store never handed out: {foreign:?}");
+        let repeats: usize = runs.values().map(|n| n - 1).sum();
+        let redeliveries = deliveries - messages;
+        assert!(
+            repeats <= redeliveries * per_message,
+            "{repeats} repeated runs of one (task, attempt), only {redeliveries} outbound redeliveries to explain them"
+        );
+        let retries: i64 = tasks.iter().map(|t| t.attempts as i64 - 1).sum();
+        let total = self.runs.lock().unwrap().len();
+        eprintln!(
+            "runs {total} for {} tasks: {retries} later attempts, {repeats} repeats ({redeliveries} redeliveries)",
+            tasks.len()
+        );
+        (total, repeats, redeliveries, retries)
+    }
+}
