@@ -23,14 +23,21 @@ run-local: ## the same on the in-process transport (needs only PostgreSQL)
 
 test: services ## all tests: cargo test against the real PostgreSQL and SQS endpoint, then the fast chaos scenarios
 	@mkdir -p .dev
-	set -o pipefail; eval "$$(scripts/dev-services env)" && cargo test --locked --no-fail-fast 2>&1 | tee .dev/test.log; \
-	  status=$$?; \
+	@# A previous run's logs must never be summarised as this run's (a failed setup or build writes none).
+	rm -f .dev/test.log .dev/chaos-fast.log
+	set -o pipefail; if envs="$$(scripts/dev-services env)"; then eval "$$envs"; \
+	    cargo test --locked --no-fail-fast 2>&1 | tee .dev/test.log; status=$$?; \
+	  else echo "scripts/dev-services env failed"; status=1; fi; \
 	  cargo build --locked --bin sqs-scheduler && scripts/chaos --fast 2>&1 | tee .dev/chaos-fast.log; \
 	  chaos=$$?; \
-	  awk '/^test result:/ {p += $$4; f += $$6} END {printf "cargo test: %d passed, %d failed\n", p, f}' .dev/test.log; \
-	  awk '/^[0-9]+ passed, [0-9]+ failed$$/ {p = $$1; f = $$3} END {printf "chaos (fast): %d passed, %d failed\n", p, f}' .dev/chaos-fast.log; \
-	  cat .dev/test.log .dev/chaos-fast.log | awk '/^test result:/ {p += $$4; f += $$6} /^[0-9]+ passed, [0-9]+ failed$$/ {p += $$1; f += $$3} END {printf "%d passed, %d failed\n", p, f}'; \
-	  if [ $$status -ne 0 ] || [ $$chaos -ne 0 ]; then exit 1; fi
+	  if grep -q '^test result:' .dev/test.log 2>/dev/null; then \
+	    awk '/^test result:/ {p += $$4; f += $$6} END {printf "cargo test: %d passed, %d failed\n", p, f}' .dev/test.log; \
+	  else echo "cargo test: NO RESULTS (setup or compilation failed, exit $$status)"; fi; \
+	  if grep -qE '^[0-9]+ passed, [0-9]+ failed$$' .dev/chaos-fast.log 2>/dev/null; then \
+	    awk '/^[0-9]+ passed, [0-9]+ failed$$/ {p = $$1; f = $$3} END {printf "chaos (fast): %d passed, %d failed\n", p, f}' .dev/chaos-fast.log; \
+	  else echo "chaos (fast): NO RESULTS (build or harness failed, exit $$chaos)"; fi; \
+	  if [ $$status -ne 0 ] || [ $$chaos -ne 0 ]; then echo "make test: FAILED"; exit 1; fi; \
+	  cat .dev/test.log .dev/chaos-fast.log | awk '/^test result:/ {p += $$4; f += $$6} /^[0-9]+ passed, [0-9]+ failed$$/ {p += $$1; f += $$3} END {printf "%d passed, %d failed\n", p, f}'
 
 migrate: ## apply migrations to the configured database
 	cargo run --locked -- migrate
@@ -51,7 +58,7 @@ bench-rabbitmq: services ## RabbitMQ: one process, then separate processes (50,0
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench processes --tasks 50000 --workers 2 --tasks-per-message 10
 	scripts/bench-celery 50000 2
 
-chaos: ## chaos suite (issue #9): roles as processes, one fault per scenario, private PostgreSQL + moto (~15 min)
+chaos: ## the whole chaos suite (all 14 scenarios): roles as processes, one fault each, private PostgreSQL + moto
 	cargo build --locked --bin sqs-scheduler
 	scripts/chaos
 
