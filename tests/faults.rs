@@ -1,5 +1,5 @@
 //! Faults the pipeline must survive without losing or dead-lettering valid work: a database outage longer than
-//! the queue's redrive allows (the circuit breaker stops the pollers), and a JSON-RPC batch on the inbound queue
+//! the queue's redrive allows (the circuit breaker stops the pollers, /readyz says 503 and why), and a JSON-RPC batch on the inbound queue
 //! holding valid and invalid entries (each entry on its own). In-process, on the in-process transport.
 
 mod common;
@@ -25,6 +25,22 @@ async fn until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// GET /readyz of an HTTP API on `db` (direct, no proxy): status and JSON body.
+async fn readyz(db: &TestDb) -> (u16, serde_json::Value) {
+    use actix_web::test::{call_service, init_service, read_body, TestRequest};
+    let api = sqs_scheduler::http::HttpApi::new(sqs_scheduler::http::HttpState {
+        settings: Arc::new(sqs_scheduler::configuration::Settings { database: db.settings(), ..Default::default() }),
+        store: db.store(),
+        transport: None,
+        rpc_enabled: false,
+        known_actions: sqs_scheduler::handlers::KnownActions::any(),
+    });
+    let app = init_service(sqs_scheduler::http::build_app(api)).await;
+    let res = call_service(&app, TestRequest::get().uri("/readyz").to_request()).await;
+    let status = res.status().as_u16();
+    (status, serde_json::from_slice(&read_body(res).await).unwrap())
+}
+
 #[actix_rt::test]
 async fn a_database_outage_longer_than_the_redrive_window_dead_letters_nothing() {
     let _metrics = metrics_turn().await; // the breaker is visible process-wide (readyz)
@@ -44,6 +60,12 @@ async fn a_database_outage_longer_than_the_redrive_window_dead_letters_nothing()
         transport.send(Queue::Inbound, c).await.unwrap();
     }
     until("the breaker to open", Duration::from_secs(20), || breaker::any_open().is_some()).await;
+    // /readyz says 503 and why, while the breaker is open, even to a process whose own database check passes (its
+    // store bypasses the cut proxy).
+    let (status, body) = readyz(&db).await;
+    assert_eq!(status, 503, "/readyz while the breaker is open: {body}");
+    assert_eq!(body["database"], "ok", "{body}");
+    assert!(body["circuit_breaker"].as_str().is_some_and(|w| !w.is_empty()), "the reason is given: {body}");
     let outage = Instant::now() + Duration::from_secs(12);
     while Instant::now() < outage {
         for q in [Queue::InboundDlq, Queue::ResultsDlq] {
@@ -59,6 +81,8 @@ async fn a_database_outage_longer_than_the_redrive_window_dead_letters_nothing()
         assert_eq!(transport.depth(q).await.unwrap(), 0, "{q}: nothing dead-lettered");
     }
     until("the breaker to close", Duration::from_secs(5), || breaker::any_open().is_none()).await;
+    let (status, body) = readyz(&db).await;
+    assert_eq!(status, 200, "/readyz once the breaker closed: {body}");
     app.shutdown(Duration::from_secs(5)).await;
 }
 
