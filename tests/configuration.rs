@@ -89,6 +89,41 @@ fn bin() -> Command {
     c
 }
 
+/// `sqs-scheduler run` that can reach nothing shared: a database that does not answer (never the `scheduler`
+/// database the defaults name) and an SQS endpoint that does not answer (never real AWS), so a regression that lets
+/// `run` start cannot touch the dev services. Use with `output_within`.
+fn run_reaching_nothing() -> Command {
+    let mut c = bin();
+    c.env("SCHEDULER_DATABASE__URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("SCHEDULER_DATABASE__CONNECT_TIMEOUT_MS", "500")
+        .env("SCHEDULER_SQS__ENDPOINT_URL", "http://127.0.0.1:1")
+        .env("SCHEDULER_HTTP__BIND", "");
+    c
+}
+
+/// The command's output, or a panic (the child killed) if it has not exited within `limit`: a `run` that should
+/// have refused to start must not hang the suite.
+fn output_within(cmd: &mut Command, limit: std::time::Duration) -> std::process::Output {
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("{cmd:?} did not exit within {limit:?}");
+        }
+    }
+}
+
 #[test]
 fn an_invalid_value_names_the_key_and_exits_2() {
     let out = bin().arg("config").env("SCHEDULER_RETRY__JITTER", "3").output().unwrap();
@@ -223,7 +258,10 @@ fn a_bad_schedule_entry_is_refused_at_start_naming_it_with_exit_2() {
     ] {
         let path = schedules_file(tag, &format!("{good}\n[[schedules]]\n{entry}"));
         for cmd in [&["config"][..], &["run", "--no-migrate"][..]] {
-            let out = bin().arg("--config").arg(&path).args(cmd).output().unwrap();
+            let out = output_within(
+                run_reaching_nothing().arg("--config").arg(&path).args(cmd),
+                std::time::Duration::from_secs(60),
+            );
             assert_eq!(out.status.code(), Some(2), "{tag} {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
             let err = String::from_utf8_lossy(&out.stderr);
             for n in names {
@@ -240,21 +278,18 @@ fn a_schedule_for_an_unknown_action_stops_run_unless_declared() {
     // `config` only reads the file; `run` knows the handlers and refuses it before touching anything.
     let out = bin().arg("--config").arg(&path).arg("config").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = bin().arg("--config").arg(&path).args(["run", "--no-migrate"]).output().unwrap();
+    let out = output_within(
+        run_reaching_nothing().arg("--config").arg(&path).args(["run", "--no-migrate"]),
+        std::time::Duration::from_secs(60),
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("schedules[0]") && err.contains("\"py\"") && err.contains("py_resize"), "{err}");
     // The same file with the action declared passes the check: `run` goes on to migrate, and fails there (exit 1,
     // a runtime failure) on a database that does not answer.
     let path = schedules_file("declared", &format!("[actions]\nknown = [\"py_resize\"]\n\n{entry}"));
-    let out = bin()
-        .arg("--config")
-        .arg(&path)
-        .arg("run")
-        .env("SCHEDULER_DATABASE__URL", "postgres://postgres@127.0.0.1:1/none")
-        .env("SCHEDULER_DATABASE__CONNECT_TIMEOUT_MS", "500")
-        .output()
-        .unwrap();
+    let out =
+        output_within(run_reaching_nothing().arg("--config").arg(&path).arg("run"), std::time::Duration::from_secs(60));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("schedules[0]"), "{err}");

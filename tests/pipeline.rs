@@ -201,12 +201,13 @@ async fn always_failing_handler_ends_critical_with_backoff(kind: Kind) {
     for i in 1..runs.len() {
         let gap = (runs[i].1 - runs[i - 1].1).as_secs_f64();
         let nominal = 0.4 * 2f64.powi(i as i32 - 1);
-        // At least the jittered backoff; at most that plus the acquirer's wake-up and transport latency (the SQS
-        // emulator under load can add seconds).
+        // At least the jittered backoff; at most that plus the acquirer's wake-up and transport latency, with room
+        // for a loaded 2-core machine (other builds; the SQS emulator under load adds seconds). The exact delays
+        // are the store's (tests/store.rs); this bound only catches a backoff that is not applied or runs away.
         let slack = match kind {
-            Kind::Memory => 0.5,
-            Kind::RabbitMq => 1.0,
-            Kind::Sqs => 6.0,
+            Kind::Memory => 5.0,
+            Kind::RabbitMq => 5.0,
+            Kind::Sqs => 15.0,
         };
         assert!(
             gap >= nominal * 0.9 - 0.01 && gap <= nominal * 1.1 + slack,
@@ -566,17 +567,18 @@ async fn delayed_submissions_are_not_acquired_before_their_time() {
     let seen = record.0.lock().unwrap().clone();
     let secs = |d: chrono::TimeDelta| d.num_microseconds().unwrap() as f64 / 1e6;
     let (created, acquired, _) = seen["now"];
-    assert!(secs(acquired - created) < 2.0, "an undelayed task waited {} s", secs(acquired - created));
+    // Upper bounds leave room for a loaded machine: they catch a delay applied where none was asked (or twice).
+    assert!(secs(acquired - created) < 10.0, "an undelayed task waited {} s", secs(acquired - created));
     let (created, acquired, due) = seen["delay"];
     assert!(secs(due - created) >= 2.0, "delay_secs 2 made it due after {} s", secs(due - created));
     let waited = secs(acquired - created);
-    assert!((2.0..4.0).contains(&waited), "delay_secs 2: acquired {waited} s after its submission");
+    assert!((2.0..12.0).contains(&waited), "delay_secs 2: acquired {waited} s after its submission");
     assert!(acquired >= due, "delay_secs 2: due at {due}, acquired at {acquired}");
     let (_created, acquired, due) = seen["run_at"];
     assert!((due - run_at).num_milliseconds().abs() <= 1, "run_at stored as {due}, asked {run_at}");
     assert!(acquired >= due, "run_at {due}: acquired at {acquired}, before its time");
     let late = secs(acquired - due);
-    assert!(late < 2.0, "run_at 2 s ahead: acquired {late} s after it was due");
+    assert!(late < 10.0, "run_at 2 s ahead: acquired {late} s after it was due");
     app.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -593,7 +595,10 @@ impl Handler for Panicking {
 #[actix_rt::test]
 async fn a_panicking_handler_fails_its_task_and_the_worker_goes_on() {
     let db = TestDb::new().await;
-    let settings = test_settings(&db, Kind::Memory);
+    let mut settings = test_settings(&db, Kind::Memory);
+    // Redelivery (visibility) and stale rescue far beyond the wait below: only the panic handling can end them.
+    settings.transport.visibility_timeout_secs = 300;
+    settings.reaper.stale_timeout_secs = 300.0;
     let transport = transport(&settings).await;
     let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin().with("panic", Panicking));
     let bodies: Vec<String> = (0..3)
@@ -604,8 +609,7 @@ async fn a_panicking_handler_fails_its_task_and_the_worker_goes_on() {
         .collect();
     transport.send(Queue::Inbound, &bodies).await.unwrap();
     let store = db.store();
-    // Well before the visibility timeout (10 s) or the stale rescue (30 s) could end the tasks some other way.
-    wait_for_counts(&store, Duration::from_secs(8), |c| c.get(&TaskState::CriticalError) == Some(&3)).await;
+    wait_for_counts(&store, Duration::from_secs(60), |c| c.get(&TaskState::CriticalError) == Some(&3)).await;
     for task in store.list(&Default::default()).await.unwrap() {
         assert_eq!(task.attempts, 2);
         let error = task.error.expect("the panic recorded as the task's error");
@@ -617,7 +621,7 @@ async fn a_panicking_handler_fails_its_task_and_the_worker_goes_on() {
     let bodies: Vec<String> =
         (0..20).map(|i| sqs_scheduler::protocol::submit_message("noop", &json!({"i": i}))).collect();
     transport.send(Queue::Inbound, &bodies).await.unwrap();
-    wait_for_counts(&store, Duration::from_secs(8), |c| c.get(&TaskState::Success) == Some(&20)).await;
+    wait_for_counts(&store, Duration::from_secs(60), |c| c.get(&TaskState::Success) == Some(&20)).await;
     app.shutdown(Duration::from_secs(5)).await;
 }
 

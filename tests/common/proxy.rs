@@ -29,7 +29,14 @@ impl Proxy {
                 let h = tokio::spawn(async move {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                 });
-                c.lock().unwrap().push(h.abort_handle());
+                // A connection accepted just before `cut` may be pushed after its drain: `cut` clears `up` before it
+                // drains, so looking again under the lock closes every such connection (one or the other sees it).
+                let mut conns = c.lock().unwrap();
+                if u.load(Ordering::SeqCst) {
+                    conns.push(h.abort_handle());
+                } else {
+                    h.abort();
+                }
             }
         });
         Proxy { port, up, conns, accept }
