@@ -43,6 +43,8 @@ fn spawn(settings: &sqs_scheduler::configuration::Settings, roles: &[&str], extr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_roles_as_separate_processes_complete_a_workload() {
+    // The emulator is single-threaded: the SQS tests of this binary take turns.
+    let _turn = sqs_turn(Kind::Sqs).await;
     let db = TestDb::new().await;
     let settings = test_settings(&db, Kind::Sqs);
     let transport = transport(&settings).await;
@@ -72,6 +74,7 @@ async fn five_roles_as_separate_processes_complete_a_workload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_is_rescued_and_completed() {
+    let _turn = sqs_turn(Kind::Sqs).await;
     let db = TestDb::new().await;
     let settings = test_settings(&db, Kind::Sqs);
     let transport = transport(&settings).await;
@@ -105,4 +108,48 @@ async fn a_worker_killed_mid_task_is_rescued_and_completed() {
     wait_for_counts(&store, Duration::from_secs(90), |c| c.get(&TaskState::Success) == Some(&1)).await;
     let task = store.list(&Default::default()).await.unwrap().remove(0);
     assert_eq!(task.attempts, 2, "rescued as stale, then completed by the second worker: {task:?}");
+}
+
+/// SIGTERM with work in flight, on the binary (all roles in one process): 20 `sleep {"ms": 1500}` submitted, the
+/// signal sent once handlers run; `run` exits 0 within its grace (20 s), every submission was persisted (or is still
+/// in the inbound queue for another process), nothing is left ACQUIRED, nothing failed, and what was acquired
+/// finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_tasks_in_flight_finishes_them_and_exits_0_within_the_grace() {
+    let _turn = sqs_turn(Kind::Sqs).await;
+    let db = TestDb::new().await;
+    let settings = test_settings(&db, Kind::Sqs);
+    let transport = transport(&settings).await;
+    let mut all = spawn(&settings, &["submitter", "scheduler", "worker", "resulter", "supervisor"], &[]);
+    let bodies: Vec<String> =
+        (0..20).map(|i| sqs_scheduler::protocol::submit_message("sleep", &json!({"ms": 1500, "i": i}))).collect();
+    for chunk in bodies.chunks(10) {
+        transport.send(Queue::Inbound, chunk).await.unwrap();
+    }
+    let store = db.store();
+    // In flight: a handler has marked its start (heartbeat), and not everything is done.
+    wait_until(Duration::from_secs(120), "a handler to start", || async {
+        let tasks = all_tasks(&store).await;
+        let mut started = false;
+        for t in tasks.iter().filter(|t| t.state == TaskState::Acquired) {
+            started |= store.heartbeat_at(t.id).await.unwrap().is_some();
+        }
+        started
+    })
+    .await;
+    let signalled = Instant::now();
+    all.signal("-TERM");
+    let status = all.wait_exit(Duration::from_secs(60));
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    // Within the grace (20 s, run_roles) is shown by the work, not a clock: had it run out, the unfinished
+    // handlers' tasks would be left ACQUIRED.
+    let c = counts(&store).await;
+    assert_eq!(c.get(&TaskState::Acquired).copied().unwrap_or(0), 0, "left ACQUIRED after shutdown: {c:?}");
+    assert_eq!(c.get(&TaskState::Error).copied().unwrap_or(0), 0, "{c:?}");
+    assert!(c.get(&TaskState::Success).copied().unwrap_or(0) > 0, "{c:?}");
+    let stored: i64 = c.values().sum();
+    let waiting = transport.depth(Queue::Inbound).await.unwrap() as i64;
+    assert_eq!(stored + waiting, 20, "submissions stored ({c:?}) + still in the inbound queue ({waiting})");
+    eprintln!("SIGTERM to exit {took:?}; {c:?}, {waiting} left in the inbound queue");
 }
