@@ -110,3 +110,32 @@ async fn a_json_rpc_batch_on_the_inbound_queue_is_handled_entry_by_entry() {
     assert_eq!(transport.depth(Queue::Inbound).await.unwrap(), 0);
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Data the database refuses, arriving on the inbound queue (a CHECK constraint this test adds to its own database:
+/// our validation leaves nothing else for the database to refuse): the Persister's group commit fails, it retries
+/// the batch item by item, the refused submission alone goes to the inbound DLQ, the others are stored and run, and
+/// nothing loops.
+#[actix_rt::test]
+async fn a_submission_the_database_refuses_on_the_inbound_queue_is_dead_lettered_alone() {
+    let db = TestDb::new().await;
+    common::exec(&db.url, "ALTER TABLE tasks ADD CONSTRAINT test_refused CHECK (NOT payload ? 'refused')").await;
+    let settings = test_settings(&db, Kind::Memory);
+    let transport = transport(&settings).await;
+    let app = start(&settings, &[], transport.clone(), HandlerRegistry::builtin());
+    let refused = sqs_scheduler::protocol::submit_message("noop", &json!({"refused": true}));
+    let mut bodies: Vec<String> =
+        (0..11).map(|i| sqs_scheduler::protocol::submit_message("noop", &json!({"n": i}))).collect();
+    bodies.insert(5, refused.clone());
+    transport.send(Queue::Inbound, &bodies).await.unwrap();
+    let store = db.store();
+    let c = wait_for_counts(&store, Duration::from_secs(30), |c| c.get(&TaskState::Success) == Some(&11)).await;
+    assert_eq!(c.values().sum::<i64>(), 11, "the valid submissions stored, the refused one not: {c:?}");
+    wait_until(Duration::from_secs(30), "the refused submission in the inbound DLQ", || async {
+        transport.depth(Queue::InboundDlq).await.unwrap() == 1
+    })
+    .await;
+    let dead = peek_all(transport.as_ref(), Queue::InboundDlq, 1, Duration::from_secs(10)).await;
+    assert_eq!(dead, vec![refused], "the refused submission alone is dead-lettered");
+    assert_eq!(transport.depth(Queue::Inbound).await.unwrap(), 0, "nothing left to loop on the inbound queue");
+    app.shutdown(Duration::from_secs(5)).await;
+}
