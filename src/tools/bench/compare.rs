@@ -63,9 +63,9 @@ impl Scale {
             Scale {
                 w1_big: 1_000_000,
                 latency_samples: 1_000,
-                http_total: 50_000,
+                http_total: 20_000,
                 http_batch_total: 200_000,
-                sql_total: 50_000,
+                sql_total: 20_000,
                 store_tasks: 100_000,
                 rabbitmq_tasks: 20_000,
                 acquire_big: 1_000_000,

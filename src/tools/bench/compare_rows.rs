@@ -189,8 +189,8 @@ pub struct SnapshotDrain {
     pub hold_secs: u64,
 }
 
-/// A steady drain on the in-process transport (a feeder keeps `backlog` tasks queued through submit_many): tasks/s
-/// over `window` clean, then while another connection holds a REPEATABLE READ snapshot for `hold`, then over
+/// A steady drain on the in-process transport (a feeder keeps `backlog` tasks queued through submit_many): after
+/// `window` of warm-up, tasks/s over `window` clean, then while another connection holds a REPEATABLE READ snapshot for `hold`, then over
 /// `window` after it committed.
 pub fn held_snapshot(
     settings: &Settings,
@@ -244,8 +244,8 @@ pub fn held_snapshot(
                     (done.load(Ordering::Relaxed) - n0) as f64 / d.as_secs_f64()
                 }
             };
-            // Start-up and the first backlog out of the way.
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Start-up out of the way, and the feeder in step with the drain.
+            tokio::time::sleep(window).await;
             let clean = rate(window).await;
             let connector = crate::db::Connector::new(&s.database).map_err(anyhow::Error::msg)?;
             let mut holder = connector.establish().await?;
