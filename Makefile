@@ -42,7 +42,14 @@ test: services ## all tests: cargo test against the real PostgreSQL and SQS endp
 migrate: ## apply migrations to the configured database
 	cargo run --locked -- migrate
 
-bench: services ## every benchmark (release-grade build, profile perf)
+bench: services ## issue 18's table (bench compare, with Graphile Worker beside it; ~10 min), then every other benchmark
+	eval "$$(scripts/dev-services env)" && SCHEDULER_LOG__LEVEL=warn cargo run --locked --profile perf -- bench compare --with-peers
+	$(MAKE) bench-detail
+
+bench-compare: services ## only issue 18's table (bench compare --with-peers); BENCH_ARGS='--only w1,latency --quick' for a subset
+	eval "$$(scripts/dev-services env)" && SCHEDULER_LOG__LEVEL=warn cargo run --locked --profile perf -- bench compare --with-peers $(BENCH_ARGS)
+
+bench-detail: services ## every benchmark command's own detailed output (profile perf)
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench store
 	eval "$$(scripts/dev-services env)" && cargo run --locked --profile perf -- bench pipeline --transport memory
 	# The emulator rescans a whole queue for every message it delivers: keep its queues short (as `make run` does).
@@ -69,4 +76,4 @@ chaos-fast: ## the fast chaos scenarios only (< 3 min): poison, duplicates, pg-t
 fmt: ## format the code
 	cargo fmt --all
 
-.PHONY: help services services-down run run-local test migrate bench bench-rabbitmq chaos chaos-fast fmt
+.PHONY: help services services-down run run-local test migrate bench bench-compare bench-detail bench-rabbitmq chaos chaos-fast fmt

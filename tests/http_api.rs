@@ -785,7 +785,7 @@ async fn concurrent_in_process_submits_are_group_committed() {
 async fn bench_http_submits() {
     let db = TestDb::new().await;
     let (handle, addr) = start_server(state_with(settings(&db, &[TOKEN]), db.store())).await.unwrap();
-    sqs_scheduler::tools::bench::http::run(&format!("http://{addr}"), Some(TOKEN), 16, 2000).await.unwrap();
+    sqs_scheduler::tools::bench::http::run(&format!("http://{addr}"), Some(TOKEN), 16, 2000, 1).await.unwrap();
     assert_eq!(db.store().counts_by_state().await.unwrap().iter().map(|c| c.1).sum::<i64>(), 2000);
     handle.stop(true).await;
 }

@@ -127,6 +127,9 @@ pub enum BenchCommand {
         /// Batch sizes to measure.
         #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
         batch_sizes: Vec<usize>,
+        /// Concurrent clients to measure (each batch size with each count).
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        clients: Vec<usize>,
         /// Rows in the table for the last acquire-latency measurement.
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
@@ -135,9 +138,16 @@ pub enum BenchCommand {
     Http {
         #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// Submits in all.
         #[arg(long, default_value_t = 50_000)]
         total: usize,
+        /// Submits per call (more than 1: a JSON-RPC batch).
+        #[arg(long, default_value_t = 1)]
+        per_call: usize,
     },
+    /// Every figure of issue 18 in one table, with the machine and the commit: W1 drains, latency, HTTP, SQL and
+    /// store submit, RabbitMQ, acquire cost against backlog, a drain under a held snapshot (and the peers').
+    Compare(crate::tools::bench::compare::CompareOptions),
     /// Drain pre-inserted noop tasks; the whole path from the inbound queue; idle single-task latency.
     Pipeline {
         /// Transport to measure (sqs, rabbitmq: the configured endpoint or broker; a fresh queue set is created and
@@ -301,26 +311,17 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(anyhow::anyhow!(e.message)),
             }
         }
-        Command::Bench { which: BenchCommand::Http { clients, total } } => {
-            with_scratch_database(settings, |mut s| {
-                s.http.bind = "127.0.0.1:0".into();
-                s.http.api_tokens = vec!["bench".into()];
-                actix_rt::System::new().block_on(async move {
-                    let state = crate::http::HttpState {
-                        store: TaskStore::new(db::build_pool(&s.database), s.retry.backoff()),
-                        transport: None,
-                        rpc_enabled: true,
-                        known_actions: crate::handlers::KnownActions::new(&HandlerRegistry::builtin(), &s.actions),
-                        settings: std::sync::Arc::new(s),
-                    };
-                    let (handle, addr) = crate::http::start_server(state).await?;
-                    let r =
-                        crate::tools::bench::http::run(&format!("http://{addr}/rpc"), Some("bench"), clients, total)
-                            .await;
-                    handle.stop(true).await;
-                    r
-                })
+        Command::Bench { which: BenchCommand::Http { clients, total, per_call } } => {
+            with_scratch_database(settings, |s| {
+                actix_rt::System::new()
+                    .block_on(crate::tools::bench::http::with_in_process_server(s, |url| async move {
+                        crate::tools::bench::http::run(&url, Some("bench"), clients, total, per_call).await
+                    }))
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { which: BenchCommand::Compare(opts) } => {
+            crate::tools::bench::compare::run(settings, opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { which: BenchCommand::Pipeline { transport, tasks, latency_samples, tasks_per_message } } => {
@@ -364,13 +365,18 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { which: BenchCommand::Store { tasks, batch_sizes, rows } } => {
-            with_scratch_database(settings, |s| {
+        Command::Bench { which: BenchCommand::Store { tasks, batch_sizes, clients, rows } } => {
+            with_scratch_database(settings, |mut s| {
+                s.database.pool_size = s.database.pool_size.max(clients.iter().copied().max().unwrap_or(1) as u32);
                 let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
                 rt.block_on(async move {
                     let store = TaskStore::new(db::build_pool(&s.database), s.retry.backoff());
-                    let opts =
-                        crate::tools::bench::store::StoreBenchOptions { tasks, batch_sizes, big_table_rows: rows };
+                    let opts = crate::tools::bench::store::StoreBenchOptions {
+                        tasks,
+                        batch_sizes,
+                        clients,
+                        big_table_rows: rows,
+                    };
                     crate::tools::bench::store::run(&store, &opts).await
                 })
             })?;
@@ -455,16 +461,7 @@ fn http_state(
 
 /// Runs `f` with the settings pointed at a fresh, migrated database next to the configured one; drops it after.
 fn with_scratch_database(settings: Settings, f: impl FnOnce(Settings) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let name = format!("scheduler_bench_{}", std::process::id());
-    let base = settings.database.url.clone();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let url = rt.block_on(db::create_database(&base, &name))?;
-    db::run_migrations_blocking(&url)?;
-    let mut s = settings;
-    s.database.url = url;
-    let res = f(s);
-    rt.block_on(db::drop_database(&base, &name))?;
-    res
+    crate::tools::bench::scratch_database(settings, f).map(|_| ())
 }
 
 /// The schedules as an aligned text table (times in UTC, RFC 3339).

@@ -1,12 +1,19 @@
 //! Benchmark commands (`sqs-scheduler bench ...`): run them on a release build; they print their figures.
 
+pub mod compare;
+mod compare_rows;
 pub mod http;
+pub mod peers;
+mod pg_stats;
 pub mod pipeline;
+
+pub use pg_stats::{scratch_database, DbStats};
 pub mod processes;
 pub mod store;
 pub mod workflows;
 
 use crate::configuration::{Settings, TransportKind};
+use crate::store::{Action, NewTask, Payload, TaskStore};
 use crate::transport::memory::MemoryTransport;
 use crate::transport::rabbitmq::RabbitMqTransport;
 use crate::transport::sqs::SqsTransport;
@@ -57,6 +64,29 @@ impl BenchTransport {
             eprintln!("bench {bench}: could not delete the queues of prefix {}: {e:#}", settings.queue_prefix());
         }
     }
+}
+
+/// `n` noop tasks `{key: i}` (no dedup key), the payloads numbered from `*seq` on.
+pub fn noop_tasks(seq: &mut u64, key: &str, n: usize) -> Vec<NewTask> {
+    let noop = Action::parse("noop").expect("a valid action name");
+    (0..n)
+        .map(|_| {
+            *seq += 1;
+            NewTask::new(noop.clone(), Payload::parse(serde_json::json!({ key: *seq })).expect("a JSON object"))
+        })
+        .collect()
+}
+
+/// Enqueues `n` noop tasks through the store's public API (submit_many, 1,000 per statement), whatever the
+/// store's tables look like.
+pub async fn submit_noops(store: &TaskStore, n: usize, key: &str) -> anyhow::Result<()> {
+    let mut seq = 0u64;
+    while (seq as usize) < n {
+        let count = (n - seq as usize).min(1000);
+        let batch = noop_tasks(&mut seq, key, count);
+        store.submit_many(&batch).await?;
+    }
+    Ok(())
 }
 
 /// Nearest-rank quantile `p` of ascending `sorted` samples, or None when there are too few samples for it to say

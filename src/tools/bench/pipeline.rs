@@ -11,7 +11,7 @@ use crate::configuration::Settings;
 use crate::handlers::HandlerRegistry;
 use crate::metrics::metrics;
 use crate::startup::App;
-use crate::store::{Action, Applied, NewTask, Payload, TaskState, TaskStore};
+use crate::store::{Applied, TaskState, TaskStore};
 use crate::transport::sqs::SqsTransport;
 use crate::transport::{Queue, Transport, MAX_BATCH};
 use anyhow::{bail, Context};
@@ -58,72 +58,37 @@ async fn measure(
     transport: Arc<dyn Transport>,
     sqs: Option<&SqsTransport>,
 ) -> anyhow::Result<()> {
-    let noop = Action::parse("noop")?;
-    let mut done = 0;
-    while done < opts.tasks {
-        let n = (opts.tasks - done).min(1000);
-        let batch: Vec<NewTask> =
-            (done..done + n).map(|i| NewTask::new(noop.clone(), Payload::parse(json!({"i": i})).unwrap())).collect();
-        store.submit_many(&batch).await?;
-        done += n;
-    }
+    super::submit_noops(store, opts.tasks, "i").await?;
     println!(
         "pipeline benchmark: transport {}, {} noop tasks per measurement, {} task(s) per message",
         transport.kind(),
         opts.tasks,
         settings.transport.tasks_per_message
     );
-
-    // The Acquirer counts what it claims; a thread watching the counter timestamps the first acquisition (±1 ms).
-    let acquired0 = metrics().tasks_acquired.get();
-    let first_acquisition = Arc::new(OnceLock::<Instant>::new());
-    let stop_watch = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (first, stop) = (first_acquisition.clone(), stop_watch.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if metrics().tasks_acquired.get() > acquired0 {
-                    let _ = first.set(Instant::now());
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
-
     let calls0 = sqs.map(|s| s.api_calls()).unwrap_or(0);
-    let cpu0 = cpu_seconds();
-    let t0 = Instant::now();
-    let app = App::start(settings.clone(), &[], transport.clone(), HandlerRegistry::builtin());
-    let mut completions = app.completions();
-    let drained = wait_for_successes(&mut completions, store, opts.tasks, 0, t0).await;
-    let t_end = Instant::now();
-    stop_watch.store(true, Ordering::Relaxed);
-    let _ = watcher.join();
+    let (app, drained) = start_and_drain(settings, store, transport.clone(), opts.tasks).await;
     let result = match drained {
-        Ok(()) => {
-            let wall = (t_end - t0).as_secs_f64();
-            let cpu = cpu_seconds() - cpu0;
+        Ok(d) => {
             let n = opts.tasks as f64;
             println!();
             println!("1) drain: {} tasks inserted into the database before start-up -> all SUCCESS", opts.tasks);
-            println!("   wall time incl. start-up:         {wall:>8.2} s = {:>8.0} tasks/s", n / wall);
-            match first_acquisition.get() {
-                Some(&first) => {
-                    let drain = (t_end - first).as_secs_f64();
-                    println!(
-                        "   from the first acquisition:       {drain:>8.2} s = {:>8.0} tasks/s (start-up took {:.0} ms)",
-                        n / drain,
-                        (first - t0).as_secs_f64() * 1000.0
-                    );
-                }
+            println!("   wall time incl. start-up:         {:>8.2} s = {:>8.0} tasks/s", d.wall_secs, d.per_second());
+            match d.from_first_acquisition {
+                Some((drain, startup)) => println!(
+                    "   from the first acquisition:       {drain:>8.2} s = {:>8.0} tasks/s (start-up took {:.0} ms, \
+                     the first acquire statement included)",
+                    n / drain,
+                    startup * 1000.0
+                ),
                 None => println!("   from the first acquisition:       n/a (no acquisition seen)"),
             }
             println!(
-                "   scheduler process CPU: {:.3} ms per task ({:.1} s CPU over {:.1} s wall, start-up included)",
-                cpu * 1000.0 / n,
-                cpu,
-                wall
+                "   scheduler process CPU: {:.3} ms per task ({:.1} s CPU over {:.1} s wall, start-up and the \
+                 benchmark's 1 ms watcher thread included); peak RSS {:.0} MB",
+                d.cpu_secs * 1000.0 / n,
+                d.cpu_secs,
+                d.wall_secs,
+                d.peak_rss_mb
             );
             if let Some(s) = sqs {
                 let calls = s.api_calls() - calls0;
@@ -135,7 +100,9 @@ async fn measure(
             }
             let whole = whole_path(settings, opts, store, &app, &transport, sqs).await;
             match whole {
-                Ok(()) if opts.latency_samples > 0 => idle_latency(opts, store, &app, &transport).await,
+                Ok(()) if opts.latency_samples > 0 => {
+                    idle_latency(opts.latency_samples, store, &app, &transport).await.map(|lat| print_latency(&lat))
+                }
                 other => other,
             }
         }
@@ -143,6 +110,89 @@ async fn measure(
     };
     app.shutdown(Duration::from_secs(10)).await;
     result
+}
+
+/// What one drain measured.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    pub tasks: usize,
+    /// App::start -> the last SUCCESS.
+    pub wall_secs: f64,
+    /// (the first acquisition -> the last SUCCESS, App::start -> the first acquire statement returned).
+    pub from_first_acquisition: Option<(f64, f64)>,
+    /// CPU of this whole process over `wall_secs`.
+    pub cpu_secs: f64,
+    /// Largest resident set of this process seen while draining (sampled every ms with the first acquisition).
+    pub peak_rss_mb: f64,
+}
+
+impl Drain {
+    /// Tasks/s with start-up included.
+    pub fn per_second(&self) -> f64 {
+        self.tasks as f64 / self.wall_secs
+    }
+}
+
+/// Resident set of this process in MB (VmRSS of /proc/self/status).
+pub fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+/// Starts every role on `transport` and waits until `tasks` tasks (already in the database) are SUCCESS. Returns
+/// the running App (shut it down) and the figures.
+pub async fn start_and_drain(
+    settings: &Settings,
+    store: &TaskStore,
+    transport: Arc<dyn Transport>,
+    tasks: usize,
+) -> (App, anyhow::Result<Drain>) {
+    // The Acquirer counts what it claims; a thread watching the counter timestamps the first acquisition (±1 ms),
+    // then samples the resident set every 10 ms until the drain ends.
+    let acquired0 = metrics().tasks_acquired.get();
+    let first_acquisition = Arc::new(OnceLock::<Instant>::new());
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (first, stop) = (first_acquisition.clone(), stop_watch.clone());
+        std::thread::spawn(move || {
+            let mut peak = rss_mb();
+            while !stop.load(Ordering::Relaxed) {
+                if first.get().is_none() {
+                    if metrics().tasks_acquired.get() > acquired0 {
+                        let _ = first.set(Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                } else {
+                    peak = peak.max(rss_mb());
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            peak.max(rss_mb())
+        })
+    };
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let app = App::start(settings.clone(), &[], transport, HandlerRegistry::builtin());
+    let mut completions = app.completions();
+    let drained = wait_for_successes(&mut completions, store, tasks, 0, t0).await;
+    let t_end = Instant::now();
+    stop_watch.store(true, Ordering::Relaxed);
+    let peak_rss_mb = watcher.join().unwrap_or(0.0);
+    let result = drained.map(|()| Drain {
+        tasks,
+        wall_secs: (t_end - t0).as_secs_f64(),
+        from_first_acquisition: first_acquisition
+            .get()
+            .map(|&first| ((t_end - first).as_secs_f64(), (first - t0).as_secs_f64())),
+        cpu_secs: cpu_seconds() - cpu0,
+        peak_rss_mb,
+    });
+    (app, result)
 }
 
 /// Sends `opts.tasks` submissions to the inbound queue and waits until they are all SUCCESS.
@@ -241,16 +291,16 @@ fn sends(s: &SqsTransport) -> u64 {
 }
 
 /// Idle, one task at a time: submit on the inbound queue, time until that task's own SUCCESS is applied.
-async fn idle_latency(
-    opts: &PipelineBenchOptions,
+pub async fn idle_latency(
+    samples: usize,
     store: &TaskStore,
     app: &App,
     transport: &Arc<dyn Transport>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<IdleLatency> {
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut lat = Vec::with_capacity(opts.latency_samples);
+    let mut lat = Vec::with_capacity(samples);
     let mut others = 0usize;
-    for i in 0..opts.latency_samples {
+    for i in 0..samples {
         let mut rx = app.completions();
         let payload = json!({"latency": i});
         let body = crate::protocol::submit_message("noop", &payload);
@@ -275,25 +325,35 @@ async fn idle_latency(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     lat.sort_by(f64::total_cmp);
+    Ok(IdleLatency { sorted_ms: lat, others })
+}
+
+/// Idle latency samples (ms, ascending), and how many other tasks' completions were seen meanwhile.
+pub struct IdleLatency {
+    pub sorted_ms: Vec<f64>,
+    pub others: usize,
+}
+
+fn print_latency(l: &IdleLatency) {
+    let lat = &l.sorted_ms;
     println!();
     println!(
         "3) idle latency, submit on the inbound queue -> that task's SUCCESS applied, {} samples (one at a time):",
         lat.len()
     );
     let ms = |q: Option<f64>| q.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2} ms"));
-    let p99 = super::quantile(&lat, 0.99);
+    let p99 = super::quantile(lat, 0.99);
     println!(
         "   p50 {}, p90 {}, p99 {}, max {}{}",
-        ms(super::quantile(&lat, 0.5)),
-        ms(super::quantile(&lat, 0.9)),
+        ms(super::quantile(lat, 0.5)),
+        ms(super::quantile(lat, 0.9)),
         ms(p99),
         ms(lat.last().copied()),
         if p99.is_none() { "  (n/a: too few samples; p90 needs 100, p99 1,000)" } else { "" }
     );
-    if others > 0 {
-        println!("   ({others} other tasks' completions were seen and skipped)");
+    if l.others > 0 {
+        println!("   ({} other tasks' completions were seen and skipped)", l.others);
     }
-    Ok(())
 }
 
 async fn success_count(store: &TaskStore) -> anyhow::Result<usize> {
