@@ -718,14 +718,26 @@ UPDATE tasks t SET
     acquired_at = NULL,
     updated_at = now(),
     finished_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN now() END
-FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
-WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
+FROM (
+    SELECT t.id FROM tasks t
+    JOIN unnest($1::int8[], $2::int4[]) AS r(id, attempt) ON t.id = r.id AND t.attempts = r.attempt
+    WHERE t.state = 'ACQUIRED'
+    ORDER BY t.id
+    FOR UPDATE OF t
+) l
+WHERE t.id = l.id
 "#;
 
 const HEARTBEAT_SQL: &str = r#"
 UPDATE tasks t SET heartbeat_at = now()
-FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
-WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
+FROM (
+    SELECT t.id FROM tasks t
+    JOIN unnest($1::int8[], $2::int4[]) AS r(id, attempt) ON t.id = r.id AND t.attempts = r.attempt
+    WHERE t.state = 'ACQUIRED'
+    ORDER BY t.id
+    FOR UPDATE OF t
+) l
+WHERE t.id = l.id
 RETURNING t.id, t.attempts
 "#;
 
@@ -733,7 +745,7 @@ RETURNING t.id, t.attempts
 // is never older than its attempt's acquisition, so `acquired_at < now() - least($1, $6)` (an index range on
 // tasks_acquired_idx) holds every candidate.
 const RESCUE_SQL: &str = r#"
-WITH stale AS (
+WITH oldest AS (
     SELECT id FROM tasks
     WHERE state = 'ACQUIRED'
       AND acquired_at < now() - make_interval(secs => least($1, $6))
@@ -741,7 +753,16 @@ WITH stale AS (
                ELSE acquired_at < now() - make_interval(secs => $6) END
     ORDER BY acquired_at
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+),
+-- The oldest candidates, locked in id order (the global order); the rule is checked again on the locked row.
+stale AS (
+    SELECT t.id FROM tasks t
+    WHERE t.id IN (SELECT id FROM oldest)
+      AND t.state = 'ACQUIRED'
+      AND CASE WHEN t.heartbeat_at >= t.acquired_at THEN t.heartbeat_at < now() - make_interval(secs => $1)
+               ELSE t.acquired_at < now() - make_interval(secs => $6) END
+    ORDER BY t.id
+    FOR UPDATE OF t SKIP LOCKED
 )
 UPDATE tasks t SET
     state = CASE WHEN t.cancel_requested THEN 'CANCELLED'
@@ -816,16 +837,22 @@ SELECT before, count(*) AS n FROM upd WHERE (SELECT n FROM notified) >= 0 GROUP 
 
 // $1 id (NULL: any), $2 extra attempts, $3 action (NULL: any), $4 the states to retry.
 const RETRY_SQL: &str = r#"
-UPDATE tasks SET
+UPDATE tasks t SET
     state = 'SCHEDULED',
-    max_attempts = attempts + $2,
+    max_attempts = t.attempts + $2,
     run_at = now(),
     cancel_requested = false,
     finished_at = NULL,
     updated_at = now()
-WHERE state = ANY($4::text[])
-  AND ($1::int8 IS NULL OR id = $1)
-  AND ($3::text IS NULL OR action = $3)
+FROM (
+    SELECT id FROM tasks
+    WHERE state = ANY($4::text[])
+      AND ($1::int8 IS NULL OR id = $1)
+      AND ($3::text IS NULL OR action = $3)
+    ORDER BY id
+    FOR UPDATE
+) l
+WHERE t.id = l.id
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

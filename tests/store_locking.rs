@@ -1,0 +1,161 @@
+//! Lock order (issue 18): complete, heartbeat, rescue, cancel, release and retry run concurrently over the same
+//! tasks, each in the order its caller happens to give, and PostgreSQL detects no deadlock (its own count for the
+//! test database, `pg_stat_database.deadlocks`: the store retries a deadlocked completion, so only the database sees
+//! them).
+
+mod common;
+
+use common::TestDb;
+use diesel::sql_types::{Array, BigInt, Bool, Double, Integer, Jsonb};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use rand::seq::SliceRandom;
+use serde_json::{json, Value};
+use sqs_scheduler::store::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(diesel::QueryableByName)]
+struct Pair {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn running(conn: &mut AsyncPgConnection) -> Vec<(i64, i32)> {
+    let rows: Vec<Pair> =
+        diesel::sql_query("SELECT id, attempts FROM tasks WHERE state = 'ACQUIRED'").load(conn).await.unwrap();
+    rows.into_iter().map(|r| (r.id, r.attempts)).collect()
+}
+
+/// Deadlocks PostgreSQL detected in database `name`, once every backend connected to it has exited (a backend
+/// reports its counters at exit at the latest).
+async fn deadlocks_after_disconnect(name: &str) -> i64 {
+    let mut conn = AsyncPgConnection::establish(&common::base_url()).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c: Count = diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        if c.n == 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "{} backends still connected to {name}", c.n);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    diesel::sql_query("SELECT pg_stat_clear_snapshot()").execute(&mut conn).await.unwrap();
+    let c: Count = diesel::sql_query(format!("SELECT deadlocks AS n FROM pg_stat_database WHERE datname = '{name}'"))
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    c.n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_transitions_over_the_same_tasks_never_deadlock() {
+    let db = TestDb::new().await;
+    let before = deadlocks_after_disconnect(&db.name).await;
+    // No backoff: a failed or rescued task is due again at once, so the same rows keep coming back.
+    let store = db.store_with(Backoff { base_seconds: 0.0, max_seconds: 0.0, jitter: 0.0 });
+    let actions = ["a0", "a1", "a2", "a3"];
+    let tasks: Vec<NewTask> = (0..2000)
+        .map(|i| {
+            NewTask::new(Action::parse(actions[i % actions.len()]).unwrap(), Payload::parse(json!({"i": i})).unwrap())
+        })
+        .collect();
+    store.submit_many(&tasks).await.unwrap();
+
+    const ROUNDS: usize = 60;
+    let completed = Arc::new(AtomicUsize::new(0));
+    let heartbeats = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    // Acquirers keep tasks ACQUIRED.
+    for _ in 0..2 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for _ in 0..ROUNDS * 2 {
+                store.acquire_batch(200).await.unwrap();
+            }
+        }));
+    }
+    // Completers call the SQL function directly, in a shuffled order (as any client of the SQL API may).
+    for _ in 0..3 {
+        let (url, completed) = (db.url.clone(), completed.clone());
+        handles.push(tokio::spawn(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+            for _ in 0..ROUNDS {
+                let mut pairs = running(&mut conn).await;
+                pairs.shuffle(&mut rand::rng());
+                pairs.truncate(300);
+                let ids: Vec<i64> = pairs.iter().map(|p| p.0).collect();
+                let attempts: Vec<i32> = pairs.iter().map(|p| p.1).collect();
+                let oks: Vec<bool> = pairs.iter().map(|_| rand::random_bool(0.3)).collect();
+                let bodies: Vec<Value> = pairs.iter().map(|_| json!({"code": 1, "message": "x"})).collect();
+                let n = diesel::sql_query("SELECT * FROM tasks_complete($1, $2, $3, $4, $5, $5, $5)")
+                    .bind::<Array<BigInt>, _>(&ids)
+                    .bind::<Array<Integer>, _>(&attempts)
+                    .bind::<Array<Bool>, _>(&oks)
+                    .bind::<Array<Jsonb>, _>(&bodies)
+                    .bind::<Double, _>(0.0)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                completed.fetch_add(n, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Heartbeats and releases through the store, over shuffled running tasks.
+    for release in [false, false, true] {
+        let (url, store, heartbeats) = (db.url.clone(), store.clone(), heartbeats.clone());
+        handles.push(tokio::spawn(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+            for _ in 0..ROUNDS {
+                let mut pairs = running(&mut conn).await;
+                pairs.shuffle(&mut rand::rng());
+                pairs.truncate(500);
+                if release {
+                    store.release(&pairs[..pairs.len().min(50)]).await.unwrap();
+                } else {
+                    heartbeats.fetch_add(store.heartbeat(&pairs).await.unwrap(), Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Rescue of everything running, and cancel and retry of whole actions.
+    {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..ROUNDS {
+                store.rescue_stale(0.0, 0.0, 300).await.unwrap();
+                let filter = TaskFilter {
+                    action: Some(Action::parse(actions[i % actions.len()]).unwrap()),
+                    ..TaskFilter::default()
+                };
+                store.cancel_matching(&filter).await.unwrap();
+                let retry = TaskFilter { state: Some(TaskState::Cancelled), ..filter };
+                store.retry_matching(&retry, MaxAttempts::parse(1000).unwrap()).await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    // The load was real: rows were completed and refreshed while the others ran.
+    let (completed, heartbeats) =
+        (AtomicUsize::load(&completed, Ordering::Relaxed), AtomicUsize::load(&heartbeats, Ordering::Relaxed));
+    assert!(completed > 500, "completed {completed}");
+    assert!(heartbeats > 500, "heartbeats {heartbeats}");
+    drop(store);
+    let after = deadlocks_after_disconnect(&db.name).await;
+    assert_eq!(after - before, 0, "PostgreSQL detected deadlocks in the test database");
+}
