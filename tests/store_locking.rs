@@ -214,3 +214,70 @@ async fn claims_a_dead_scheduler_never_sent_come_back_within_seconds() {
     }
     assert!(store.rescue_stale(120.0, 600.0, 1000).await.unwrap().is_empty());
 }
+
+/// The migrations of this change carry a deployment's tasks forward: rows in every state written under the schema
+/// before them keep their state, attempts and outcome, and every transition still applies to them (a claim made
+/// before leases existed is rescued by the queue timeout as before). The down migrations run too.
+#[tokio::test]
+async fn tasks_in_every_state_survive_the_lock_order_and_lease_migrations() {
+    let db = TestDb::new().await;
+    let down = [
+        include_str!("../migrations/2026-12-04-000002_claim_leases/down.sql"),
+        include_str!("../migrations/2026-12-04-000001_lock_order/down.sql"),
+    ];
+    use diesel_async::SimpleAsyncConnection;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    for sql in down {
+        conn.batch_execute(sql).await.unwrap();
+    }
+    conn.batch_execute("DELETE FROM __diesel_schema_migrations WHERE version >= '20261204000000'").await.unwrap();
+    conn.batch_execute(
+        "INSERT INTO workflows (id, name, stages_total) VALUES (1, 'wf', 2);
+         INSERT INTO tasks (action, payload, dedup_key, state, attempts, max_attempts, acquired_at, result, error,
+                            finished_at, workflow_id, stage, pending_parents)
+         VALUES ('a', '{}', 's', 'SCHEDULED', 0, 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+                ('a', '{}', 'q', 'ACQUIRED', 1, 3, now() - interval '1 hour', NULL, NULL, NULL, NULL, NULL, NULL),
+                ('a', '{}', 'r', 'ACQUIRED', 2, 3, now(), NULL, NULL, NULL, NULL, NULL, NULL),
+                ('a', '{}', 'o', 'SUCCESS', 1, 3, NULL, '{\"ok\": 1}', NULL, now(), NULL, NULL, NULL),
+                ('a', '{}', 'e', 'ERROR', 1, 3, NULL, NULL, '{\"code\": 1}', NULL, NULL, NULL, NULL),
+                ('a', '{}', 'c', 'CRITICAL_ERROR', 3, 3, NULL, NULL, '{\"code\": 2}', now(), NULL, NULL, NULL),
+                ('a', '{}', 'x', 'CANCELLED', 0, 3, NULL, NULL, NULL, now(), NULL, NULL, NULL),
+                ('a', '{}', 'p', 'SCHEDULED', 0, 3, NULL, NULL, NULL, NULL, 1, 'p', 0),
+                ('a', '{}', 'w', 'WAITING', 0, 3, NULL, NULL, NULL, NULL, 1, 'w', 1);
+         INSERT INTO workflow_edges (parent_id, child_id, workflow_id) SELECT p.id, w.id, 1
+         FROM tasks p, tasks w WHERE p.dedup_key = 'p' AND w.dedup_key = 'w';",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let store = db.store();
+    let before = store.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(before.len(), 9);
+    sqs_scheduler::db::run_migrations(&db.url).await.unwrap();
+    let after = store.list(&ListFilter::default()).await.unwrap();
+    let key = |t: &Task| (t.id, t.state, t.attempts, t.max_attempts, t.result.clone(), t.error.clone());
+    assert_eq!(after.iter().map(key).collect::<Vec<_>>(), before.iter().map(key).collect::<Vec<_>>());
+
+    let by_key = |k: &str| after.iter().find(|t| t.dedup_key == k).unwrap().id;
+    // The running attempt completes (fenced), the old claim is rescued by the queue timeout (no lease).
+    let done = store
+        .complete_many(&[TaskResult { id: by_key("r"), attempt: 2, outcome: Outcome::Success(json!({"r": 1})) }])
+        .await
+        .unwrap();
+    assert_eq!(done.applied.len(), 1);
+    let rescued = store.rescue_stale(60.0, 60.0, 100).await.unwrap();
+    assert_eq!(rescued, vec![(by_key("q"), TaskState::Error)]);
+    // Due work is acquired under a lease; the workflow's promotion still runs.
+    let lease = store.open_lease(false).await.unwrap();
+    let got = store.acquire_claimed(10, Some(Claim { lease, batch: 1, sent_through: 0 })).await.unwrap().tasks;
+    let mut ids: Vec<i64> = got.iter().map(|t| t.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![by_key("s"), by_key("e"), by_key("p")]);
+    let p = got.iter().find(|t| t.id == by_key("p")).unwrap();
+    store
+        .complete_many(&[TaskResult { id: p.id, attempt: p.attempt, outcome: Outcome::Success(json!({})) }])
+        .await
+        .unwrap();
+    assert_eq!(store.get(by_key("w")).await.unwrap().unwrap().state, TaskState::Scheduled);
+    assert!(store.retry(by_key("c"), MaxAttempts::parse(1).unwrap()).await.unwrap());
+}

@@ -171,6 +171,7 @@ END;
 $$;
 
 DROP FUNCTION tasks_failed_state(boolean, integer, integer);
+DROP FUNCTION tasks_lock_running(int8[], int4[]);
 DROP FUNCTION tasks_attempt_timed_out(timestamptz, timestamptz, float8, float8);
 DROP FUNCTION tasks_claim_orphaned(bigint, bigint, boolean, float8);
 ALTER TABLE tasks DROP COLUMN claim_lease, DROP COLUMN claim_batch;

@@ -47,6 +47,17 @@ CREATE FUNCTION tasks_claim_orphaned(p_lease bigint, p_batch bigint, p_started b
                      AND p_batch > l.sent_through AND (l.in_process OR NOT p_started))
 $$;
 
+-- The running attempts among (id, attempt) pairs, their rows locked in id order (the global lock order): every
+-- statement that changes several running tasks (complete, heartbeat, release) starts here.
+CREATE FUNCTION tasks_lock_running(p_ids int8[], p_attempts int4[])
+    RETURNS TABLE (id bigint, workflow_id bigint) LANGUAGE sql AS $$
+    SELECT t.id, t.workflow_id FROM tasks t
+    JOIN unnest(p_ids, p_attempts) AS r(id, attempt) ON t.id = r.id AND t.attempts = r.attempt
+    WHERE t.state = 'ACQUIRED'
+    ORDER BY t.id
+    FOR UPDATE OF t
+$$;
+
 -- Acquire as before, stamping the claims with the caller's lease and batch, and renewing the lease.
 DROP FUNCTION tasks_acquire(bigint);
 CREATE FUNCTION tasks_acquire(p_limit bigint, p_lease bigint DEFAULT NULL, p_batch bigint DEFAULT NULL,
@@ -197,13 +208,7 @@ DECLARE
     v_workflows bigint[];
 BEGIN
     SELECT array_agg(DISTINCT l.workflow_id) FILTER (WHERE l.workflow_id IS NOT NULL) INTO v_workflows
-    FROM (
-        SELECT t.id, t.workflow_id FROM tasks t
-        JOIN unnest(p_ids, p_attempts) AS r(id, attempt) ON t.id = r.id AND t.attempts = r.attempt
-        WHERE t.state = 'ACQUIRED'
-        ORDER BY t.id
-        FOR UPDATE OF t
-    ) l;
+    FROM tasks_lock_running(p_ids, p_attempts) l;
     IF v_workflows IS NOT NULL THEN
         PERFORM 1 FROM workflows w WHERE w.id = ANY(v_workflows) ORDER BY w.id FOR UPDATE;
     END IF;

@@ -12,11 +12,5 @@ UPDATE tasks t SET
     updated_at = now(),
     finished_at = CASE WHEN tasks_failed_state(t.cancel_requested, t.attempts, t.max_attempts) = 'ERROR'
                        THEN NULL ELSE now() END
-FROM (
-    SELECT t.id FROM tasks t
-    JOIN unnest($1::int8[], $2::int4[]) AS r(id, attempt) ON t.id = r.id AND t.attempts = r.attempt
-    WHERE t.state = 'ACQUIRED'
-    ORDER BY t.id
-    FOR UPDATE OF t
-) l
+FROM tasks_lock_running($1::int8[], $2::int4[]) l
 WHERE t.id = l.id
