@@ -709,8 +709,9 @@ async fn the_acquirer_pauses_while_the_outbound_queue_is_too_deep() {
     wait_for_counts(&store, Duration::from_secs(10), |c| c.get(&TaskState::Scheduled).unwrap_or(&0) > &0).await;
     // Paused: the depth was measured again and again (about once a second) while the queue stayed too deep.
     let calls = || watch.depth_calls.load(Ordering::SeqCst);
-    wait_until(Duration::from_secs(10), "the outbound queue over its limit", || async {
-        inner.depth(Queue::Outbound).await.unwrap() > 5
+    // Paused once a batch no longer fits under the limit.
+    wait_until(Duration::from_secs(10), "the outbound queue without room for a batch", || async {
+        inner.depth(Queue::Outbound).await.unwrap() > 5 - 3
     })
     .await;
     let first = calls();

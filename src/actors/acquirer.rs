@@ -6,17 +6,18 @@
 //! freed by this process's ResultSink wakes it at once).
 
 use super::messages::TasksDue;
-use super::Shared;
+use super::{Shared, StopSignal};
 use crate::metrics::metrics;
 use crate::protocol::{self, TaskRequest};
-use crate::store::{AcquiredTask, Outcome, TaskResult, TaskStore};
+use crate::store::{AcquiredTask, Applied, Claim, Outcome, TaskResult, TaskStore, LEASE_RENEW_SECS};
 use crate::supervision::Link;
 use crate::transport::Queue;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
 
 pub struct Acquirer {
     shared: Shared,
@@ -38,7 +39,8 @@ impl Actor for Acquirer {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.link.attach(ctx);
         let loops = self.settings.concurrency.max(1);
-        let store = self.shared.store("acquirer", loops as u32 + 1);
+        // Each loop and its lease keeper.
+        let store = self.shared.store("acquirer", 2 * loops as u32 + 1);
         // Several loops: each acquire is a commit, and concurrent commits share the WAL flush.
         for _ in 0..loops {
             let run = acquire_loop(self.shared.clone(), self.settings.clone(), store.clone(), self.due.clone());
@@ -71,37 +73,53 @@ impl Handler<super::messages::InjectPanic> for Acquirer {
 async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, due: Arc<Notify>) {
     let stop = shared.phases.inbound.clone();
     let idle = Duration::from_millis(cfg.idle_wakeup_ms);
-    // Back-pressure state: the outbound depth last measured, when, and how many tasks this loop sent since.
+    // Back-pressure state: the outbound depth last measured, when, and the estimate since (plus what this loop
+    // sent, minus the results that landed in this process: each frees a worker slot that takes the next message).
     let mut depth_checked = Instant::now() - Duration::from_secs(10);
     let mut depth_known: u64 = 0;
+    let mut landed = shared.completions.subscribe();
     let mut error_delay = Duration::from_millis(100);
     // Counted in the inbound phase while it runs: shutdown waits until no acquire or send is in flight.
     let _alive = shared.phases.inbound_work.guard();
+    let durable = shared.transport.kind() != "memory";
+    let Some(lease) = open_lease(&store, &stop, !durable).await else { return };
+    // The last batch that reached the outbound queue (or was released), renewed with the lease. On the in-process
+    // transport the queue dies with this process: no batch ever counts as sent, so a dead process's unstarted
+    // claims all come back.
+    let sent = Arc::new(AtomicI64::new(0));
+    let keeper = actix_rt::spawn(renew_lease(store.clone(), lease, sent.clone()));
+    let mut batch_no: i64 = 0;
+    // Claim only what the workers can start soon: a batch when the queue has room for it, refilled as results land.
+    let want =
+        if cfg.max_outbound_depth > 0 { cfg.batch_size.min(cfg.max_outbound_depth as i64) } else { cfg.batch_size };
     while !stop.is_stopped() {
-        // Back-pressure: stop filling the outbound queue while it holds more than max_outbound_depth. The depth is
-        // measured at most once a second; in between this loop counts what it sent itself, so it never sends more
-        // than one batch beyond the limit, and while the queue stays too deep it keeps pausing and re-measuring.
-        if cfg.max_outbound_depth > 0
-            && (depth_checked.elapsed() >= Duration::from_secs(1) || depth_known > cfg.max_outbound_depth)
-        {
-            let wait = Duration::from_secs(1).saturating_sub(depth_checked.elapsed());
-            if !wait.is_zero() {
-                tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = stop.stopped() => continue }
-            }
-            depth_checked = Instant::now();
-            match shared.transport.depth(Queue::Outbound).await {
-                Ok(depth) => depth_known = depth,
-                Err(e) => {
-                    // Unknown: acquire on (the depth is a brake, not a fence), measure again in a second.
-                    tracing::debug!(error = %e, "outbound depth unavailable");
-                    depth_known = 0;
+        depth_known = depth_known.saturating_sub(drain_landed(&mut landed));
+        if cfg.max_outbound_depth > 0 {
+            if depth_checked.elapsed() >= Duration::from_secs(1) {
+                depth_checked = Instant::now();
+                match shared.transport.depth(Queue::Outbound).await {
+                    Ok(depth) => depth_known = depth,
+                    Err(e) => {
+                        // Unknown: acquire on (the depth is a brake, not a fence), measure again in a second.
+                        tracing::debug!(error = %e, "outbound depth unavailable");
+                        depth_known = 0;
+                    }
                 }
             }
-            if depth_known > cfg.max_outbound_depth {
+            if depth_known + want as u64 > cfg.max_outbound_depth {
+                // No room for a batch: wait for results to land (or measure again in a second).
+                let wait = Duration::from_secs(1).saturating_sub(depth_checked.elapsed());
+                tokio::select! {
+                    r = landed.recv() => depth_known = depth_known.saturating_sub(landed_count(r)),
+                    _ = tokio::time::sleep(wait) => {},
+                    _ = stop.stopped() => {}
+                }
                 continue;
             }
         }
-        let (tasks, throttled) = match store.acquire(cfg.batch_size).await {
+        batch_no += 1;
+        let claim = Claim { lease, batch: batch_no, sent_through: sent.load(Ordering::SeqCst) };
+        let (tasks, throttled) = match store.acquire_claimed(want, Some(claim)).await {
             Ok(a) => {
                 error_delay = Duration::from_millis(100);
                 (a.tasks, a.throttled)
@@ -113,7 +131,7 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
                 continue;
             }
         };
-        let full = tasks.len() as i64 == cfg.batch_size;
+        let full = tasks.len() as i64 == want;
         if !tasks.is_empty() {
             metrics().tasks_acquired.inc_by(tasks.len() as u64);
             for t in &tasks {
@@ -150,6 +168,9 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
                 }
             }
         }
+        if durable {
+            sent.store(batch_no, Ordering::SeqCst);
+        }
         // Held back by an action's limits: look again when its next token comes, or soon for a free slot.
         let mut wait = idle;
         for t in &throttled {
@@ -169,7 +190,54 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
             }
         }
     }
+    keeper.abort();
     tracing::debug!("acquirer stopped");
+}
+
+/// Opens this loop's lease, trying again (with backoff) while the database is unavailable. None: stopping.
+async fn open_lease(store: &TaskStore, stop: &StopSignal, in_process: bool) -> Option<i64> {
+    let mut delay = Duration::from_millis(100);
+    while !stop.is_stopped() {
+        match store.open_lease(in_process).await {
+            Ok(id) => return Some(id),
+            Err(e) => tracing::error!(error = %e, "opening the acquirer lease failed"),
+        }
+        tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = stop.stopped() => {} }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    None
+}
+
+/// Renews the lease every [`LEASE_RENEW_SECS`] with the last batch sent, until aborted.
+async fn renew_lease(store: TaskStore, lease: i64, sent: Arc<AtomicI64>) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(LEASE_RENEW_SECS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = store.renew_leases(&[(lease, sent.load(Ordering::SeqCst))]).await {
+            tracing::warn!(error = %e, lease, "renewing the acquirer lease failed");
+        }
+    }
+}
+
+/// How many results landed in this process since the last call (a lagging receiver counts what it missed).
+fn drain_landed(landed: &mut broadcast::Receiver<Applied>) -> u64 {
+    let mut n = 0;
+    loop {
+        match landed.try_recv() {
+            Ok(_) => n += 1,
+            Err(broadcast::error::TryRecvError::Lagged(k)) => n += k,
+            Err(_) => return n,
+        }
+    }
+}
+
+fn landed_count(r: Result<Applied, broadcast::error::RecvError>) -> u64 {
+    match r {
+        Ok(_) => 1,
+        Err(broadcast::error::RecvError::Lagged(k)) => k,
+        Err(broadcast::error::RecvError::Closed) => 0,
+    }
 }
 
 /// Tasks whose message would exceed `transport.max_message_bytes` (a workflow stage whose parents' results pile up
@@ -232,7 +300,8 @@ pub struct AcquirerSettings {
     pub concurrency: usize,
     /// Wake-up when no notification came (ms): retries that became due are found at least this often.
     pub idle_wakeup_ms: u64,
-    /// Stop acquiring while the outbound queue holds more than this many messages (0: no limit).
+    /// Claim ahead at most this many messages in the outbound queue, not yet received by a worker (0: no limit):
+    /// the next batch is claimed when it fits, as results land.
     pub max_outbound_depth: u64,
     /// Look again this soon (ms) when an action at its max_concurrency holds back due tasks (a slot frees when one
     /// of its running tasks ends, possibly in another process).
@@ -241,12 +310,6 @@ pub struct AcquirerSettings {
 
 impl Default for AcquirerSettings {
     fn default() -> Self {
-        Self {
-            batch_size: 200,
-            concurrency: 2,
-            idle_wakeup_ms: 1_000,
-            max_outbound_depth: 10_000,
-            throttle_poll_ms: 100,
-        }
+        Self { batch_size: 200, concurrency: 2, idle_wakeup_ms: 1_000, max_outbound_depth: 400, throttle_poll_ms: 100 }
     }
 }

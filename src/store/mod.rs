@@ -31,6 +31,20 @@ pub const STALE_ERROR_CODE: i64 = -32001;
 /// JSON-RPC error code recorded on tasks released after a failed outbound send.
 pub const RELEASED_ERROR_CODE: i64 = -32002;
 
+/// A lease not renewed for this long (seconds) belongs to a dead process: its claims that were never sent are
+/// released. Acquire loops renew theirs every [`LEASE_RENEW_SECS`].
+pub const LEASE_EXPIRY_SECS: f64 = 5.0;
+/// How often an acquire loop's lease is renewed (seconds).
+pub const LEASE_RENEW_SECS: f64 = 1.0;
+
+/// The claim an acquire loop makes: its lease, this batch's number (1, 2, ... per lease), and the last batch it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub lease: i64,
+    pub batch: i64,
+    pub sent_through: i64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
@@ -225,6 +239,12 @@ impl TaskStore {
     /// [`TaskStore::acquire_batch`], also naming the actions whose limits (pause, max_concurrency, rate_per_sec)
     /// held back due tasks in this call, and when to look again. Limits are decided inside the one statement.
     pub async fn acquire(&self, limit: i64) -> StoreResult<Acquisition> {
+        self.acquire_claimed(limit, None).await
+    }
+
+    /// [`TaskStore::acquire`] under an acquire loop's lease: the claims carry (lease, batch), and the same statement
+    /// renews the lease and records the last batch the loop sent (see [`TaskStore::open_lease`]).
+    pub async fn acquire_claimed(&self, limit: i64, claim: Option<Claim>) -> StoreResult<Acquisition> {
         #[derive(QueryableByName)]
         struct Row {
             #[diesel(sql_type = Nullable<BigInt>)]
@@ -247,7 +267,13 @@ impl TaskStore {
             deadline: Option<DateTime<Utc>>,
         }
         let mut conn = self.conn().await?;
-        let rows: Vec<Row> = diesel::sql_query(ACQUIRE_SQL).bind::<BigInt, _>(limit.max(0)).load(&mut conn).await?;
+        let rows: Vec<Row> = diesel::sql_query(ACQUIRE_SQL)
+            .bind::<BigInt, _>(limit.max(0))
+            .bind::<Nullable<BigInt>, _>(claim.map(|c| c.lease))
+            .bind::<Nullable<BigInt>, _>(claim.map(|c| c.batch))
+            .bind::<Nullable<BigInt>, _>(claim.map(|c| c.sent_through))
+            .load(&mut conn)
+            .await?;
         let mut out = Acquisition::default();
         for r in rows {
             match (r.id, r.payload, r.attempt, r.priority, r.created_at) {
@@ -370,9 +396,40 @@ impl TaskStore {
             .bind::<Double, _>(self.backoff.base_seconds)
             .bind::<Double, _>(self.backoff.max_seconds)
             .bind::<Double, _>(self.backoff.jitter)
+            .bind::<BigInt, _>(RELEASED_ERROR_CODE)
             .execute(&mut conn)
             .await?;
         Ok(n)
+    }
+
+    /// Opens a lease for an acquire loop: claims made under it that the loop never recorded as sent are released by
+    /// the next rescue once the lease went [`LEASE_EXPIRY_SECS`] without renewal (its process died).
+    /// `in_process`: the outbound queue and its workers live in the acquiring process (the in-process transport),
+    /// so all of a dead lease's claims come back, started or not.
+    pub async fn open_lease(&self, in_process: bool) -> StoreResult<i64> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+        }
+        let mut conn = self.conn().await?;
+        let row: Row = diesel::sql_query(LEASE_OPEN_SQL).bind::<Bool, _>(in_process).get_result(&mut conn).await?;
+        Ok(row.id)
+    }
+
+    /// Renews leases, each with the last batch its loop sent: `(lease, sent_through)` pairs, in one statement.
+    pub async fn renew_leases(&self, leases: &[(i64, i64)]) -> StoreResult<()> {
+        let mut leases = leases.to_vec();
+        leases.sort_unstable();
+        let ids: Vec<i64> = leases.iter().map(|l| l.0).collect();
+        let sent: Vec<i64> = leases.iter().map(|l| l.1).collect();
+        let mut conn = self.conn().await?;
+        diesel::sql_query(LEASE_RENEW_SQL)
+            .bind::<Array<BigInt>, _>(&ids)
+            .bind::<Array<BigInt>, _>(&sent)
+            .execute(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// Signs of life of running tasks, in one statement: heartbeat_at = now() for each (id, attempt) that is still
@@ -459,6 +516,9 @@ impl TaskStore {
             .bind::<Double, _>(self.backoff.max_seconds)
             .bind::<Double, _>(self.backoff.jitter)
             .bind::<Double, _>(queue_timeout_secs)
+            .bind::<BigInt, _>(STALE_ERROR_CODE)
+            .bind::<BigInt, _>(RELEASED_ERROR_CODE)
+            .bind::<Double, _>(LEASE_EXPIRY_SECS)
             .load(&mut conn)
             .await?;
         rows.into_iter().map(|r| Ok((r.id, TaskState::parse(&r.state)?))).collect()
@@ -698,135 +758,29 @@ impl TryFrom<TaskRow> for Task {
     }
 }
 
-const SUBMIT_SQL: &str = "SELECT id, created FROM tasks_submit($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const SUBMIT_SQL: &str = include_str!("sql/submit.sql");
 
-const ACQUIRE_SQL: &str = "SELECT * FROM tasks_acquire($1)";
+// $1 limit, $2 the caller's lease (NULL: none), $3 its batch number, $4 the last batch it sent. No comment in the
+// file: sessions are recognised by this statement's text in pg_stat_activity.
+const ACQUIRE_SQL: &str = include_str!("sql/acquire.sql");
 
-const COMPLETE_SQL: &str = "SELECT * FROM tasks_complete($1, $2, $3, $4, $5, $6, $7)";
+const COMPLETE_SQL: &str = include_str!("sql/complete.sql");
 
-const RELEASE_SQL: &str = r#"
-UPDATE tasks t SET
-    state = CASE WHEN t.cancel_requested THEN 'CANCELLED'
-                 WHEN t.attempts >= t.max_attempts THEN 'CRITICAL_ERROR'
-                 ELSE 'ERROR' END,
-    error = jsonb_build_object(
-        'code', -32002,
-        'message', 'released: the task could not be sent to the outbound queue',
-        'attempt', t.attempts),
-    run_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN t.run_at
-                  ELSE now() + tasks_retry_delay(t.attempts, $3, $4, $5) END,
-    acquired_at = NULL,
-    updated_at = now(),
-    finished_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN now() END
-FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
-WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
-"#;
+const RELEASE_SQL: &str = include_str!("sql/release.sql");
 
-const HEARTBEAT_SQL: &str = r#"
-UPDATE tasks t SET heartbeat_at = now()
-FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
-WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
-RETURNING t.id, t.attempts
-"#;
+const HEARTBEAT_SQL: &str = include_str!("sql/heartbeat.sql");
 
-// $1 stale timeout (since the last heartbeat), $6 queue timeout (since acquisition, no heartbeat yet). A heartbeat
-// is never older than its attempt's acquisition, so `acquired_at < now() - least($1, $6)` (an index range on
-// tasks_acquired_idx) holds every candidate.
-const RESCUE_SQL: &str = r#"
-WITH stale AS (
-    SELECT id FROM tasks
-    WHERE state = 'ACQUIRED'
-      AND acquired_at < now() - make_interval(secs => least($1, $6))
-      AND CASE WHEN heartbeat_at >= acquired_at THEN heartbeat_at < now() - make_interval(secs => $1)
-               ELSE acquired_at < now() - make_interval(secs => $6) END
-    ORDER BY acquired_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks t SET
-    state = CASE WHEN t.cancel_requested THEN 'CANCELLED'
-                 WHEN t.attempts >= t.max_attempts THEN 'CRITICAL_ERROR'
-                 ELSE 'ERROR' END,
-    error = jsonb_build_object(
-        'code', -32001,
-        'message', CASE WHEN t.heartbeat_at >= t.acquired_at
-                        THEN 'stale: no heartbeat from its worker for longer than ' || $1::text || ' s'
-                        ELSE 'stale: not started within ' || $6::text || ' s of being acquired' END,
-        'attempt', t.attempts),
-    run_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN t.run_at
-                  ELSE now() + tasks_retry_delay(t.attempts, $3, $4, $5) END,
-    acquired_at = NULL,
-    updated_at = now(),
-    finished_at = CASE WHEN t.cancel_requested OR t.attempts >= t.max_attempts THEN now() END
-FROM stale
-WHERE t.id = stale.id
-RETURNING t.id, t.state
-"#;
+const RESCUE_SQL: &str = include_str!("sql/rescue.sql");
 
-const CLEAN_SQL: &str = r#"
-DELETE FROM tasks WHERE id IN (
-    SELECT id FROM tasks
-    WHERE state = ANY($1::text[]) AND finished_at IS NOT NULL
-      AND finished_at < now() - make_interval(secs => $2)
-      -- Workflow stages are deleted with their workflow, once all of it finished (clean_workflows).
-      AND workflow_id IS NULL
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-"#;
+const CLEAN_SQL: &str = include_str!("sql/clean.sql");
 
-// $1 id, $2 action, $3 state (each NULL: any). Rows locked in id order; a result racing with it waits and then finds
-// its task no longer ACQUIRED (stale). The notification CTE is evaluated because the final SELECT reads it; NOTIFY is
-// delivered at commit, and only then: workers never drop a handler for a cancel that rolled back.
-const CANCEL_SQL: &str = r#"
-WITH target AS (
-    SELECT id, state AS before FROM tasks
-    WHERE state IN ('SCHEDULED', 'ERROR', 'ACQUIRED', 'WAITING')
-      AND ($1::int8 IS NULL OR id = $1)
-      AND ($2::text IS NULL OR action = $2)
-      AND ($3::text IS NULL OR state = $3)
-    ORDER BY id
-    FOR UPDATE
-),
-upd AS (
-    UPDATE tasks t SET
-        state = 'CANCELLED',
-        cancel_requested = t.cancel_requested OR target.before = 'ACQUIRED',
-        error = CASE WHEN target.before = 'ACQUIRED'
-                     THEN jsonb_build_object('code', -32011, 'message', 'cancelled while running',
-                                             'attempt', t.attempts)
-                     ELSE t.error END,
-        acquired_at = NULL,
-        finished_at = now(),
-        updated_at = now()
-    FROM target
-    WHERE t.id = target.id
-    RETURNING t.id, t.attempts, target.before
-),
-notified AS (
-    SELECT count(pg_notify('tasks_cancel', pairs)) AS n FROM (
-        SELECT string_agg(id || ':' || attempts, ',') AS pairs
-        FROM (SELECT id, attempts, (row_number() OVER (ORDER BY id) - 1) / 400 AS chunk
-              FROM upd WHERE before = 'ACQUIRED') r
-        GROUP BY chunk
-    ) c
-)
-SELECT before, count(*) AS n FROM upd WHERE (SELECT n FROM notified) >= 0 GROUP BY before
-"#;
+const CANCEL_SQL: &str = include_str!("sql/cancel.sql");
 
-// $1 id (NULL: any), $2 extra attempts, $3 action (NULL: any), $4 the states to retry.
-const RETRY_SQL: &str = r#"
-UPDATE tasks SET
-    state = 'SCHEDULED',
-    max_attempts = attempts + $2,
-    run_at = now(),
-    cancel_requested = false,
-    finished_at = NULL,
-    updated_at = now()
-WHERE state = ANY($4::text[])
-  AND ($1::int8 IS NULL OR id = $1)
-  AND ($3::text IS NULL OR action = $3)
-"#;
+const RETRY_SQL: &str = include_str!("sql/retry.sql");
+
+const LEASE_OPEN_SQL: &str = include_str!("sql/lease_open.sql");
+
+const LEASE_RENEW_SQL: &str = include_str!("sql/lease_renew.sql");
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -1,0 +1,46 @@
+-- Rows locked in one global order (issue 18): every statement that changes several tasks locks their rows in id
+-- order before it changes any of them, and a completion then locks the workflows of its stages in id order, before
+-- the stage trigger (promotion, cascade) runs. Two statements over overlapping rows then queue behind each other
+-- instead of deadlocking (an UPDATE ... FROM unnest(...) locks rows in whatever order its join plan visits them:
+-- a hash join over tasks_acquired_idx visits them by acquired_at).
+CREATE OR REPLACE FUNCTION tasks_complete(
+    p_ids int8[], p_attempts int4[], p_oks bool[], p_bodies jsonb[],
+    p_base_secs float8, p_max_secs float8, p_jitter float8)
+    RETURNS TABLE (id bigint, attempt integer, state text, age_seconds float8) LANGUAGE plpgsql
+    SET plan_cache_mode = force_custom_plan AS $$
+#variable_conflict use_column
+DECLARE
+    v_workflows bigint[];
+BEGIN
+    SELECT array_agg(DISTINCT l.workflow_id) FILTER (WHERE l.workflow_id IS NOT NULL) INTO v_workflows
+    FROM (
+        SELECT t.id, t.workflow_id FROM tasks t
+        JOIN unnest(p_ids, p_attempts) AS r(id, attempt) ON t.id = r.id AND t.attempts = r.attempt
+        WHERE t.state = 'ACQUIRED'
+        ORDER BY t.id
+        FOR UPDATE OF t
+    ) l;
+    IF v_workflows IS NOT NULL THEN
+        PERFORM 1 FROM workflows w WHERE w.id = ANY(v_workflows) ORDER BY w.id FOR UPDATE;
+    END IF;
+    RETURN QUERY
+    WITH r AS (
+        SELECT * FROM unnest(p_ids, p_attempts, p_oks, p_bodies) AS r(id, attempt, ok, body)
+    )
+    UPDATE tasks t SET
+        state = CASE WHEN r.ok THEN 'SUCCESS'
+                     WHEN t.cancel_requested THEN 'CANCELLED'
+                     WHEN t.attempts >= t.max_attempts THEN 'CRITICAL_ERROR'
+                     ELSE 'ERROR' END,
+        result = CASE WHEN r.ok THEN r.body END,
+        error = CASE WHEN r.ok THEN NULL ELSE r.body END,
+        run_at = CASE WHEN r.ok OR t.cancel_requested OR t.attempts >= t.max_attempts THEN t.run_at
+                      ELSE now() + tasks_retry_delay(t.attempts, p_base_secs, p_max_secs, p_jitter) END,
+        acquired_at = NULL,
+        updated_at = now(),
+        finished_at = CASE WHEN r.ok OR t.cancel_requested OR t.attempts >= t.max_attempts THEN now() END
+    FROM r
+    WHERE t.id = r.id AND t.attempts = r.attempt AND t.state = 'ACQUIRED'
+    RETURNING t.id, t.attempts, t.state, EXTRACT(EPOCH FROM now() - t.created_at)::float8;
+END;
+$$;

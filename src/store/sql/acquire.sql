@@ -1,0 +1,1 @@
+SELECT * FROM tasks_acquire($1, $2, $3, $4)
