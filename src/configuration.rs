@@ -279,7 +279,8 @@ impl Settings {
 }
 
 fn toml_string(s: &Settings) -> String {
-    // figment re-exports no TOML writer; serde_json -> a small TOML printer keeps the dependency list short.
+    // figment re-exports no TOML writer and `toml` (in the tree through figment) is not a direct dependency:
+    // serde_json -> a small TOML printer keeps `[dependencies]` as it is.
     let v = serde_json::to_value(s).expect("settings serialize");
     let mut out = String::new();
     let obj = v.as_object().expect("object");

@@ -1,5 +1,5 @@
-//! sqs-scheduler: a distributed task scheduler. Postgres holds every task's state; queues (Amazon SQS, or an
-//! in-process transport) carry submissions, work and results as JSON-RPC 2.0. See docs/ARCHITECTURE.md.
+//! sqs-scheduler: a distributed task scheduler. Postgres holds every task's state; queues (Amazon SQS,
+//! RabbitMQ, or an in-process transport) carry submissions, work and results as JSON-RPC 2.0. See docs/ARCHITECTURE.md.
 
 pub mod actors;
 pub mod chaos;

@@ -288,7 +288,7 @@ pub trait QueueStage: Commit + Sized {
     fn parse(shared: &Shared, body: &str) -> Vec<Entry<Self::Item>>;
 }
 
-/// The actor of a queue-consuming commit stage: the Persister is `CommitStage<SubmitCommit>`, the ResultSink
+/// The actor of a queue-consuming commit stage: the Persister is `CommitStage<InboundCommit>`, the ResultSink
 /// `CommitStage<CompleteCommit>`. It answers [`Capacity`] with a full batch (its back-pressure is the wait for
 /// [`Settled`]) and [`Received`] with what [`settle`] settled.
 pub struct CommitStage<C: QueueStage> {

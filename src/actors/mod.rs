@@ -1,4 +1,5 @@
-//! The pipeline's actors (actix, each under actix's Supervisor, restarted by the `Watchdog` after a panic):
+//! The pipeline's actors (actix actors, each a child of a `supervision::Supervisor` and linked to it by a
+//! `supervision::Link`, so a panic or an unasked-for stop is seen at once and the child restarted):
 //!
 //! ```text
 //! inbound queue -> SqsPoller -> Persister -> Postgres (SCHEDULED)

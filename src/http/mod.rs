@@ -5,7 +5,7 @@
 //! - JSON-RPC errors are answered with HTTP 200 (the error is in the body); refusals before JSON-RPC (401, 403,
 //!   413, 400 for an unreadable body) carry a JSON-RPC error object with id null as well.
 //! - concurrent `submit:*` calls are group-committed: one `submit_many` for everything waiting (see
-//!   [`submit_batcher`]).
+//!   [`GroupCommitter`]).
 //! - every request is counted in `scheduler_http_requests_total{path,status}` (path: the route, or "other"),
 //!   every JSON-RPC error response in `scheduler_rpc_errors_total{code}`.
 
