@@ -7,7 +7,7 @@ use crate::actors::cron::CronScheduler;
 use crate::actors::due_listener::DueListener;
 use crate::actors::messages::{Capacity, Hooks, Reaped, Received, RunOnce};
 use crate::actors::persister::Persister;
-use crate::actors::poller::SqsPoller;
+use crate::actors::poller::QueuePoller;
 use crate::actors::reaper::StaleReaper;
 use crate::actors::result_sink::ResultSink;
 use crate::actors::stats::StatsCollector;
@@ -125,7 +125,7 @@ impl Stages {
 /// The stage actors that test hooks can reach, by name.
 pub const STAGE_NAMES: [&str; 5] = ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper"];
 
-/// A stage that consumes `queue`, with `pollers` SqsPollers handing it batches through a slot that always holds
+/// A stage that consumes `queue`, with `pollers` QueuePollers handing it batches through a slot that always holds
 /// the stage's current instance.
 fn queue_stage<A>(
     shared: &Shared,
@@ -153,7 +153,7 @@ where
         let (s, sl, cap) = (shared.clone(), slot.clone(), capacity.clone());
         children.push(
             ActorSpec::new(format!("{queue}_poller_{i}"), arbiter, move |link| {
-                SqsPoller::new(s.clone(), link, queue, sl.clone(), cap.clone())
+                QueuePoller::new(s.clone(), link, queue, sl.clone(), cap.clone())
             })
             .boxed(),
         );

@@ -2,9 +2,9 @@
 //! `supervision::Link`, so a panic or an unasked-for stop is seen at once and the child restarted):
 //!
 //! ```text
-//! inbound queue -> SqsPoller -> Persister -> Postgres (SCHEDULED)
-//! Postgres -> Acquirer -> outbound queue -> SqsPoller -> WorkerPool -> results queue
-//! results queue -> SqsPoller -> ResultSink -> Postgres (SUCCESS / ERROR / CRITICAL_ERROR)
+//! inbound queue -> QueuePoller -> Persister -> Postgres (SCHEDULED)
+//! Postgres -> Acquirer -> outbound queue -> QueuePoller -> WorkerPool -> results queue
+//! results queue -> QueuePoller -> ResultSink -> Postgres (SUCCESS / ERROR / CRITICAL_ERROR)
 //! StaleReaper: rescues stale ACQUIRED tasks, deletes old finished ones. StatsCollector: gauges.
 //! CronScheduler: enqueues the ticks of cron schedules.
 //! ```

@@ -197,7 +197,7 @@ pub type Persister = CommitStage<InboundCommit>;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PersisterSettings {
-    /// Receivers (SqsPoller actors) on the inbound queue.
+    /// Receivers (QueuePoller actors) on the inbound queue.
     pub pollers: usize,
     /// Submissions per submit_many transaction at most.
     pub max_batch: usize,

@@ -233,7 +233,7 @@ impl Actor for WorkerPool {
         let every = Duration::from_secs_f64(self.settings.heartbeat_interval_secs);
         ctx.spawn(database_heartbeat(heartbeat_store, self.held.clone(), every).into_actor(self));
         let held = self.held.clone();
-        let cancels = super::due_listener::listen(self.shared.settings.database.clone(), "tasks_cancel", move |p| {
+        let cancels = crate::db::listen(self.shared.settings.database.clone(), "tasks_cancel", move |p| {
             let tasks = parse_cancelled(p);
             let dropped = held.cancel(&tasks);
             metrics().handlers_cancelled.inc_by(dropped as u64);
@@ -276,12 +276,12 @@ impl Handler<Capacity> for WorkerPool {
 }
 
 /// A handler slot: its semaphore permit, and on release a wake-up for [`Capacity`] askers.
-struct Slot {
+struct HandlerSlot {
     permit: Option<OwnedSemaphorePermit>,
     freed: Arc<Notify>,
 }
 
-impl Drop for Slot {
+impl Drop for HandlerSlot {
     fn drop(&mut self) {
         drop(self.permit.take()); // released first, so a woken asker sees it free
         self.freed.notify_waiters();
@@ -343,7 +343,7 @@ impl Handler<Received> for WorkerPool {
                 let _promised = Promise(&waiting);
                 // One slot at a time, so a batch larger than the pool (concurrency below 10) still runs.
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                let permit = Slot { permit: Some(permit), freed: freed.clone() };
+                let permit = HandlerSlot { permit: Some(permit), freed: freed.clone() };
                 let guard = shared.phases.outbound_work.guard();
                 let run =
                     run_task(shared.clone(), db.clone(), req, carrier, permit, guard, done_tx.clone(), held.clone());
@@ -388,7 +388,7 @@ async fn run_task(
     db: crate::db::DbPool,
     mut req: TaskRequest,
     carrier: Arc<Carrier>,
-    permit: Slot,
+    permit: HandlerSlot,
     guard: TrackGuard,
     done_tx: mpsc::Sender<Done>,
     held: HeldRef,
