@@ -7,7 +7,7 @@ use super::commit_stage::{CommitStage, Entry, QueueStage};
 use super::Shared;
 use crate::chaos::Stage;
 use crate::metrics::metrics;
-use crate::protocol::{self, RpcError};
+use crate::protocol::{self, RpcError, WORKFLOW_SUBMIT};
 use crate::store::{Action, Commit, MaxAttempts, NewTask, StoreError, Submitted, TaskStore};
 use crate::workflow::{self, NewWorkflow, WorkflowSubmitted};
 use serde::{Deserialize, Serialize};
@@ -187,9 +187,6 @@ impl InboundCommit {
         }
     }
 }
-
-/// The method that submits a workflow (over HTTP `/rpc` and on the inbound queue).
-pub const WORKFLOW_SUBMIT: &str = "workflow.submit";
 
 /// The Persister: the commit stage over `submit_many` and `submit_workflows`.
 pub type Persister = CommitStage<InboundCommit>;

@@ -10,16 +10,14 @@
 //!   every JSON-RPC error response in `scheduler_rpc_errors_total{code}`.
 
 pub mod auth;
-pub mod levers;
 pub mod rpc;
-mod schedules;
 pub mod server;
 
 use crate::actors::commit_stage::GroupCommitter;
 use crate::actors::persister::{SubmitCommit, WorkflowCommit};
 use crate::configuration::Settings;
 use crate::metrics::metrics;
-use crate::protocol::{RpcError, INVALID_REQUEST};
+use crate::protocol::{RpcError, FORBIDDEN, INVALID_REQUEST, UNAUTHORIZED};
 use crate::store::{MaxAttempts, TaskStore};
 use crate::transport::{Queue, Transport};
 use actix_web::body::MessageBody;
@@ -29,14 +27,13 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
 use auth::{Access, Denied};
 use futures::StreamExt;
-use rpc::{error_response, RpcContext, FORBIDDEN, UNAUTHORIZED};
+use rpc::{error_response, RpcContext};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use rpc::{TASK_NOT_FOUND, TASK_NOT_RETRYABLE};
-pub use schedules::SCHEDULE_NOT_FOUND;
+pub use crate::protocol::{SCHEDULE_NOT_FOUND, TASK_NOT_FOUND, TASK_NOT_RETRYABLE};
 
 /// Submissions per group commit at most.
 pub const MAX_SUBMIT_BATCH: usize = 1000;
@@ -82,7 +79,7 @@ impl HttpApi {
             tracing::warn!("no API tokens configured: /rpc serves loopback clients only");
         }
         let m = metrics();
-        for code in rpc::ERROR_CODES {
+        for code in crate::protocol::RESPONSE_CODES {
             m.rpc_errors.with_label_values(&[code.to_string().as_str()]);
         }
         for (path, status) in

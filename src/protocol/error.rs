@@ -27,6 +27,16 @@ impl RpcError {
         Self { code, message: message.into(), data: None }
     }
 
+    /// -32601 naming the methods expected instead.
+    pub fn method_not_found(method: &str, expected: &[&str]) -> Self {
+        let expected = match expected.split_last() {
+            None => String::new(),
+            Some((last, [])) => format!(" (expected {last})"),
+            Some((last, rest)) => format!(" (expected {} or {last})", rest.join(", ")),
+        };
+        Self::new(METHOD_NOT_FOUND, format!("method not found: {method:?}{expected}"))
+    }
+
     pub fn invalid_params(e: ValidationError) -> Self {
         Self { code: INVALID_PARAMS, message: e.to_string(), data: Some(json!({"field": e.field})) }
     }

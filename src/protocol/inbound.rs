@@ -1,14 +1,15 @@
 //! Inbound submissions: `submit:<action>` requests (the payload, or the structured form with options) -> tasks.
 
-use super::codes::{INVALID_PARAMS, METHOD_NOT_FOUND};
+use super::codes::METHOD_NOT_FOUND;
 use super::envelope::{parse_batch, parse_body, parse_request};
 use super::error::RpcError;
-use super::outbound::{outbound_size, META_KEY};
-use crate::domain::{Action, DedupKey, MaxAttempts, NewTask, Payload, Priority, RunAt, TimeoutSecs, ValidationError};
+use super::params::{apply_task_option, check_payload, check_size, TaskOptionSet, TooLarge};
+use crate::domain::{Action, MaxAttempts, NewTask, Payload, ValidationError};
 use serde_json::{json, Map, Value};
-use std::time::Duration;
 
 pub const SUBMIT_PREFIX: &str = "submit:";
+/// The method that submits a workflow (over HTTP `/rpc` and on the inbound queue).
+pub const WORKFLOW_SUBMIT: &str = "workflow.submit";
 
 /// The action of a `submit:<action>` method.
 pub fn submit_action(method: &str) -> Result<Action, RpcError> {
@@ -39,48 +40,15 @@ pub fn submit_task(
         return Err(inv(ValidationError::new("params", "must be an object (the payload)")));
     };
     let structured = matches!(obj.get("payload"), Some(Value::Object(_)));
-    let mut task = if structured {
+    let task = if structured {
         let payload = Payload::parse(obj.remove("payload").unwrap()).map_err(inv)?;
         let mut t = NewTask::new(action, payload);
         t.max_attempts = default_max_attempts;
         for (k, v) in obj {
-            match k.as_str() {
-                "priority" => t.priority = Priority::parse(int_field("priority", &v)?).map_err(inv)?,
-                "max_attempts" => {
-                    t = t.with_max_attempts(MaxAttempts::parse(int_field("max_attempts", &v)?).map_err(inv)?)
-                }
-                "timeout_secs" => {
-                    let secs =
-                        v.as_f64().ok_or_else(|| inv(ValidationError::new("timeout_secs", "must be a number")))?;
-                    t.timeout = Some(TimeoutSecs::parse("timeout_secs", secs).map_err(inv)?);
-                }
-                "dedup_key" => {
-                    let s = v.as_str().ok_or_else(|| inv(ValidationError::new("dedup_key", "must be a string")))?;
-                    t.dedup_key = Some(DedupKey::parse(s).map_err(inv)?);
-                }
-                "run_at" => {
-                    let s =
-                        v.as_str().ok_or_else(|| inv(ValidationError::new("run_at", "must be an RFC 3339 string")))?;
-                    let at = chrono::DateTime::parse_from_rfc3339(s)
-                        .map_err(|e| inv(ValidationError::new("run_at", format!("must be an RFC 3339 time: {e}"))))?;
-                    t.run_at = RunAt::At(at.with_timezone(&chrono::Utc));
-                }
-                "delay_secs" => {
-                    let d = v.as_f64().filter(|d| d.is_finite() && *d >= 0.0 && *d <= 365.0 * 86400.0).ok_or_else(
-                        || {
-                            inv(ValidationError::new(
-                                "delay_secs",
-                                "must be a number of seconds between 0 and 31536000",
-                            ))
-                        },
-                    )?;
-                    t.run_at = RunAt::After(Duration::from_secs_f64(d));
-                }
-                other => {
-                    return Err(inv(ValidationError::new(
-                        "params",
-                        format!("unknown member {other:?} next to payload"),
-                    )));
+            match apply_task_option(&mut t, TaskOptionSet::Submit, &k, &v) {
+                Some(applied) => applied.map_err(|e| inv(e.into_validation()))?,
+                None => {
+                    return Err(inv(ValidationError::new("params", format!("unknown member {k:?} next to payload"))))
                 }
             }
         }
@@ -90,28 +58,9 @@ pub fn submit_task(
         t.max_attempts = default_max_attempts;
         t
     };
-    if task.payload.as_map().contains_key(META_KEY) {
-        return Err(inv(ValidationError::new("payload", format!("{META_KEY} is a reserved key"))));
-    }
-    if task.run_at == RunAt::After(Duration::ZERO) {
-        task.run_at = RunAt::Now;
-    }
-    let outbound = outbound_size(&task);
-    if outbound > max_message_bytes {
-        return Err(RpcError {
-            code: INVALID_PARAMS,
-            message: format!(
-                "payload too large: its task message would be {outbound} bytes, over the limit of \
-                 {max_message_bytes} bytes (transport.max_message_bytes)"
-            ),
-            data: Some(json!({"field": "payload", "size": outbound, "limit": max_message_bytes})),
-        });
-    }
+    check_payload(&task.payload).map_err(inv)?;
+    check_size(&task, max_message_bytes).map_err(TooLarge::to_rpc)?;
     Ok(task)
-}
-
-fn int_field(field: &'static str, v: &Value) -> Result<i64, RpcError> {
-    v.as_i64().ok_or_else(|| RpcError::invalid_params(ValidationError::new(field, "must be an integer")))
 }
 
 /// An inbound message body -> a task to persist.

@@ -22,12 +22,15 @@ mod error;
 mod inbound;
 mod outbound;
 mod pack;
+pub mod params;
 mod results;
 
 pub use codes::*;
 pub use envelope::{parse_batch, parse_body, parse_request, Request};
 pub use error::{too_large, RpcError};
-pub use inbound::{parse_submissions, parse_submit, submit_action, submit_message, submit_task, SUBMIT_PREFIX};
+pub use inbound::{
+    parse_submissions, parse_submit, submit_action, submit_message, submit_task, SUBMIT_PREFIX, WORKFLOW_SUBMIT,
+};
 pub use outbound::{outbound_size, TaskRequest, META_KEY};
 pub use pack::pack;
 pub use results::{parse_result, parse_results, result_body};

@@ -287,7 +287,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let answer = rt.block_on(async {
                 let store = TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff());
-                crate::http::levers::call_action(&store, method, Some(params)).await
+                crate::http::rpc::actions::call(&store, method, Some(params)).await
             });
             match answer {
                 Ok(v) => {
