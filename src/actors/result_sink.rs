@@ -2,11 +2,11 @@
 //! per group). Fenced: a result applies only to its (task id, attempt) while still ACQUIRED; stale results are
 //! counted and acknowledged, never applied. Malformed and refused results go to the results DLQ at once.
 
-use super::commit_stage::{CommitStage, Entry, QueueStage};
+use super::commit_stage::{CommitStage, QueueStage};
 use super::Shared;
 use crate::chaos::Stage;
 use crate::metrics::metrics;
-use crate::protocol;
+use crate::protocol::{self, Entry};
 use crate::store::{Applied, Commit, Outcome, StoreError, TaskResult, TaskState, TaskStore};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

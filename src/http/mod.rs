@@ -13,12 +13,12 @@ pub mod auth;
 pub mod rpc;
 pub mod server;
 
-use crate::actors::commit_stage::GroupCommitter;
-use crate::actors::persister::{SubmitCommit, WorkflowCommit};
 use crate::configuration::Settings;
+use crate::group_commit::GroupCommitter;
 use crate::metrics::metrics;
 use crate::protocol::{RpcError, FORBIDDEN, INVALID_REQUEST, UNAUTHORIZED};
 use crate::store::{MaxAttempts, TaskStore};
+use crate::submit::{SubmitCommit, WorkflowCommit};
 use crate::transport::{Queue, Transport};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, Service, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -91,13 +91,13 @@ impl HttpApi {
             store: state.store.clone(),
             submits: {
                 // The HTTP submit path is the Persister's commit stage, fed by requests instead of a queue.
-                let commit = SubmitCommit { store: state.store.clone(), shared: None, name: "http_submit" };
+                let commit = SubmitCommit { store: state.store.clone(), wake: None, name: "http_submit" };
                 let (committer, loops) = GroupCommitter::new(commit, MAX_SUBMIT_BATCH, SUBMIT_STATEMENTS_IN_FLIGHT);
                 actix_rt::spawn(loops);
                 committer
             },
             workflows: {
-                let commit = WorkflowCommit { store: state.store.clone(), shared: None, name: "http_workflow_submit" };
+                let commit = WorkflowCommit { store: state.store.clone(), wake: None, name: "http_workflow_submit" };
                 let (committer, loops) = GroupCommitter::new(commit, MAX_SUBMIT_BATCH, SUBMIT_STATEMENTS_IN_FLIGHT);
                 actix_rt::spawn(loops);
                 committer

@@ -68,3 +68,17 @@ pub fn parse_batch<T>(
         Ok(v) => vec![(None, one(v))],
     }
 }
+
+/// One entry of a received message: a message holds one, or several when it is a JSON-RPC batch.
+pub struct Entry<T> {
+    pub item: Result<T, RpcError>,
+    /// The entry's own JSON, for a batch entry (dead-lettered on its own); None for a whole message.
+    pub body: Option<String>,
+}
+
+impl<T> Entry<T> {
+    /// The message is the entry.
+    pub fn whole(item: Result<T, RpcError>) -> Vec<Entry<T>> {
+        vec![Entry { item, body: None }]
+    }
+}

@@ -1,7 +1,7 @@
 //! Inbound submissions: `submit:<action>` requests (the payload, or the structured form with options) -> tasks.
 
 use super::codes::METHOD_NOT_FOUND;
-use super::envelope::{parse_batch, parse_body, parse_request};
+use super::envelope::{parse_batch, parse_body, parse_request, Entry};
 use super::error::RpcError;
 use super::params::{apply_task_option, check_payload, check_size, TaskOptionSet, TooLarge};
 use crate::domain::{Action, MaxAttempts, NewTask, Payload, ValidationError};
@@ -83,6 +83,30 @@ pub fn parse_submissions(
         let req = parse_request(v).map_err(|(e, _)| e)?;
         submit_task(submit_action(&req.method)?, req.params, default_max_attempts, max_bytes)
     })
+}
+
+/// What one inbound entry asks for: a task, or a workflow (its params as given, for `workflow::parse_submit`:
+/// the workflow layer sits above the protocol).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    Task(NewTask),
+    Workflow(Option<Value>),
+}
+
+/// An inbound message body -> its entries: one JSON parse, then each request (the message, or each entry of a
+/// JSON-RPC batch, with its own JSON so it can be dead-lettered alone) dispatched on its method. A body that is not
+/// JSON, or an empty batch, is one bad entry.
+pub fn parse_inbound(body: &str, max_bytes: usize, default_max_attempts: MaxAttempts) -> Vec<Entry<Inbound>> {
+    parse_batch(body, max_bytes, |v| {
+        let req = parse_request(v).map_err(|(e, _)| e)?;
+        if req.method == WORKFLOW_SUBMIT {
+            return Ok(Inbound::Workflow(req.params));
+        }
+        submit_task(submit_action(&req.method)?, req.params, default_max_attempts, max_bytes).map(Inbound::Task)
+    })
+    .into_iter()
+    .map(|(body, item)| Entry { item, body })
+    .collect()
 }
 
 /// A submit notification, as a client sends it.

@@ -26,10 +26,11 @@ pub mod params;
 mod results;
 
 pub use codes::*;
-pub use envelope::{parse_batch, parse_body, parse_request, Request};
+pub use envelope::{parse_batch, parse_body, parse_request, Entry, Request};
 pub use error::{too_large, RpcError};
 pub use inbound::{
-    parse_submissions, parse_submit, submit_action, submit_message, submit_task, SUBMIT_PREFIX, WORKFLOW_SUBMIT,
+    parse_inbound, parse_submissions, parse_submit, submit_action, submit_message, submit_task, Inbound, SUBMIT_PREFIX,
+    WORKFLOW_SUBMIT,
 };
 pub use outbound::{outbound_size, TaskRequest, META_KEY};
 pub use pack::pack;

@@ -1,10 +1,10 @@
 //! What every `/rpc` method family is given: the [`RpcContext`], and the one mapping of a store error to a
 //! JSON-RPC error.
 
-use crate::actors::commit_stage::GroupCommitter;
-use crate::actors::persister::{SubmitCommit, WorkflowCommit};
+use crate::group_commit::{GroupCommitter, ItemError};
 use crate::protocol::{RpcError, INTERNAL_ERROR};
 use crate::store::{MaxAttempts, StoreError, TaskStore};
+use crate::submit::{SubmitCommit, WorkflowCommit};
 
 /// What the dispatcher needs.
 pub struct RpcContext {
@@ -32,9 +32,9 @@ pub fn store_error(e: StoreError) -> RpcError {
 }
 
 /// The answer to a submission whose group commit did not store it: refused data is -32602, anything else -32603.
-pub fn commit_failed(outcome: Option<Result<(), crate::actors::commit_stage::ItemError>>, what: &str) -> RpcError {
+pub fn commit_failed(outcome: Option<Result<(), ItemError>>, what: &str) -> RpcError {
     match outcome {
-        Some(Err(crate::actors::commit_stage::ItemError::Refused(why))) => {
+        Some(Err(ItemError::Refused(why))) => {
             RpcError::new(crate::protocol::INVALID_PARAMS, format!("refused by the database: {why}"))
         }
         other => {
