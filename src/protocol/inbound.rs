@@ -117,8 +117,10 @@ pub fn submit_message(action: &str, payload: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::RunAt;
     use crate::protocol::codes::*;
     use crate::protocol::outbound::TaskRequest;
+    use std::time::Duration;
 
     fn d() -> MaxAttempts {
         MaxAttempts::default()
