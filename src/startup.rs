@@ -173,7 +173,7 @@ fn role_children(
         Role::Submitter => {
             queue_stage(shared, stages, "persister", &arbiters.inbound, Queue::Inbound, settings.persister.pollers, {
                 let own = settings.persister.clone();
-                move |shared, link| Persister::new(shared, own.max_batch, link)
+                move |shared, link| Persister::new(shared, own.max_batch, own.pool_size, link)
             })
         }
         Role::Scheduler => {
@@ -214,7 +214,7 @@ fn role_children(
             settings.result_sink.pollers,
             {
                 let own = settings.result_sink.clone();
-                move |shared, link| ResultSink::new(shared, own.max_batch, link)
+                move |shared, link| ResultSink::new(shared, own.max_batch, own.pool_size, link)
             },
         ),
         Role::Supervisor => {
@@ -226,8 +226,10 @@ fn role_children(
                     slot.set(a.clone().recipient());
                     hook(a);
                 });
-            let s = shared.clone();
-            let stats = ActorSpec::new("stats", &arbiters.acquirer, move |link| StatsCollector::new(s.clone(), link));
+            let (s, own) = (shared.clone(), settings.stats.clone());
+            let stats = ActorSpec::new("stats", &arbiters.acquirer, move |link| {
+                StatsCollector::new(s.clone(), own.clone(), link)
+            });
             vec![reaper.boxed(), stats.boxed()]
         }
     }

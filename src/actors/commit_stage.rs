@@ -75,7 +75,7 @@ pub trait QueueStage: Commit + Sized {
     /// Which chaos setting applies to its statement.
     const CHAOS: Stage;
     /// The statement, built when the stage starts, on its Arbiter (where its pool is opened).
-    fn build(shared: &Shared) -> Self;
+    fn build(shared: &Shared, pool_size: u32) -> Self;
     /// A message body -> its entries.
     fn parse(shared: &Shared, body: &str) -> Vec<Entry<Self::Item>>;
 }
@@ -87,12 +87,14 @@ pub struct CommitStage<C: QueueStage> {
     shared: Shared,
     link: Link,
     max_batch: usize,
+    pool_size: u32,
     committer: Option<GroupCommitter<ChaosCommit<C>>>,
 }
 
 impl<C: QueueStage> CommitStage<C> {
-    pub fn new(shared: Shared, max_batch: usize, link: Link) -> Self {
-        Self { shared, link, max_batch, committer: None }
+    /// `max_batch` items per statement; `pool_size` database connections for them.
+    pub fn new(shared: Shared, max_batch: usize, pool_size: u32, link: Link) -> Self {
+        Self { shared, link, max_batch, pool_size, committer: None }
     }
 }
 
@@ -101,7 +103,7 @@ impl<C: QueueStage> Actor for CommitStage<C> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.link.attach(ctx);
-        let commit = self.shared.chaos.around_commit(C::build(&self.shared), C::CHAOS);
+        let commit = self.shared.chaos.around_commit(C::build(&self.shared, self.pool_size), C::CHAOS);
         let (committer, loops) = GroupCommitter::new(commit, self.max_batch, 1);
         self.committer = Some(committer);
         ctx.spawn(loops.into_actor(self));

@@ -11,14 +11,17 @@
 
 pub mod acquirer;
 pub mod breaker;
+pub mod cleaner;
 pub mod commit_stage;
 pub mod cron;
 mod dead_letter;
 pub mod due_listener;
+pub mod maintenance;
 pub mod messages;
 pub mod persister;
 pub mod poller;
 pub mod reaper;
+pub mod rescuer;
 pub mod result_sink;
 mod shared;
 mod shutdown;

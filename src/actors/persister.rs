@@ -18,8 +18,8 @@ impl QueueStage for InboundCommit {
     const NAME: &'static str = "persister";
     const CHAOS: Stage = Stage::Persister;
 
-    fn build(shared: &Shared) -> Self {
-        let store = shared.store("persister", 8);
+    fn build(shared: &Shared, pool_size: u32) -> Self {
+        let store = shared.store("persister", pool_size);
         let acquirer = shared.acquirer.clone();
         let wake: Wake = Arc::new(move || {
             if let Some(a) = acquirer.get() {
@@ -49,10 +49,12 @@ pub struct PersisterSettings {
     pub pollers: usize,
     /// Submissions per submit_many transaction at most.
     pub max_batch: usize,
+    /// Database connections of its statements (at most `database.pool_size`).
+    pub pool_size: u32,
 }
 
 impl Default for PersisterSettings {
     fn default() -> Self {
-        Self { pollers: 2, max_batch: 500 }
+        Self { pollers: 2, max_batch: 500, pool_size: 8 }
     }
 }

@@ -77,7 +77,7 @@ impl Actor for WorkerPool {
         self.link.attach(ctx);
         let (tx, rx) = mpsc::channel(DONE_CAPACITY);
         self.done_tx = Some(tx);
-        let pool_size = self.settings.concurrency.min(16) as u32;
+        let pool_size = self.settings.db_pool_size.min(self.settings.concurrency as u32);
         self.store = Some(self.shared.store("worker_pool", pool_size));
         ctx.spawn(send_results(self.shared.clone(), rx, self.held.clone()).into_actor(self));
         ctx.spawn(visibility_heartbeat(self.shared.clone(), self.held.clone()).into_actor(self));
@@ -232,10 +232,13 @@ pub struct WorkerSettings {
     /// How often `heartbeat_at` of all running tasks is refreshed, in one statement (seconds).
     /// `reaper.stale_timeout_secs` must be at least twice this.
     pub heartbeat_interval_secs: f64,
+    /// Database connections the handlers share (at most `concurrency` and `database.pool_size`); the heartbeat
+    /// has its own.
+    pub db_pool_size: u32,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self { concurrency: 64, pollers: 2, heartbeat_interval_secs: 30.0 }
+        Self { concurrency: 64, pollers: 2, heartbeat_interval_secs: 30.0, db_pool_size: 16 }
     }
 }
