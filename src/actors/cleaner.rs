@@ -2,8 +2,7 @@
 //! `reaper.clean_states` are deleted, then finished workflows with all their stages. In batches of
 //! `reaper.batch_size` until one comes back short, each statement bounded by `reaper.query_timeout_secs`.
 
-use super::maintenance::run_counted_batches;
-use super::reaper::ReaperSettings;
+use super::maintenance::{run_counted_batches, ReaperSettings};
 use crate::metrics::metrics;
 use crate::store::{TaskState, TaskStore};
 use crate::workflow::WorkflowState;

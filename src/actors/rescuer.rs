@@ -3,8 +3,7 @@
 //! started within `reaper.queue_timeout_secs` of their acquisition (see `TaskStore::rescue_stale`). In batches of
 //! `reaper.batch_size` until one comes back short, each statement bounded by `reaper.query_timeout_secs`.
 
-use super::maintenance::run_batches;
-use super::reaper::ReaperSettings;
+use super::maintenance::{run_batches, ReaperSettings};
 use super::Shared;
 use crate::metrics::metrics;
 use crate::store::TaskStore;
