@@ -409,6 +409,25 @@ pub async fn probe(settings: &DatabaseSettings) -> Result<(), String> {
     }
 }
 
+/// Sets `scheduler_db_pool_connections` from every pool this process has open (at scrape time: `/metrics` calls
+/// it). A stage whose pool is gone (restarted, or not running here) reads 0 rather than its last value.
+pub fn refresh_pool_metrics() {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let gauge = &crate::metrics::metrics().db_pool_connections;
+    let states = pool_states();
+    let mut seen = SEEN.lock().unwrap();
+    for (stage, ..) in &states {
+        if !seen.contains(stage) {
+            seen.push(stage.clone());
+        }
+    }
+    for stage in seen.iter() {
+        let (in_use, idle) = states.iter().find(|s| &s.0 == stage).map(|s| (s.1, s.2)).unwrap_or((0, 0));
+        gauge.with_label_values(&[stage.as_str(), "in_use"]).set(in_use as i64);
+        gauge.with_label_values(&[stage.as_str(), "idle"]).set(idle as i64);
+    }
+}
+
 /// LISTENs on `channel` on a dedicated connection and calls `on` with each notification's payload, for ever:
 /// reconnects a second after the connection is lost (notifications sent meanwhile are missed; callers have a
 /// fallback: a timer, a heartbeat).

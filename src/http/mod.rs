@@ -283,7 +283,10 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
 }
 
 async fn metrics_endpoint() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(metrics().render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body({
+        crate::db::refresh_pool_metrics();
+        metrics().render()
+    })
 }
 
 async fn healthz() -> HttpResponse {
