@@ -9,6 +9,8 @@ pub mod domain;
 pub mod group_commit;
 pub mod handlers;
 pub mod http;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod protocol;
 pub mod schedules;
