@@ -7,6 +7,7 @@ pub use crate::actors::cron::CronSettings;
 pub use crate::actors::persister::PersisterSettings;
 pub use crate::actors::reaper::ReaperSettings;
 pub use crate::actors::result_sink::ResultSinkSettings;
+pub use crate::actors::stats::StatsSettings;
 pub use crate::actors::worker_pool::WorkerSettings;
 pub use crate::chaos::ChaosSettings;
 pub use crate::db::DatabaseSettings;
@@ -38,6 +39,7 @@ pub struct Settings {
     pub result_sink: ResultSinkSettings,
     pub retry: RetrySettings,
     pub reaper: ReaperSettings,
+    pub stats: StatsSettings,
     pub chaos: ChaosSettings,
     pub http: HttpSettings,
     pub supervision: SupervisionSettings,
@@ -178,6 +180,15 @@ impl Settings {
             return err("sqs.queue_prefix", "must be non-empty and use only letters, digits, '-' and '_'");
         }
         self.rabbitmq.validate().map_err(ConfigError)?;
+        for (key, n) in [
+            ("persister.pool_size", self.persister.pool_size),
+            ("result_sink.pool_size", self.result_sink.pool_size),
+            ("worker.db_pool_size", self.worker.db_pool_size),
+        ] {
+            if n == 0 {
+                return err(key, "must be at least 1");
+            }
+        }
         if self.persister.max_batch == 0 {
             return err("persister.max_batch", "must be at least 1");
         }
@@ -220,6 +231,7 @@ impl Settings {
             return err("retry.jitter", "must be between 0.0 and 1.0");
         }
         self.reaper.validate().map_err(ConfigError)?;
+        self.stats.validate().map_err(ConfigError)?;
         if self.reaper.stale_timeout_secs < 2.0 * heartbeat {
             return err(
                 "reaper.stale_timeout_secs",
@@ -279,7 +291,8 @@ impl Settings {
 }
 
 fn toml_string(s: &Settings) -> String {
-    // figment re-exports no TOML writer; serde_json -> a small TOML printer keeps the dependency list short.
+    // figment re-exports no TOML writer and `toml` (in the tree through figment) is not a direct dependency:
+    // serde_json -> a small TOML printer keeps `[dependencies]` as it is.
     let v = serde_json::to_value(s).expect("settings serialize");
     let mut out = String::new();
     let obj = v.as_object().expect("object");

@@ -408,3 +408,63 @@ pub async fn probe(settings: &DatabaseSettings) -> Result<(), String> {
         Err(_) => Err(format!("no answer within {} ms", settings.connect_timeout_ms)),
     }
 }
+
+/// Sets `scheduler_db_pool_connections` from every pool this process has open (at scrape time: `/metrics` calls
+/// it). A stage whose pool is gone (restarted, or not running here) reads 0 rather than its last value.
+pub fn refresh_pool_metrics() {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let gauge = &crate::metrics::metrics().db_pool_connections;
+    let states = pool_states();
+    let mut seen = SEEN.lock().unwrap();
+    for (stage, ..) in &states {
+        if !seen.contains(stage) {
+            seen.push(stage.clone());
+        }
+    }
+    for stage in seen.iter() {
+        let (in_use, idle) = states.iter().find(|s| &s.0 == stage).map(|s| (s.1, s.2)).unwrap_or((0, 0));
+        gauge.with_label_values(&[stage.as_str(), "in_use"]).set(in_use as i64);
+        gauge.with_label_values(&[stage.as_str(), "idle"]).set(idle as i64);
+    }
+}
+
+/// LISTENs on `channel` on a dedicated connection and calls `on` with each notification's payload, for ever:
+/// reconnects a second after the connection is lost (notifications sent meanwhile are missed; callers have a
+/// fallback: a timer, a heartbeat).
+pub async fn listen(settings: DatabaseSettings, channel: &'static str, mut on: impl FnMut(&str)) {
+    use futures::StreamExt;
+    // The same connections as the pools: TLS per sslmode, connect timeout, TCP keepalive (a LISTEN connection is
+    // idle most of the time: keepalive is what notices that it died).
+    let connector = match Connector::new(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "database.url unusable; no notification connection");
+            return;
+        }
+    };
+    loop {
+        match connector.connect().await {
+            Ok((client, mut conn)) => {
+                let (tx, mut rx) = futures::channel::mpsc::unbounded();
+                let stream =
+                    futures::stream::poll_fn(move |cx| conn.poll_message(cx)).map(|r| r.map_err(|e| e.to_string()));
+                let driver = stream.forward(futures::SinkExt::sink_map_err(tx, |e| e.to_string()));
+                let listen = async {
+                    client.batch_execute(&format!("LISTEN {channel}")).await?;
+                    while let Some(msg) = rx.next().await {
+                        if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                            on(n.payload());
+                        }
+                    }
+                    Ok::<_, tokio_postgres::Error>(())
+                };
+                tokio::select! {
+                    r = driver => if let Err(e) = r { tracing::warn!(error = %e, "notification connection lost") },
+                    r = listen => if let Err(e) = r { tracing::warn!(error = %e, "LISTEN failed") },
+                }
+            }
+            Err(e) => tracing::warn!(error = %describe(&e), "cannot open the notification connection"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -253,95 +253,9 @@ impl Metrics {
 
     /// Text exposition format for `/metrics`.
     pub fn render(&self) -> String {
-        self.refresh_pools();
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
         String::from_utf8(buf).expect("utf8")
-    }
-}
-
-impl Metrics {
-    /// Pool gauges are read at scrape time, from every pool this process has open.
-    /// A stage whose pool is gone (restarted, or not running here) reads 0 rather than its last value.
-    pub fn refresh_pools(&self) {
-        static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        let states = crate::db::pool_states();
-        let mut seen = SEEN.lock().unwrap();
-        for (stage, ..) in &states {
-            if !seen.contains(stage) {
-                seen.push(stage.clone());
-            }
-        }
-        for stage in seen.iter() {
-            let (in_use, idle) = states.iter().find(|s| &s.0 == stage).map(|s| (s.1, s.2)).unwrap_or((0, 0));
-            self.db_pool_connections.with_label_values(&[stage.as_str(), "in_use"]).set(in_use as i64);
-            self.db_pool_connections.with_label_values(&[stage.as_str(), "idle"]).set(idle as i64);
-        }
-    }
-}
-
-/// Labels every metric family the dashboards query has, so they exist in /metrics from the start.
-impl Metrics {
-    pub fn init_labels(&self, queue_prefix: &str) {
-        let m = self;
-        for q in crate::transport::Queue::ALL {
-            let name = q.name(queue_prefix);
-            m.messages_received.with_label_values(&[name.as_str()]);
-            m.queue_depth.with_label_values(&[name.as_str()]);
-            if q.is_dlq() {
-                m.messages_dead_lettered.with_label_values(&[name.as_str(), "parse_error"]);
-            }
-        }
-        for o in ["success", "error", "critical_error", "cancelled"] {
-            m.results_applied.with_label_values(&[o]);
-        }
-        for s in ["persister", "acquirer", "worker", "result_sink"] {
-            m.chaos_injected.with_label_values(&[s]);
-        }
-        for a in ["noop", "export"] {
-            m.handler_duration.with_label_values(&[a]);
-        }
-        for s in crate::store::TaskState::ALL {
-            m.tasks.with_label_values(&[s.as_str()]);
-        }
-        for s in crate::workflow::WorkflowState::ALL {
-            m.workflows.with_label_values(&[s.as_str()]);
-        }
-        for o in ["created", "duplicate"] {
-            m.workflows_submitted.with_label_values(&[o]);
-        }
-        for stage in ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper", "stats", "http"] {
-            for state in ["in_use", "idle"] {
-                m.db_pool_connections.with_label_values(&[stage, state]);
-            }
-        }
-        for a in ["persister", "acquirer", "due_listener", "worker_pool", "result_sink", "stale_reaper", "stats"] {
-            m.actor_restarts.with_label_values(&[a, "panic"]);
-            m.actor_in_flight.with_label_values(&[a]);
-        }
-        for s in ["root", "submitter", "scheduler", "worker", "resulter", "supervisor", "http"] {
-            m.supervisor_give_ups.with_label_values(&[s]);
-        }
-        for s in ["persister", "result_sink", "http_submit", "http_workflow_submit", "result_sink_spawn"] {
-            m.items_refused.with_label_values(&[s]);
-            m.commit_batch_size.with_label_values(&[s]);
-        }
-        for s in ["active", "paused"] {
-            m.cron_schedules.with_label_values(&[s]);
-        }
-        for s in REJECTION_SOURCES {
-            m.unknown_action_rejections.with_label_values(&[s]);
-        }
-        for from in ["SCHEDULED", "ERROR", "ACQUIRED", "WAITING"] {
-            m.tasks_cancelled.with_label_values(&[from]);
-        }
-        m.acquire_throttled.with_label_values(&["noop"]);
-        m.tasks_timed_out.with_label_values(&["noop"]);
-        for o in ["ack", "failed"] {
-            m.amqp_confirms.with_label_values(&[o]);
-        }
-        m.http_requests.with_label_values(&["/rpc", "200"]);
-        m.rpc_errors.with_label_values(&["-32600"]);
     }
 }
 

@@ -60,9 +60,7 @@ impl Schedule {
         let cron = CronExpr::parse(&spec.cron, &spec.timezone)?;
         let action = Action::parse(spec.action.clone())?;
         let payload = Payload::parse(Value::Object(spec.payload.clone()))?;
-        if payload.as_map().contains_key(crate::protocol::META_KEY) {
-            return Err(ValidationError::new("payload", format!("{} is a reserved key", crate::protocol::META_KEY)));
-        }
+        crate::protocol::params::check_payload(&payload)?;
         let priority = Priority::parse(spec.priority)?;
         let max_attempts = spec.max_attempts.map(MaxAttempts::parse).transpose()?;
         Ok(Schedule { name, cron, action, payload, priority, max_attempts })

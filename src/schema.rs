@@ -1,4 +1,6 @@
-//! Diesel table definitions; they mirror `migrations/` (see diesel.toml).
+//! Diesel table definitions for the reads written in diesel's DSL. A partial mirror of `migrations/`, on purpose:
+//! `tasks` leaves out `heartbeat_at`, `timeout_secs`, `workflow_id`, `stage`, `pending_parents` and
+//! `stage_on_failure` (diesel's 16-column limit; the statements that use them are SQL). See diesel.toml.
 
 diesel::table! {
     tasks (id) {

@@ -7,7 +7,7 @@ use crate::actors::cron::CronScheduler;
 use crate::actors::due_listener::DueListener;
 use crate::actors::messages::{Capacity, Hooks, Reaped, Received, RunOnce};
 use crate::actors::persister::Persister;
-use crate::actors::poller::SqsPoller;
+use crate::actors::poller::QueuePoller;
 use crate::actors::reaper::StaleReaper;
 use crate::actors::result_sink::ResultSink;
 use crate::actors::stats::StatsCollector;
@@ -18,7 +18,7 @@ use crate::configuration::{Settings, TransportKind};
 use crate::handlers::HandlerRegistry;
 use crate::http::server::HttpServerActor;
 use crate::http::HttpState;
-use crate::metrics::metrics;
+use crate::metrics::{metrics, Metrics};
 use crate::store::Applied;
 use crate::supervision::{ActorSpec, ChildSpec, Link, Shutdown, SupervisionEvent, Supervisor, SupervisorSpec, Tree};
 use crate::transport::memory::MemoryTransport;
@@ -125,7 +125,7 @@ impl Stages {
 /// The stage actors that test hooks can reach, by name.
 pub const STAGE_NAMES: [&str; 5] = ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper"];
 
-/// A stage that consumes `queue`, with `pollers` SqsPollers handing it batches through a slot that always holds
+/// A stage that consumes `queue`, with `pollers` QueuePollers handing it batches through a slot that always holds
 /// the stage's current instance.
 fn queue_stage<A>(
     shared: &Shared,
@@ -153,7 +153,7 @@ where
         let (s, sl, cap) = (shared.clone(), slot.clone(), capacity.clone());
         children.push(
             ActorSpec::new(format!("{queue}_poller_{i}"), arbiter, move |link| {
-                SqsPoller::new(s.clone(), link, queue, sl.clone(), cap.clone())
+                QueuePoller::new(s.clone(), link, queue, sl.clone(), cap.clone())
             })
             .boxed(),
         );
@@ -173,7 +173,7 @@ fn role_children(
         Role::Submitter => {
             queue_stage(shared, stages, "persister", &arbiters.inbound, Queue::Inbound, settings.persister.pollers, {
                 let own = settings.persister.clone();
-                move |shared, link| Persister::new(shared, own.max_batch, link)
+                move |shared, link| Persister::new(shared, own.max_batch, own.pool_size, link)
             })
         }
         Role::Scheduler => {
@@ -214,7 +214,7 @@ fn role_children(
             settings.result_sink.pollers,
             {
                 let own = settings.result_sink.clone();
-                move |shared, link| ResultSink::new(shared, own.max_batch, link)
+                move |shared, link| ResultSink::new(shared, own.max_batch, own.pool_size, link)
             },
         ),
         Role::Supervisor => {
@@ -226,8 +226,10 @@ fn role_children(
                     slot.set(a.clone().recipient());
                     hook(a);
                 });
-            let s = shared.clone();
-            let stats = ActorSpec::new("stats", &arbiters.acquirer, move |link| StatsCollector::new(s.clone(), link));
+            let (s, own) = (shared.clone(), settings.stats.clone());
+            let stats = ActorSpec::new("stats", &arbiters.acquirer, move |link| {
+                StatsCollector::new(s.clone(), own.clone(), link)
+            });
             vec![reaper.boxed(), stats.boxed()]
         }
     }
@@ -410,5 +412,71 @@ impl App {
             a.stop();
         }
         tracing::info!("shutdown complete");
+    }
+}
+
+/// Labels every metric family the dashboards query has, so they exist in /metrics from the start. Here, not in
+/// `metrics.rs`: it names the queues, states and stages, and `metrics.rs` stays a leaf every module may use.
+impl Metrics {
+    pub fn init_labels(&self, queue_prefix: &str) {
+        let m = self;
+        for q in crate::transport::Queue::ALL {
+            let name = q.name(queue_prefix);
+            m.messages_received.with_label_values(&[name.as_str()]);
+            m.queue_depth.with_label_values(&[name.as_str()]);
+            if q.is_dlq() {
+                m.messages_dead_lettered.with_label_values(&[name.as_str(), "parse_error"]);
+            }
+        }
+        for o in ["success", "error", "critical_error", "cancelled"] {
+            m.results_applied.with_label_values(&[o]);
+        }
+        for s in ["persister", "acquirer", "worker", "result_sink"] {
+            m.chaos_injected.with_label_values(&[s]);
+        }
+        for a in ["noop", "export"] {
+            m.handler_duration.with_label_values(&[a]);
+        }
+        for s in crate::store::TaskState::ALL {
+            m.tasks.with_label_values(&[s.as_str()]);
+        }
+        for s in crate::workflow::WorkflowState::ALL {
+            m.workflows.with_label_values(&[s.as_str()]);
+        }
+        for o in ["created", "duplicate"] {
+            m.workflows_submitted.with_label_values(&[o]);
+        }
+        for stage in ["persister", "acquirer", "worker_pool", "result_sink", "stale_reaper", "stats", "http"] {
+            for state in ["in_use", "idle"] {
+                m.db_pool_connections.with_label_values(&[stage, state]);
+            }
+        }
+        for a in ["persister", "acquirer", "due_listener", "worker_pool", "result_sink", "stale_reaper", "stats"] {
+            m.actor_restarts.with_label_values(&[a, "panic"]);
+            m.actor_in_flight.with_label_values(&[a]);
+        }
+        for s in ["root", "submitter", "scheduler", "worker", "resulter", "supervisor", "http"] {
+            m.supervisor_give_ups.with_label_values(&[s]);
+        }
+        for s in ["persister", "result_sink", "http_submit", "http_workflow_submit", "result_sink_spawn"] {
+            m.items_refused.with_label_values(&[s]);
+            m.commit_batch_size.with_label_values(&[s]);
+        }
+        for s in ["active", "paused"] {
+            m.cron_schedules.with_label_values(&[s]);
+        }
+        for s in crate::metrics::REJECTION_SOURCES {
+            m.unknown_action_rejections.with_label_values(&[s]);
+        }
+        for from in ["SCHEDULED", "ERROR", "ACQUIRED", "WAITING"] {
+            m.tasks_cancelled.with_label_values(&[from]);
+        }
+        m.acquire_throttled.with_label_values(&["noop"]);
+        m.tasks_timed_out.with_label_values(&["noop"]);
+        for o in ["ack", "failed"] {
+            m.amqp_confirms.with_label_values(&[o]);
+        }
+        m.http_requests.with_label_values(&["/rpc", "200"]);
+        m.rpc_errors.with_label_values(&["-32600"]);
     }
 }

@@ -3,15 +3,13 @@
 //! itself is SQL (migrations/2026-11-27-190000_workflows): the stages' transitions drive it in the statements that
 //! make them. See docs/ARCHITECTURE.md ("Workflows").
 
-use crate::domain::{
-    json_kind, Action, DedupKey, MaxAttempts, NewTask, Payload, Priority, RunAt, TaskState, TimeoutSecs,
-};
-use crate::protocol::{outbound_size, RpcError, INVALID_PARAMS, META_KEY};
+use crate::domain::{json_kind, Action, DedupKey, MaxAttempts, NewTask, Payload, TaskState, TimeoutSecs};
+use crate::protocol::params::{apply_task_option, check_payload, check_size, TaskOptionSet};
+use crate::protocol::{RpcError, INVALID_PARAMS};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 /// Most stages one workflow may be submitted with.
 pub const MAX_STAGES: usize = 1000;
@@ -187,31 +185,13 @@ fn parse_stage(
         None | Some(Value::Null) => Payload::empty(),
         Some(p) => Payload::parse(p.clone()).map_err(|e| err(e.to_string()))?,
     };
-    if payload.as_map().contains_key(META_KEY) {
-        return Err(err(format!("invalid payload: {META_KEY} is a reserved key")));
-    }
+    check_payload(&payload).map_err(|e| err(e.to_string()))?;
     let mut task = NewTask::new(action, payload);
     task.max_attempts = default_max_attempts;
     let mut depends_on = Vec::new();
     for (k, v) in obj {
-        let int = |v: &Value| v.as_i64().ok_or_else(|| err(format!("{k} must be an integer")));
         match k.as_str() {
             "name" | "action" | "payload" => {}
-            "priority" => task.priority = Priority::parse(int(v)?).map_err(|e| err(e.to_string()))?,
-            "max_attempts" => task.max_attempts = MaxAttempts::parse(int(v)?).map_err(|e| err(e.to_string()))?,
-            "timeout_secs" => {
-                let secs = v.as_f64().ok_or_else(|| err("timeout_secs must be a number of seconds".into()))?;
-                task.timeout = Some(TimeoutSecs::parse("timeout_secs", secs).map_err(|e| err(e.to_string()))?);
-            }
-            "delay_secs" => {
-                let d = v
-                    .as_f64()
-                    .filter(|d| d.is_finite() && *d >= 0.0 && *d <= 365.0 * 86400.0)
-                    .ok_or_else(|| err("delay_secs must be a number of seconds between 0 and 31536000".into()))?;
-                if d > 0.0 {
-                    task.run_at = RunAt::After(Duration::from_secs_f64(d));
-                }
-            }
             "depends_on" if allow_depends_on => {
                 let Value::Array(a) = v else { return Err(err("depends_on must be an array of stage names".into())) };
                 for d in a {
@@ -221,16 +201,13 @@ fn parse_stage(
                     depends_on.push(d.clone());
                 }
             }
-            other => return Err(err(format!("unknown member {other:?}"))),
+            other => match apply_task_option(&mut task, TaskOptionSet::Stage, other, v) {
+                Some(applied) => applied.map_err(|e| err(e.stage_message()))?,
+                None => return Err(err(format!("unknown member {other:?}"))),
+            },
         }
     }
-    let size = outbound_size(&task);
-    if size > max_message_bytes {
-        return Err(err(format!(
-            "payload too large: its task message would be {size} bytes, over the limit of {max_message_bytes} \
-             bytes (transport.max_message_bytes)"
-        )));
-    }
+    check_size(&task, max_message_bytes).map_err(|e| err(format!("payload too large: {}", e.detail())))?;
     Ok((NewStage { name, task, depends_on: Vec::new() }, depends_on))
 }
 

@@ -38,7 +38,7 @@ impl Actor for CronScheduler {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.link.attach(ctx);
-        let store = self.shared.store("cron_scheduler", 2);
+        let store = self.shared.store("cron_scheduler", self.settings.pool_size);
         let run = run(self.shared.clone(), self.settings.clone(), self.declared.clone(), store);
         ctx.spawn(run.into_actor(self));
     }
@@ -198,11 +198,13 @@ pub struct CronSettings {
     pub batch_size: i64,
     /// A pass is abandoned after this long (seconds), so a hung connection cannot stall the schedules.
     pub query_timeout_secs: f64,
+    /// Database connections of its passes (at most `database.pool_size`).
+    pub pool_size: u32,
 }
 
 impl Default for CronSettings {
     fn default() -> Self {
-        Self { interval_secs: 1.0, batch_size: 100, query_timeout_secs: 30.0 }
+        Self { interval_secs: 1.0, batch_size: 100, query_timeout_secs: 30.0, pool_size: 2 }
     }
 }
 
@@ -224,6 +226,9 @@ impl CronSettings {
         }
         if !(self.query_timeout_secs > 0.0 && self.query_timeout_secs.is_finite()) {
             return Err("cron.query_timeout_secs: must be greater than 0".into());
+        }
+        if self.pool_size < 1 {
+            return Err("cron.pool_size: must be at least 1".into());
         }
         Ok(())
     }

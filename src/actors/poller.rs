@@ -1,4 +1,4 @@
-//! SqsPoller: long-polls one queue and hands each batch to its stage as [`Received`], then deletes what the
+//! QueuePoller: long-polls one queue and hands each batch to its stage as [`Received`], then deletes what the
 //! stage answers as [`Settled`] (ack after commit). Works on any `Transport`. On shutdown it drains its queue
 //! (receives until one comes back empty) and stops; the grace deadline stops it regardless.
 
@@ -11,7 +11,7 @@ use crate::transport::{Message as QueueMessage, Queue, MAX_BATCH};
 use actix::prelude::*;
 use std::time::Duration;
 
-pub struct SqsPoller {
+pub struct QueuePoller {
     shared: Shared,
     link: Link,
     queue: Queue,
@@ -19,14 +19,14 @@ pub struct SqsPoller {
     capacity: Slot<Capacity>,
 }
 
-impl SqsPoller {
+impl QueuePoller {
     /// `stage` and `capacity` both reach the stage's current instance.
     pub fn new(shared: Shared, link: Link, queue: Queue, stage: Slot<Received>, capacity: Slot<Capacity>) -> Self {
         Self { shared, link, queue, stage, capacity }
     }
 }
 
-impl Actor for SqsPoller {
+impl Actor for QueuePoller {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {

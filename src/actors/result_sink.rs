@@ -2,11 +2,11 @@
 //! per group). Fenced: a result applies only to its (task id, attempt) while still ACQUIRED; stale results are
 //! counted and acknowledged, never applied. Malformed and refused results go to the results DLQ at once.
 
-use super::commit_stage::{CommitStage, Entry, QueueStage};
+use super::commit_stage::{CommitStage, QueueStage};
 use super::Shared;
 use crate::chaos::Stage;
 use crate::metrics::metrics;
-use crate::protocol;
+use crate::protocol::{self, Entry};
 use crate::store::{Applied, Commit, Outcome, StoreError, TaskResult, TaskState, TaskStore};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -73,8 +73,8 @@ impl QueueStage for CompleteCommit {
     const NAME: &'static str = "result_sink";
     const CHAOS: Stage = Stage::ResultSink;
 
-    fn build(shared: &Shared) -> Self {
-        CompleteCommit { store: shared.store("result_sink", 8), shared: shared.clone() }
+    fn build(shared: &Shared, pool_size: u32) -> Self {
+        CompleteCommit { store: shared.store("result_sink", pool_size), shared: shared.clone() }
     }
 
     fn parse(shared: &Shared, body: &str) -> Vec<Entry<TaskResult>> {
@@ -116,10 +116,12 @@ pub struct ResultSinkSettings {
     pub pollers: usize,
     /// Results per complete_many statement at most.
     pub max_batch: usize,
+    /// Database connections of its statements (at most `database.pool_size`).
+    pub pool_size: u32,
 }
 
 impl Default for ResultSinkSettings {
     fn default() -> Self {
-        Self { pollers: 2, max_batch: 500 }
+        Self { pollers: 2, max_batch: 500, pool_size: 8 }
     }
 }

@@ -1,24 +1,26 @@
-//! StatsCollector: refreshes the gauges that need a query (tasks and workflows by state, paused actions, queue
-//! depths) every 5 s.
+//! StatsCollector: every `stats.interval_secs`, refreshes the gauges that need a query (tasks and workflows by
+//! state, paused actions, queue depths). River-style like the other maintenance services: its settings, defaults
+//! and validation live here, and [`refresh`] is one pass.
 
+use super::maintenance::every;
 use super::Shared;
 use crate::metrics::metrics;
 use crate::store::TaskStore;
 use crate::supervision::Link;
 use crate::transport::Queue;
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub struct StatsCollector {
     shared: Shared,
+    settings: StatsSettings,
     link: Link,
-    store: Option<TaskStore>,
-    running: bool,
 }
 
 impl StatsCollector {
-    pub fn new(shared: Shared, link: Link) -> Self {
-        Self { shared, link, store: None, running: false }
+    pub fn new(shared: Shared, settings: StatsSettings, link: Link) -> Self {
+        Self { shared, settings, link }
     }
 }
 
@@ -27,16 +29,10 @@ impl Actor for StatsCollector {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.link.attach(ctx);
-        self.store = Some(self.shared.store("stats", 1));
-        ctx.run_interval(Duration::from_secs(5), |act, ctx| {
-            if act.running {
-                return; // the previous refresh is still running
-            }
-            act.running = true;
-            let shared = act.shared.clone();
-            let store = act.store.clone().expect("started");
-            ctx.spawn(refresh(shared, store).into_actor(act).map(|_, act, _| act.running = false));
-        });
+        let store = self.shared.store("stats", self.settings.pool_size);
+        let shared = self.shared.clone();
+        let interval = Duration::from_secs_f64(self.settings.interval_secs);
+        ctx.spawn(every(interval, move || refresh(shared.clone(), store.clone())).into_actor(self));
     }
 }
 
@@ -66,5 +62,32 @@ pub async fn refresh(shared: Shared, store: TaskStore) {
         if let Ok(depth) = shared.transport.depth(q).await {
             m.queue_depth.with_label_values(&[shared.queue_label(q).as_str()]).set(depth as i64);
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsSettings {
+    /// How often the gauges that need a query are refreshed (seconds).
+    pub interval_secs: f64,
+    /// Database connections of its queries (at most `database.pool_size`).
+    pub pool_size: u32,
+}
+
+impl Default for StatsSettings {
+    fn default() -> Self {
+        Self { interval_secs: 5.0, pool_size: 1 }
+    }
+}
+
+impl StatsSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.interval_secs >= 0.1 && self.interval_secs <= 3600.0) {
+            return Err("stats.interval_secs: must be between 0.1 and 3600".into());
+        }
+        if self.pool_size < 1 {
+            return Err("stats.pool_size: must be at least 1".into());
+        }
+        Ok(())
     }
 }

@@ -43,7 +43,10 @@ impl Handler for ExportHandler {
             .await
             .map_err(|e| HandlerError::new(format!("export of object {object_id} failed: {e}")))?;
         if !row.found {
-            return Err(HandlerError::with_code(-32004, format!("object {object_id} not found in t_object")));
+            return Err(HandlerError::with_code(
+                crate::protocol::OBJECT_NOT_FOUND_ERROR,
+                format!("object {object_id} not found in t_object"),
+            ));
         }
         Ok(json!({"result": "success", "objectID": object_id, "already_exported": !row.inserted}))
     }

@@ -5,22 +5,20 @@
 //! - JSON-RPC errors are answered with HTTP 200 (the error is in the body); refusals before JSON-RPC (401, 403,
 //!   413, 400 for an unreadable body) carry a JSON-RPC error object with id null as well.
 //! - concurrent `submit:*` calls are group-committed: one `submit_many` for everything waiting (see
-//!   [`submit_batcher`]).
+//!   [`GroupCommitter`]).
 //! - every request is counted in `scheduler_http_requests_total{path,status}` (path: the route, or "other"),
 //!   every JSON-RPC error response in `scheduler_rpc_errors_total{code}`.
 
 pub mod auth;
-pub mod levers;
 pub mod rpc;
-mod schedules;
 pub mod server;
 
-use crate::actors::commit_stage::GroupCommitter;
-use crate::actors::persister::{SubmitCommit, WorkflowCommit};
 use crate::configuration::Settings;
+use crate::group_commit::GroupCommitter;
 use crate::metrics::metrics;
-use crate::protocol::{RpcError, INVALID_REQUEST};
+use crate::protocol::{RpcError, FORBIDDEN, INVALID_REQUEST, UNAUTHORIZED};
 use crate::store::{MaxAttempts, TaskStore};
+use crate::submit::{SubmitCommit, WorkflowCommit};
 use crate::transport::{Queue, Transport};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, Service, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -29,14 +27,13 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
 use auth::{Access, Denied};
 use futures::StreamExt;
-use rpc::{error_response, RpcContext, FORBIDDEN, UNAUTHORIZED};
+use rpc::{error_response, RpcContext};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use rpc::{TASK_NOT_FOUND, TASK_NOT_RETRYABLE};
-pub use schedules::SCHEDULE_NOT_FOUND;
+pub use crate::protocol::{SCHEDULE_NOT_FOUND, TASK_NOT_FOUND, TASK_NOT_RETRYABLE};
 
 /// Submissions per group commit at most.
 pub const MAX_SUBMIT_BATCH: usize = 1000;
@@ -82,7 +79,7 @@ impl HttpApi {
             tracing::warn!("no API tokens configured: /rpc serves loopback clients only");
         }
         let m = metrics();
-        for code in rpc::ERROR_CODES {
+        for code in crate::protocol::RESPONSE_CODES {
             m.rpc_errors.with_label_values(&[code.to_string().as_str()]);
         }
         for (path, status) in
@@ -94,13 +91,13 @@ impl HttpApi {
             store: state.store.clone(),
             submits: {
                 // The HTTP submit path is the Persister's commit stage, fed by requests instead of a queue.
-                let commit = SubmitCommit { store: state.store.clone(), shared: None, name: "http_submit" };
+                let commit = SubmitCommit { store: state.store.clone(), wake: None, name: "http_submit" };
                 let (committer, loops) = GroupCommitter::new(commit, MAX_SUBMIT_BATCH, SUBMIT_STATEMENTS_IN_FLIGHT);
                 actix_rt::spawn(loops);
                 committer
             },
             workflows: {
-                let commit = WorkflowCommit { store: state.store.clone(), shared: None, name: "http_workflow_submit" };
+                let commit = WorkflowCommit { store: state.store.clone(), wake: None, name: "http_workflow_submit" };
                 let (committer, loops) = GroupCommitter::new(commit, MAX_SUBMIT_BATCH, SUBMIT_STATEMENTS_IN_FLIGHT);
                 actix_rt::spawn(loops);
                 committer
@@ -286,7 +283,10 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
 }
 
 async fn metrics_endpoint() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(metrics().render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body({
+        crate::db::refresh_pool_metrics();
+        metrics().render()
+    })
 }
 
 async fn healthz() -> HttpResponse {

@@ -4,10 +4,11 @@
 //! ```text
 //! root (restarts roles; past its intensity the process exits non-zero)
 //! ├── submitter:  persister, inbound pollers
-//! ├── scheduler:  acquirer, due listener
+//! ├── scheduler:  acquirer, due listener, cron scheduler
 //! ├── worker:     worker pool, outbound pollers
 //! ├── resulter:   result sink, results pollers
-//! └── supervisor: stale reaper, stats
+//! ├── supervisor: stale reaper, stats
+//! └── http:       http server (when `http.bind` is set)
 //! ```
 //!
 //! Policy one_for_one: a child that ends without being asked to (a panic in a handler or in a future it spawned,

@@ -16,9 +16,9 @@ use std::time::Duration;
 #[command(
     name = "sqs-scheduler",
     version,
-    about = "A distributed task scheduler: Postgres keeps every task's state, SQS carries the work.",
+    about = "A distributed task scheduler: Postgres keeps every task's state, queues (SQS, RabbitMQ) carry the work.",
     long_about = "A distributed task scheduler: clients submit JSON-RPC 2.0 tasks to the inbound queue (or over HTTP), \
-Postgres keeps every task's state, queues (Amazon SQS, or in-process) carry work to workers and results back.\n\n\
+Postgres keeps every task's state, queues (Amazon SQS, RabbitMQ, or in-process) carry work to workers and results back.\n\n\
 Configuration: compiled defaults < TOML file (--config, SCHEDULER_CONFIG or ./scheduler.toml) < environment \
 variables SCHEDULER_<SECTION>__<KEY> (e.g. SCHEDULER_DATABASE__URL). See scheduler.example.toml."
 )]
@@ -297,7 +297,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let answer = rt.block_on(async {
                 let store = TaskStore::new(db::build_pool(&settings.database), settings.retry.backoff());
-                crate::http::levers::call_action(&store, method, Some(params)).await
+                crate::http::rpc::actions::call(&store, method, Some(params)).await
             });
             match answer {
                 Ok(v) => {

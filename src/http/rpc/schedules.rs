@@ -2,16 +2,18 @@
 //! and `schedule.resume`. A bad name, expression, time zone, payload, priority or max_attempts is -32602 naming
 //! the field, an action no handler is known for is -32601, and neither changes anything.
 
-use super::rpc::{invalid, store_error, Params, RpcContext};
-use crate::protocol::{RpcError, INTERNAL_ERROR};
+use super::context::{store_error, RpcContext};
+use crate::protocol::params::{invalid, Params};
+use crate::protocol::{RpcError, INTERNAL_ERROR, SCHEDULE_NOT_FOUND};
 use crate::schedules::{parse_name, CronExpr, Schedule, ScheduleSpec};
 use crate::store::{StoreError, StoredSchedule};
 use serde_json::{json, Value};
 
 pub const PREFIX: &str = "schedule.";
 
-/// No schedule has that name.
-pub const SCHEDULE_NOT_FOUND: i64 = -32020;
+/// The methods of this family, in the order `method not found` lists them.
+pub const METHODS: &[&str] =
+    &["schedule.create", "schedule.list", "schedule.delete", "schedule.pause", "schedule.resume"];
 
 pub async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
     let mut p = Params::new(params)?;
@@ -38,17 +40,9 @@ pub async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Resu
             p.finish()?;
             let schedule = Schedule::parse(&spec).map_err(RpcError::invalid_params)?;
             ctx.known_actions.check(&schedule.action, "schedule")?;
-            let size = schedule.outbound_size();
-            if size > ctx.max_message_bytes {
-                return Err(invalid(
-                    "payload",
-                    format!(
-                        "too large: its task message would be {size} bytes, over the limit of {} bytes \
-                         (transport.max_message_bytes)",
-                        ctx.max_message_bytes
-                    ),
-                ));
-            }
+            let task = crate::store::NewTask::new(schedule.action.clone(), schedule.payload.clone());
+            crate::protocol::params::check_size(&task, ctx.max_message_bytes)
+                .map_err(|e| invalid("payload", format!("too large: {}", e.detail())))?;
             let now = ctx.store.db_now().await.map_err(store_error)?;
             let next = schedule.cron.next_after(now).ok_or_else(|| invalid("cron", "has no upcoming tick"))?;
             // A concurrent create of the same name that committed after the statement's snapshot leaves no row to
@@ -102,13 +96,7 @@ pub async fn call(ctx: &RpcContext, method: &str, params: Option<Value>) -> Resu
                 None => Err(not_found(&name)),
             }
         }
-        other => Err(RpcError::new(
-            crate::protocol::METHOD_NOT_FOUND,
-            format!(
-                "method not found: {other:?} (expected schedule.create, schedule.list, schedule.delete, \
-                 schedule.pause or schedule.resume)"
-            ),
-        )),
+        other => Err(RpcError::method_not_found(other, METHODS)),
     }
 }
 

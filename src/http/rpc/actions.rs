@@ -1,16 +1,21 @@
-//! The JSON-RPC methods an operator steers the queue with: `action.configure`, `action.pause`, `action.resume`,
-//! `action.list`, and the bulk (filter) forms of `task.cancel` and `task.retry`. Every change is one statement;
-//! bad input gets -32602 naming the field and changes nothing.
+//! The `action.*` methods of `/rpc`, with which an operator steers an action's tasks: `action.configure`,
+//! `action.pause`, `action.resume`, `action.list` (also the `action` subcommand of the CLI). Every change is one
+//! statement; bad input gets -32602 naming the field and changes nothing.
 
-use super::rpc::{invalid, store_error, Params};
+use super::context::store_error;
 use crate::domain::json_kind;
-use crate::metrics::metrics;
+use crate::protocol::params::{invalid, Params};
 use crate::protocol::RpcError;
-use crate::store::{Action, ActionChange, MaxAttempts, TaskFilter, TaskState, TaskStore, TimeoutSecs, ValidationError};
+use crate::store::{Action, ActionChange, MaxAttempts, TaskStore, TimeoutSecs, ValidationError};
 use serde_json::{json, Value};
 
+pub const PREFIX: &str = "action.";
+
+/// The methods of this family, in the order `method not found` lists them.
+pub const METHODS: &[&str] = &["action.configure", "action.pause", "action.resume", "action.list"];
+
 /// The `action.*` methods (also the `action` subcommand of the CLI).
-pub async fn call_action(store: &TaskStore, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+pub async fn call(store: &TaskStore, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
     let mut p = Params::new(params)?;
     match method {
         "action.configure" => {
@@ -55,45 +60,8 @@ pub async fn call_action(store: &TaskStore, method: &str, params: Option<Value>)
             let actions = store.list_actions(action.as_ref()).await.map_err(store_error)?;
             Ok(json!({"actions": actions}))
         }
-        other => Err(RpcError::new(
-            crate::protocol::METHOD_NOT_FOUND,
-            format!(
-                "method not found: {other:?} (expected action.configure, action.pause, action.resume or action.list)"
-            ),
-        )),
+        other => Err(RpcError::method_not_found(other, METHODS)),
     }
-}
-
-/// The filter of a bulk `task.cancel` / `task.retry` (`action`, `state`), None when the params name neither.
-pub(super) fn task_filter(p: &mut Params) -> Result<Option<TaskFilter>, RpcError> {
-    let action = p.optional_str("action")?.map(Action::parse).transpose().map_err(RpcError::invalid_params)?;
-    let state = p.optional_str("state")?.map(|s| TaskState::parse(&s)).transpose().map_err(RpcError::invalid_params)?;
-    Ok((action.is_some() || state.is_some()).then_some(TaskFilter { action, state }))
-}
-
-/// Bulk cancel: `{"cancelled": n, "by_state": {...}}`.
-pub(super) async fn cancel_matching(store: &TaskStore, filter: &TaskFilter) -> Result<Value, RpcError> {
-    let counts = store.cancel_matching(filter).await.map_err(store_error)?;
-    let mut by_state = serde_json::Map::new();
-    let mut total = 0;
-    for (state, n) in counts {
-        metrics().tasks_cancelled.with_label_values(&[state.as_str()]).inc_by(n as u64);
-        by_state.insert(state.as_str().into(), json!(n));
-        total += n;
-    }
-    tracing::info!(action = ?filter.action, state = ?filter.state, cancelled = total, "bulk cancel");
-    Ok(json!({"cancelled": total, "by_state": by_state}))
-}
-
-/// Bulk retry: `{"retried": n}`.
-pub(super) async fn retry_matching(
-    store: &TaskStore,
-    filter: &TaskFilter,
-    extra: MaxAttempts,
-) -> Result<Value, RpcError> {
-    let n = store.retry_matching(filter, extra).await.map_err(store_error)?;
-    tracing::info!(action = ?filter.action, state = ?filter.state, retried = n, "bulk retry");
-    Ok(json!({"retried": n}))
 }
 
 fn required_action(p: &mut Params) -> Result<Action, RpcError> {
