@@ -254,6 +254,7 @@ impl Settings {
                 );
             }
         }
+        crate::guard::settings::check_numeric_ranges(self).map_err(ConfigError)?;
         if !self.http.bind.is_empty() && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             return err("http.bind", "must be host:port with an IP address, e.g. 127.0.0.1:8080, or empty");
         }

@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod configuration;
 pub mod db;
 pub mod domain;
+pub mod guard;
 pub mod handlers;
 pub mod http;
 pub mod metrics;

@@ -104,6 +104,7 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
         let (tasks, throttled) = match store.acquire(cfg.batch_size).await {
             Ok(a) => {
                 error_delay = Duration::from_millis(100);
+                crate::guard::faults::report(&a.faults);
                 (a.tasks, a.throttled)
             }
             Err(e) => {

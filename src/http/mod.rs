@@ -217,7 +217,11 @@ fn refusal(status: StatusCode, code: i64, message: String) -> HttpResponse {
 async fn rpc_endpoint(req: HttpRequest, payload: web::Payload, api: web::Data<HttpApi>) -> HttpResponse {
     let inner = &api.0;
     let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    match inner.access.check(authorization, req.peer_addr()) {
+    let access = inner.access.check(authorization, req.peer_addr());
+    if let Err(denied) = access {
+        crate::guard::auth_failures::record(denied, authorization, req.peer_addr());
+    }
+    match access {
         Ok(()) => {}
         Err(Denied::Unauthorized) => return refusal(StatusCode::UNAUTHORIZED, UNAUTHORIZED, "unauthorized".into()),
         Err(Denied::Forbidden) => {
@@ -314,6 +318,12 @@ async fn readyz(api: web::Data<HttpApi>) -> HttpResponse {
     if let Some(why) = crate::actors::breaker::any_open() {
         ready = false;
         body["circuit_breaker"] = json!(why);
+    }
+    // An action whose settings row the acquire statement cannot use stops only itself: named, still ready.
+    if let Ok(Ok(faults)) = tokio::time::timeout(READY_TIMEOUT, state.store.action_faults()).await {
+        if !faults.is_empty() {
+            body["action_setting_faults"] = json!(faults);
+        }
     }
     if let Some(t) = &state.transport {
         let transport = match tokio::time::timeout(READY_TIMEOUT, t.depth(Queue::Inbound)).await {
