@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod schedules;
 pub mod schema;
+pub mod secret;
 pub mod startup;
 pub mod store;
 pub mod supervision;

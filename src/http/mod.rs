@@ -10,8 +10,10 @@
 //!   every JSON-RPC error response in `scheduler_rpc_errors_total{code}`.
 
 pub mod auth;
+mod budget;
 pub mod levers;
 pub mod rpc;
+pub mod rpc_id;
 mod schedules;
 pub mod server;
 
@@ -258,7 +260,7 @@ async fn rpc_endpoint(req: HttpRequest, payload: web::Payload, api: web::Data<Ht
         }
     };
     match rpc::handle_body(&inner.rpc, &body).await {
-        Some(v) => json_response(StatusCode::OK, &v),
+        Some(bytes) => HttpResponse::Ok().content_type("application/json").body(bytes),
         None => HttpResponse::NoContent().finish(),
     }
 }

@@ -461,7 +461,7 @@ fn with_scratch_database(settings: Settings, f: impl FnOnce(Settings) -> anyhow:
     let url = rt.block_on(db::create_database(&base, &name))?;
     db::run_migrations_blocking(&url)?;
     let mut s = settings;
-    s.database.url = url;
+    s.database.url = url.into();
     let res = f(s);
     rt.block_on(db::drop_database(&base, &name))?;
     res
