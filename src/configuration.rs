@@ -57,7 +57,7 @@ pub struct HttpSettings {
     /// Bearer tokens accepted by /rpc (a list, or one comma-separated string in the environment). With none, only
     /// loopback clients are served. Redacted by `config`.
     #[serde(deserialize_with = "string_or_list")]
-    pub api_tokens: Vec<String>,
+    pub api_tokens: Vec<crate::secret::Secret>,
     /// Largest request body (bytes); larger gets 413.
     pub body_limit_bytes: usize,
 }
@@ -106,6 +106,8 @@ impl Settings {
                 ConfigError(format!("{key}: {msg}"))
             }
         })?;
+        let mut s = s;
+        s.database.merge_password().map_err(ConfigError)?;
         s.validate()?;
         Ok(s)
     }
@@ -266,6 +268,7 @@ impl Settings {
                 );
             }
         }
+        crate::guard::settings::check_numeric_ranges(self).map_err(ConfigError)?;
         if !self.http.bind.is_empty() && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             return err("http.bind", "must be host:port with an IP address, e.g. 127.0.0.1:8080, or empty");
         }
@@ -274,18 +277,13 @@ impl Settings {
 
     /// The effective configuration as TOML with passwords, secrets and tokens replaced by "[redacted]".
     pub fn redacted_toml(&self) -> String {
+        use crate::secret::{Secret, REDACTED};
         let mut s = self.clone();
-        if let Ok(mut u) = url::Url::parse(&s.database.url) {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("[redacted]"));
-                s.database.url = u.to_string();
-            }
-        }
-        s.rabbitmq.url = crate::transport::rabbitmq::redact_url(&s.rabbitmq.url);
-        if s.sqs.secret_access_key.is_some() {
-            s.sqs.secret_access_key = Some("[redacted]".into());
-        }
-        s.http.api_tokens = s.http.api_tokens.iter().map(|_| "[redacted]".to_string()).collect();
+        s.database.url = s.database.url.redacted().into();
+        s.database.password = s.database.password.as_ref().map(|_| Secret::new(REDACTED));
+        s.rabbitmq.url = s.rabbitmq.url.redacted().into();
+        s.sqs.secret_access_key = s.sqs.secret_access_key.as_ref().map(|_| Secret::new(REDACTED));
+        s.http.api_tokens = s.http.api_tokens.iter().map(|_| Secret::new(REDACTED)).collect();
         toml_string(&s)
     }
 }
@@ -343,7 +341,7 @@ fn toml_value(v: &serde_json::Value) -> String {
 }
 
 /// Accepts `["a", "b"]` or `"a,b"` (environment variables are strings).
-fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<crate::secret::Secret>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -351,7 +349,7 @@ fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
         Many(Vec<String>),
     }
     Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
-        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(Into::into).collect(),
+        OneOrMany::Many(v) => v.into_iter().map(Into::into).collect(),
     })
 }

@@ -46,7 +46,8 @@ pub fn build_pool(settings: &DatabaseSettings) -> DbPool {
         }
         .boxed()
     });
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(settings.url.clone(), config);
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(settings.url.expose().to_owned(), config);
     Pool::builder()
         .max_size(settings.pool_size)
         .min_idle(Some(settings.min_idle.min(settings.pool_size)))
@@ -71,13 +72,19 @@ impl bb8::ErrorSink<diesel_async::pooled_connection::PoolError> for LogErrors {
     }
 }
 
-/// How a connection is secured, from the URL's `sslmode` (libpq's names; only these three).
+/// How a connection is secured, from the URL's `sslmode` (libpq's names and meanings; `allow` is not offered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
-    /// Plain TCP (the default when the URL has no sslmode).
+    /// Plain TCP; TLS is never negotiated.
     Disable,
+    /// TLS if the server offers it, else plain TCP; the certificate is not verified (libpq's default, and ours when
+    /// the URL has no sslmode). Protects against passive listeners on a server with TLS, against nobody active.
+    Prefer,
     /// TLS or no connection; the server's certificate is not verified (encryption against passive listeners only).
     Require,
+    /// TLS, the certificate chain verified against the system's roots (plus `sslrootcert`), the host name not
+    /// checked (a server reached by an address its certificate does not name, e.g. through a tunnel).
+    VerifyCa,
     /// TLS, the certificate chain verified against the system's roots (plus `sslrootcert`, a PEM file, if given)
     /// and the host name checked.
     VerifyFull,
@@ -94,16 +101,22 @@ pub struct ParsedUrl {
 /// Parses a postgres:// URL. The error names what is wrong (`Settings::validate` reports it under `database.url`).
 pub fn parse_url(url: &str) -> Result<ParsedUrl, String> {
     let mut u = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-    let (mut sslmode, mut sslrootcert) = (SslMode::Disable, None);
+    let (mut sslmode, mut sslrootcert) = (SslMode::Prefer, None);
     let mut rest = Vec::new();
     for (k, v) in u.query_pairs() {
         match k.as_ref() {
             "sslmode" => {
                 sslmode = match v.as_ref() {
                     "disable" => SslMode::Disable,
+                    "prefer" => SslMode::Prefer,
                     "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
                     "verify-full" => SslMode::VerifyFull,
-                    other => return Err(format!("sslmode must be disable, require or verify-full, not {other:?}")),
+                    other => {
+                        return Err(format!(
+                            "sslmode must be disable, prefer, require, verify-ca or verify-full, not {other:?}"
+                        ))
+                    }
                 }
             }
             "sslrootcert" => sslrootcert = Some(v.into_owned()),
@@ -116,8 +129,8 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl, String> {
         u.query_pairs_mut().clear().extend_pairs(rest);
     }
     let config: tokio_postgres::Config = u.as_str().parse().map_err(|e| format!("{e}"))?;
-    if sslrootcert.is_some() && sslmode != SslMode::VerifyFull {
-        return Err("sslrootcert is used only with sslmode=verify-full".into());
+    if sslrootcert.is_some() && !matches!(sslmode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        return Err("sslrootcert is used only with sslmode=verify-ca or verify-full".into());
     }
     Ok(ParsedUrl { config, sslmode, sslrootcert })
 }
@@ -158,7 +171,8 @@ impl Connector {
         }
         config.ssl_mode(match parsed.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
         });
         let tls = tls_config(parsed.sslmode, parsed.sslrootcert.as_deref())?;
         Ok(Connector { config, tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls) })
@@ -202,9 +216,9 @@ fn tls_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::ClientCon
         .map_err(|e| e.to_string())?;
     Ok(match mode {
         // Never used for a handshake (TLS is not negotiated), but the connector type is the same.
-        SslMode::Disable | SslMode::VerifyFull => {
+        SslMode::Disable | SslMode::VerifyCa | SslMode::VerifyFull => {
             let mut roots = rustls::RootCertStore::empty();
-            if mode == SslMode::VerifyFull {
+            if mode != SslMode::Disable {
                 let native = rustls_native_certs::load_native_certs();
                 for cert in native.certs {
                     let _ = roots.add(cert);
@@ -218,12 +232,27 @@ fn tls_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::ClientCon
                     }
                 }
                 if roots.is_empty() {
-                    return Err("sslmode=verify-full: no root certificates (system store empty, no sslrootcert)".into());
+                    return Err(format!(
+                        "sslmode={}: no root certificates (system store empty, no sslrootcert)",
+                        if mode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" }
+                    ));
                 }
+            }
+            if mode == SslMode::VerifyCa {
+                let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    std::sync::Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| e.to_string())?;
+                return Ok(builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(std::sync::Arc::new(ChainOnly(chain)))
+                    .with_no_client_auth());
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
-        SslMode::Require => builder
+        SslMode::Prefer | SslMode::Require => builder
             .dangerous()
             .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
             .with_no_client_auth(),
@@ -270,6 +299,52 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// sslmode=verify-ca: the chain is verified as for verify-full; only a certificate that does not name the host is
+/// accepted anyway (libpq's verify-ca).
+#[derive(Debug)]
+struct ChainOnly(std::sync::Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. })) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// A pool listed for `scheduler_db_pool_connections`, as long as its owner keeps this alive.
 pub struct ReportedPool {
     stage: String,
@@ -308,7 +383,7 @@ pub fn pool_states() -> Vec<(String, u32, u32)> {
 /// actix System, so call it before the System starts or through `run_migrations`. Connects like the pools (TLS per
 /// sslmode), but without a statement timeout: a migration may take long.
 pub fn run_migrations_blocking(url: &str) -> anyhow::Result<Vec<String>> {
-    let settings = DatabaseSettings { url: url.to_owned(), ..DatabaseSettings::default() };
+    let settings = DatabaseSettings { url: url.into(), ..DatabaseSettings::default() };
     let connector =
         Connector::with_statement_timeout(&settings, 0).map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
     // Its own runtime, with a worker thread to drive the connection while the harness blocks on it.
@@ -363,8 +438,13 @@ pub async fn drop_database(base_url: &str, name: &str) -> anyhow::Result<()> {
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// Postgres URL, e.g. postgres://user:password@host:5432/db. The password is redacted by `config`.
-    /// `?sslmode=disable` (default), `require` or `verify-full` (optionally `&sslrootcert=<PEM file>`) selects TLS.
-    pub url: String,
+    /// `?sslmode=` `prefer` (default), `disable`, `require`, `verify-ca` or `verify-full` (the last two optionally with
+    /// `&sslrootcert=<PEM file>`) selects TLS; see the README.
+    pub url: crate::secret::SecretUrl,
+    /// The password, when it is not in the URL (libpq's PGPASSWORD; `SCHEDULER_DATABASE__PASSWORD`). Overrides the
+    /// URL's. Redacted by `config` and `Debug`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<crate::secret::Secret>,
     /// Maximum connections in the pool.
     pub pool_size: u32,
     /// Connections kept open while idle.
@@ -378,10 +458,24 @@ pub struct DatabaseSettings {
     pub tcp_keepalive_secs: u64,
 }
 
+impl DatabaseSettings {
+    /// Moves `password` into the URL's user info (percent-encoded), so every connection (pools, migrations, child
+    /// processes) uses it; the URL stays a [`crate::secret::SecretUrl`], so it is still never printed.
+    pub fn merge_password(&mut self) -> Result<(), String> {
+        let Some(password) = &self.password else { return Ok(()) };
+        let mut u = url::Url::parse(&self.url).map_err(|e| format!("database.url: not a URL: {e}"))?;
+        u.set_password(Some(password.expose()))
+            .map_err(|_| "database.password: the URL has no host to log in to".to_owned())?;
+        self.url = u.to_string().into();
+        Ok(())
+    }
+}
+
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/scheduler".into(),
+            password: None,
             pool_size: 16,
             min_idle: 2,
             connect_timeout_ms: 5_000,

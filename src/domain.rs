@@ -325,6 +325,17 @@ pub struct AcquiredTask {
 pub struct Acquisition {
     pub tasks: Vec<AcquiredTask>,
     pub throttled: Vec<Throttled>,
+    /// Actions whose settings row the acquire statement cannot compute with (written by hand): not acquired.
+    pub faults: Vec<ActionFault>,
+}
+
+/// An action whose settings row holds a value outside what the acquire statement's arithmetic carries (a row
+/// written by hand, or stored before the range was enforced): its tasks wait, every other action's are acquired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActionFault {
+    pub action: String,
+    /// The column at fault (`rate_per_sec`, `tokens`, `tokens_at`, ...).
+    pub setting: String,
 }
 
 /// An action whose pause, max_concurrency or rate_per_sec held back due tasks in an acquire call.
@@ -452,6 +463,9 @@ pub struct ActionChange {
 impl ActionChange {
     pub const MAX_CONCURRENCY: i64 = 1_000_000;
     pub const MAX_RATE: f64 = 1_000_000.0;
+    /// One task per 11.6 days. Below it the acquire statement's arithmetic fails (rate / 10 underflows at 5e-324,
+    /// 1 / rate overflows below 1e-308); the table refuses it too (migration 2026-12-04-210000_acquire_guard).
+    pub const MIN_RATE: f64 = 0.000_001;
 
     pub fn max_concurrency(v: i64) -> Result<i32, ValidationError> {
         if !(1..=Self::MAX_CONCURRENCY).contains(&v) {
@@ -464,10 +478,10 @@ impl ActionChange {
     }
 
     pub fn rate_per_sec(v: f64) -> Result<f64, ValidationError> {
-        if !(v.is_finite() && v > 0.0 && v <= Self::MAX_RATE) {
+        if !(v.is_finite() && (Self::MIN_RATE..=Self::MAX_RATE).contains(&v)) {
             return Err(ValidationError::new(
                 "rate_per_sec",
-                format!("must be a number above 0 and at most {}, got {v}", Self::MAX_RATE),
+                format!("must be a number between {} and {}, got {v}", Self::MIN_RATE, Self::MAX_RATE),
             ));
         }
         Ok(v)

@@ -7,6 +7,7 @@ pub mod configuration;
 pub mod db;
 pub mod domain;
 pub mod group_commit;
+pub mod guard;
 pub mod handlers;
 pub mod http;
 #[cfg(test)]
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod schedules;
 pub mod schema;
+pub mod secret;
 pub mod startup;
 pub mod store;
 pub mod submit;

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub cron_schedules: IntGaugeVec,
     pub unknown_action_rejections: IntCounterVec,
     pub acquire_throttled: IntCounterVec,
+    pub action_setting_faults: IntGaugeVec,
+    pub auth_failures: IntCounterVec,
     pub actions_paused: prometheus::IntGauge,
     pub tasks_timed_out: IntCounterVec,
     pub tasks_cancelled: IntCounterVec,
@@ -211,6 +213,18 @@ impl Metrics {
                 "scheduler_acquire_throttled_total",
                 "Acquire calls in which an action's pause, max_concurrency or rate_per_sec held back due tasks, by action.",
                 &["action"],
+            ),
+            action_setting_faults: gauge_vec(
+                "scheduler_action_setting_faults",
+                "1 while an action's settings row holds a value the acquire statement cannot compute with (written \
+                 by hand): its tasks are not acquired, every other action's are. By action and setting.",
+                &["action", "setting"],
+            ),
+            auth_failures: counter_vec(
+                "scheduler_http_auth_failures_total",
+                "Requests to /rpc refused before JSON-RPC, by reason (missing, wrong or malformed bearer token; \
+                 forbidden: a non-loopback client with no token configured).",
+                &["reason"],
             ),
             actions_paused: reg(
                 &r,

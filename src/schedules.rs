@@ -101,7 +101,25 @@ pub struct TickPlan {
 }
 
 impl CronExpr {
+    /// Longest expression (characters): the `schedules.cron` column's limit, checked before the database sees it.
+    pub const MAX_LEN: usize = 256;
+    /// Longest time zone name (characters): the `schedules.timezone` column's limit.
+    pub const MAX_TIMEZONE_LEN: usize = 64;
+
     pub fn parse(expression: &str, timezone: &str) -> Result<CronExpr, ValidationError> {
+        let len = expression.chars().count();
+        if len > Self::MAX_LEN {
+            return Err(ValidationError::new(
+                "cron",
+                format!("must be at most {} characters, got {len}", Self::MAX_LEN),
+            ));
+        }
+        if timezone.chars().count() > Self::MAX_TIMEZONE_LEN {
+            return Err(ValidationError::new(
+                "timezone",
+                format!("must be at most {} characters", Self::MAX_TIMEZONE_LEN),
+            ));
+        }
         let timezone: Tz = timezone
             .parse()
             .map_err(|_| ValidationError::new("timezone", format!("unknown IANA time zone {timezone:?}")))?;

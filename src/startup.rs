@@ -465,6 +465,9 @@ impl Metrics {
         for s in ["active", "paused"] {
             m.cron_schedules.with_label_values(&[s]);
         }
+        for reason in crate::http::auth_failures::REASONS {
+            m.auth_failures.with_label_values(&[reason]);
+        }
         for s in crate::metrics::REJECTION_SOURCES {
             m.unknown_action_rejections.with_label_values(&[s]);
         }

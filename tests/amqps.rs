@@ -143,11 +143,12 @@ async fn amqps_with_a_private_ca_and_a_client_certificate() {
             plain.username(),
             plain.password().unwrap_or(""),
             plain.path()
-        ),
+        )
+        .into(),
         queue_prefix: format!("amqps{}", rand::random::<u32>()),
         ..Default::default()
     };
-    let _cleanup = RabbitQueueSetCleanup::new(&RabbitMqSettings { url: common::rabbitmq_url(), ..base.clone() });
+    let _cleanup = RabbitQueueSetCleanup::new(&RabbitMqSettings { url: common::rabbitmq_url().into(), ..base.clone() });
 
     // The system does not trust the private CA.
     let e = format!("{:#}", connect(&base).await.expect_err("connected without trusting the CA"));

@@ -140,8 +140,8 @@ fn an_invalid_value_names_the_key_and_exits_2() {
     assert_eq!(out.status.code(), Some(2), "unknown keys are refused");
 
     for (key, value, name) in [
-        ("SCHEDULER_DATABASE__URL", "postgres://u@h/db?sslmode=prefer", "database.url"),
-        ("SCHEDULER_DATABASE__URL", "postgres://u@h/db?sslmode=verify-ca", "database.url"),
+        ("SCHEDULER_DATABASE__URL", "postgres://u@h/db?sslmode=allow", "database.url"),
+        ("SCHEDULER_DATABASE__URL", "postgres://u@h/db?sslmode=bogus", "database.url"),
         ("SCHEDULER_DATABASE__STATEMENT_TIMEOUT_MS", "-1", "statement_timeout_ms"),
         ("SCHEDULER_DATABASE__STATEMENT_TIMEOUT_MS", "100000000", "database.statement_timeout_ms"),
         ("SCHEDULER_DATABASE__CONNECT_TIMEOUT_MS", "0", "database.connect_timeout_ms"),

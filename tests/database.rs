@@ -17,7 +17,7 @@ struct Setting {
 async fn pooled_connections_have_the_statement_timeout_and_sslmode_disable_connects() {
     let db = TestDb::new().await;
     let mut settings = db.settings();
-    settings.url = format!("{}?sslmode=disable", db.url);
+    settings.url = format!("{}?sslmode=disable", db.url).into();
     settings.statement_timeout_ms = 1_234;
     let pool = db::build_pool(&settings);
     let mut conn = pool.get().await.expect("sslmode=disable connects");
@@ -46,7 +46,7 @@ async fn sslmode_require_never_connects_in_plain_text() {
     let db = TestDb::new().await;
     for mode in ["require", "verify-full"] {
         let mut settings = db.settings();
-        settings.url = format!("{}?sslmode={mode}", db.url);
+        settings.url = format!("{}?sslmode={mode}", db.url).into();
         let connector = Connector::new(&settings).unwrap_or_else(|e| panic!("sslmode={mode}: {e}"));
         match connector.connect().await {
             Err(e) => {
@@ -66,10 +66,17 @@ async fn sslmode_require_never_connects_in_plain_text() {
 
 #[test]
 fn sslmode_values_are_checked() {
-    for ok in ["", "?sslmode=disable", "?sslmode=require", "?sslmode=verify-full&application_name=x"] {
+    for ok in [
+        "",
+        "?sslmode=disable",
+        "?sslmode=require",
+        "?sslmode=prefer",
+        "?sslmode=verify-ca",
+        "?sslmode=verify-full&application_name=x",
+    ] {
         assert!(db::parse_url(&format!("postgres://u@h/db{ok}")).is_ok(), "{ok}");
     }
-    for bad in ["?sslmode=prefer", "?sslmode=verify-ca", "?sslmode=bogus", "?sslmode=require&sslrootcert=/x.pem"] {
+    for bad in ["?sslmode=allow", "?sslmode=bogus", "?sslmode=require&sslrootcert=/x.pem"] {
         let e = db::parse_url(&format!("postgres://u@h/db{bad}")).err().unwrap_or_else(|| panic!("{bad} accepted"));
         assert!(e.contains("sslmode") || e.contains("sslrootcert"), "{bad}: {e}");
     }
@@ -100,7 +107,7 @@ async fn sslmode_require_against_a_server_without_tls_fails_clearly() {
         rest
     });
     let settings = sqs_scheduler::configuration::DatabaseSettings {
-        url: format!("postgres://postgres@127.0.0.1:{port}/x?sslmode=require"),
+        url: format!("postgres://postgres@127.0.0.1:{port}/x?sslmode=require").into(),
         ..Default::default()
     };
     let e = Connector::new(&settings).unwrap().connect().await.err().expect("connected without TLS");

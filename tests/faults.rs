@@ -47,7 +47,7 @@ async fn a_database_outage_longer_than_the_redrive_window_dead_letters_nothing()
     let db = TestDb::new().await;
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let mut settings = test_settings(&db, Kind::Memory);
-    settings.database.url = proxy.url(&db.url);
+    settings.database.url = proxy.url(&db.url).into();
     settings.database.connect_timeout_ms = 300;
     settings.transport.visibility_timeout_secs = 1;
     // Redrive after 5 receives of 1 s visibility: a 12 s outage is more than twice what the queue alone survives.

@@ -29,7 +29,7 @@ const TOKEN: &str = "t0ken-for-tests";
 fn settings(db: &TestDb, tokens: &[&str]) -> Settings {
     let mut s = Settings { database: db.settings(), ..Settings::default() };
     s.http.bind = "127.0.0.1:0".into();
-    s.http.api_tokens = tokens.iter().map(|t| t.to_string()).collect();
+    s.http.api_tokens = tokens.iter().map(|t| (*t).into()).collect();
     s
 }
 

@@ -813,7 +813,7 @@ async fn rabbitmq_connections_closed_mid_run_lose_nothing_and_repeat_only_redeli
     let vhost = common::PrivateVhost::new();
     let db = TestDb::new().await;
     let mut settings = test_settings(&db, Kind::RabbitMq);
-    settings.rabbitmq.url = vhost.url();
+    settings.rabbitmq.url = vhost.url().into();
     let transport = transport(&settings).await;
     let n = 5000;
     insert_objects(&db, n).await;

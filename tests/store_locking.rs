@@ -222,6 +222,7 @@ async fn claims_a_dead_scheduler_never_sent_come_back_within_seconds() {
 async fn tasks_in_every_state_survive_the_lock_order_and_lease_migrations() {
     let db = TestDb::new().await;
     let down = [
+        include_str!("../migrations/2026-12-04-210000_acquire_guard/down.sql"),
         include_str!("../migrations/2026-12-04-000002_claim_leases/down.sql"),
         include_str!("../migrations/2026-12-04-000001_lock_order/down.sql"),
     ];

@@ -90,7 +90,7 @@ impl std::ops::Deref for PrivateRabbit {
 }
 
 fn rabbit_settings(url: String) -> RabbitMqSettings {
-    RabbitMqSettings { url, queue_prefix: fresh_prefix(), ..Default::default() }
+    RabbitMqSettings { url: url.into(), queue_prefix: fresh_prefix(), ..Default::default() }
 }
 
 async fn rabbit_with(settings: RabbitMqSettings, prefetch: Prefetch) -> PrivateRabbit {
@@ -447,7 +447,8 @@ async fn rabbitmq_send_fails_entry_by_entry_when_the_broker_cannot_take_it() {
 #[tokio::test]
 async fn rabbitmq_connect_to_missing_queues_names_them() {
     let prefix = fresh_prefix();
-    let settings = RabbitMqSettings { queue_prefix: prefix.clone(), url: common::rabbitmq_url(), ..Default::default() };
+    let settings =
+        RabbitMqSettings { queue_prefix: prefix.clone(), url: common::rabbitmq_url().into(), ..Default::default() };
     let err = RabbitMqTransport::connect(&settings, &TransportSettings::default(), Prefetch::default())
         .await
         .expect_err("no queues exist under a fresh prefix");

@@ -122,6 +122,7 @@ async fn acquire_loop(shared: Shared, cfg: AcquirerSettings, store: TaskStore, d
         let (tasks, throttled) = match store.acquire_claimed(want, Some(claim)).await {
             Ok(a) => {
                 error_delay = Duration::from_millis(100);
+                crate::guard::faults::report(&a.faults);
                 (a.tasks, a.throttled)
             }
             Err(e) => {

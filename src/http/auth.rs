@@ -22,9 +22,9 @@ pub enum Denied {
 
 impl Access {
     /// Empty tokens are ignored: they would let `Authorization: Bearer ` in.
-    pub fn from_tokens(tokens: &[String]) -> Access {
+    pub fn from_tokens(tokens: &[crate::secret::Secret]) -> Access {
         let tokens: Vec<Vec<u8>> =
-            tokens.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).map(|t| t.as_bytes().to_vec()).collect();
+            tokens.iter().map(|t| t.expose().trim()).filter(|t| !t.is_empty()).map(|t| t.as_bytes().to_vec()).collect();
         if tokens.is_empty() {
             Access::LoopbackOnly
         } else {

@@ -10,7 +10,10 @@
 //!   every JSON-RPC error response in `scheduler_rpc_errors_total{code}`.
 
 pub mod auth;
+pub mod auth_failures;
+mod budget;
 pub mod rpc;
+pub mod rpc_id;
 pub mod server;
 
 use crate::configuration::Settings;
@@ -214,7 +217,11 @@ fn refusal(status: StatusCode, code: i64, message: String) -> HttpResponse {
 async fn rpc_endpoint(req: HttpRequest, payload: web::Payload, api: web::Data<HttpApi>) -> HttpResponse {
     let inner = &api.0;
     let authorization = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    match inner.access.check(authorization, req.peer_addr()) {
+    let access = inner.access.check(authorization, req.peer_addr());
+    if let Err(denied) = access {
+        crate::http::auth_failures::record(denied, authorization, req.peer_addr());
+    }
+    match access {
         Ok(()) => {}
         Err(Denied::Unauthorized) => return refusal(StatusCode::UNAUTHORIZED, UNAUTHORIZED, "unauthorized".into()),
         Err(Denied::Forbidden) => {
@@ -251,7 +258,7 @@ async fn rpc_endpoint(req: HttpRequest, payload: web::Payload, api: web::Data<Ht
         }
     };
     match rpc::handle_body(&inner.rpc, &body).await {
-        Some(v) => json_response(StatusCode::OK, &v),
+        Some(bytes) => HttpResponse::Ok().content_type("application/json").body(bytes),
         None => HttpResponse::NoContent().finish(),
     }
 }
@@ -314,6 +321,12 @@ async fn readyz(api: web::Data<HttpApi>) -> HttpResponse {
     if let Some(why) = crate::actors::breaker::any_open() {
         ready = false;
         body["circuit_breaker"] = json!(why);
+    }
+    // An action whose settings row the acquire statement cannot use stops only itself: named, still ready.
+    if let Ok(Ok(faults)) = tokio::time::timeout(READY_TIMEOUT, state.store.action_faults()).await {
+        if !faults.is_empty() {
+            body["action_setting_faults"] = json!(faults);
+        }
     }
     if let Some(t) = &state.transport {
         let transport = match tokio::time::timeout(READY_TIMEOUT, t.depth(Queue::Inbound)).await {

@@ -52,6 +52,9 @@ pub fn parse_body(body: &str, max_bytes: usize) -> Result<Value, RpcError> {
     serde_json::from_str(body).map_err(|e| RpcError::new(PARSE_ERROR, format!("parse error: {e}")))
 }
 
+/// Entries one queue message (a JSON-RPC batch) may hold; `transport.tasks_per_message` packs at most 100.
+pub const MAX_MESSAGE_ENTRIES: usize = 1000;
+
 /// A message that is one JSON-RPC object or a batch (an array of them) -> each entry parsed by `one`, with the
 /// entry's own JSON for a batch entry (dead-lettered on its own when it is bad), None for a whole message.
 pub fn parse_batch<T>(
@@ -64,6 +67,17 @@ pub fn parse_batch<T>(
         Ok(Value::Array(entries)) if entries.is_empty() => {
             vec![(None, Err(RpcError::new(INVALID_REQUEST, "invalid request: empty batch")))]
         }
+        // Bounds the work one message may ask for (each entry may be a workflow of many stages): dead-lettered whole.
+        Ok(Value::Array(entries)) if entries.len() > MAX_MESSAGE_ENTRIES => vec![(
+            None,
+            Err(RpcError::new(
+                INVALID_REQUEST,
+                format!(
+                    "invalid request: a queue message may hold at most {MAX_MESSAGE_ENTRIES} entries, got {}",
+                    entries.len()
+                ),
+            )),
+        )],
         Ok(Value::Array(entries)) => entries.into_iter().map(|e| (Some(e.to_string()), one(e))).collect(),
         Ok(v) => vec![(None, one(v))],
     }

@@ -26,7 +26,7 @@ pub mod params;
 mod results;
 
 pub use codes::*;
-pub use envelope::{parse_batch, parse_body, parse_request, Entry, Request};
+pub use envelope::{parse_batch, parse_body, parse_request, Entry, Request, MAX_MESSAGE_ENTRIES};
 pub use error::{too_large, RpcError};
 pub use inbound::{
     parse_inbound, parse_submissions, parse_submit, submit_action, submit_message, submit_task, Inbound, SUBMIT_PREFIX,

@@ -6,6 +6,7 @@
 //! - every time comes from the database clock (`now()`), never from this process.
 
 mod actions;
+mod faults;
 mod workflows;
 
 pub use workflows::{WorkflowFilter, WORKFLOW_CANCELLED_CODE};
@@ -290,6 +291,8 @@ impl TaskStore {
                         deadline: r.deadline,
                     })
                 }
+                // A row without a task naming a fault: this action's settings row is unusable (see faults.rs).
+                (None, Some(p), ..) => out.faults.push(faults::from_row(r.action, &p)),
                 // A row without a task: this action's limits held back due tasks.
                 _ => out.throttled.push(Throttled { action: r.action, retry_after_secs: r.wait_seconds }),
             }

@@ -420,7 +420,7 @@ fn dlx_name(queue: Queue, prefix: &str) -> String {
 /// A connection with the configured TLS settings (used by `amqps://` URLs).
 async fn connect(settings: &RabbitMqSettings, props: ConnectionProperties) -> anyhow::Result<Connection> {
     lapin::DefaultConnectionBuilder::new()?
-        .with_uri_str(settings.url.clone())
+        .with_uri_str(settings.url.expose().to_owned())
         .with_properties(props)
         .with_tls_config(settings.tls_config()?)
         .connect()
@@ -838,21 +838,13 @@ impl Transport for RabbitMqTransport {
 }
 
 /// The URL with its password replaced, for logs and `config`.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("[redacted]"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
+pub use crate::secret::redact_url;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RabbitMqSettings {
     /// AMQP URL (`amqps://` for TLS); the vhost is the path (`%2f` is `/`). The password is redacted by `config`.
-    pub url: String,
+    pub url: crate::secret::SecretUrl,
     /// Queues are `<prefix>-inbound`, `<prefix>-outbound`, `<prefix>-results`, each with `<name>-dlq` (fed by the
     /// fanout exchange `<name>-dlx`).
     pub queue_prefix: String,

@@ -201,7 +201,8 @@ async fn build_client(sqs: &SqsSettings) -> anyhow::Result<Client> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region).timeout_config(timeouts);
     match (&sqs.access_key_id, &sqs.secret_access_key) {
         (Some(id), Some(secret)) => {
-            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "scheduler-settings"));
+            loader =
+                loader.credentials_provider(Credentials::new(id, secret.expose(), None, None, "scheduler-settings"));
         }
         (None, None) => {}
         _ => bail!("sqs.access_key_id and sqs.secret_access_key must be set together"),
@@ -629,7 +630,7 @@ pub struct SqsSettings {
     pub region: Option<String>,
     /// Static credentials; unset means the standard AWS chain. The secret is redacted by `config`.
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<crate::secret::Secret>,
     /// Queues are `<prefix>-inbound`, `<prefix>-outbound`, `<prefix>-results`, each with `<name>-dlq`.
     pub queue_prefix: String,
     /// Create missing queues (with DLQs and redrive) at start; for local emulators. Terraform owns them in AWS.

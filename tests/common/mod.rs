@@ -68,7 +68,7 @@ impl TestDb {
 
     pub fn settings(&self) -> DatabaseSettings {
         DatabaseSettings {
-            url: self.url.clone(),
+            url: self.url.clone().into(),
             pool_size: STORE_POOL_SIZE,
             min_idle: 0,
             ..DatabaseSettings::default()

@@ -29,7 +29,7 @@ pub const APP_POOL_SIZE: u32 = 2;
 /// are deleted when `db` is dropped (at the end of the test, also when it fails).
 pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
     let mut s = Settings::default();
-    s.database.url = db.url.clone();
+    s.database.url = db.url.clone().into();
     s.database.pool_size = APP_POOL_SIZE;
     s.transport.kind = match kind {
         Kind::Memory => TransportKind::Memory,
@@ -59,7 +59,7 @@ pub fn test_settings(db: &TestDb, kind: Kind) -> Settings {
         s.reaper.stale_timeout_secs = 300.0;
         db.delete_queues_on_drop(&s.sqs);
     }
-    s.rabbitmq.url = super::rabbitmq_url();
+    s.rabbitmq.url = super::rabbitmq_url().into();
     s.rabbitmq.queue_prefix = s.sqs.queue_prefix.clone();
     if kind == Kind::RabbitMq {
         db.delete_rabbitmq_queues_on_drop(&s.rabbitmq);

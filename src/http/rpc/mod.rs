@@ -28,17 +28,22 @@ pub fn error_response(e: &RpcError, id: Value) -> Value {
     json!({"jsonrpc": "2.0", "error": e.to_value(), "id": id})
 }
 
-/// Handles one HTTP body. None: nothing to answer (only notifications): HTTP 204.
-pub async fn handle_body(ctx: &RpcContext, body: &[u8]) -> Option<Value> {
+/// Handles one HTTP body: the answer's bytes, None when there is nothing to answer (only notifications): HTTP 204.
+/// Ids come back byte-exact ([`super::rpc_id`]); the work and bytes of one body are bounded ([`super::budget`]).
+pub async fn handle_body(ctx: &RpcContext, body: &[u8]) -> Option<Vec<u8>> {
+    let raw_ids = super::rpc_id::RawIds::read(body);
+    let one_answer = |v: &Value| Some(super::rpc_id::answer_bytes(v, None));
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return Some(error_response(&RpcError::new(PARSE_ERROR, format!("parse error: {e}")), Value::Null)),
+        Err(e) => {
+            return one_answer(&error_response(&RpcError::new(PARSE_ERROR, format!("parse error: {e}")), Value::Null))
+        }
     };
     match v {
         Value::Array(items) if items.is_empty() => {
-            Some(error_response(&RpcError::new(INVALID_REQUEST, "invalid request: empty batch"), Value::Null))
+            one_answer(&error_response(&RpcError::new(INVALID_REQUEST, "invalid request: empty batch"), Value::Null))
         }
-        Value::Array(items) if items.len() > MAX_BATCH_LEN => Some(error_response(
+        Value::Array(items) if items.len() > MAX_BATCH_LEN => one_answer(&error_response(
             &RpcError::new(
                 INVALID_REQUEST,
                 format!("invalid request: a batch may have at most {MAX_BATCH_LEN} elements, got {}", items.len()),
@@ -46,26 +51,53 @@ pub async fn handle_body(ctx: &RpcContext, body: &[u8]) -> Option<Value> {
             Value::Null,
         )),
         Value::Array(items) => {
+            if let Err(e) = super::budget::check_batch(&items) {
+                return one_answer(&error_response(&e, Value::Null));
+            }
             // Many elements at once, so their submits meet in the same group commit; bounded, so a large batch of
             // reads does not queue thousands of callers on the connection pool (and time out there).
-            let replies: Vec<Option<Value>> = futures::stream::iter(items)
+            let replies: Vec<Option<(Value, bool)>> = futures::stream::iter(items)
                 .map(|item| handle_one(ctx, item))
                 .buffered(BATCH_CONCURRENCY)
                 .collect()
                 .await;
-            let replies: Vec<Value> = replies.into_iter().flatten().collect();
-            (!replies.is_empty()).then_some(Value::Array(replies))
+            let mut size = 0;
+            let answers: Vec<Vec<u8>> = replies
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.map(|(v, read)| bounded_answer(&v, read, raw_ids.get(i), &mut size)))
+                .collect();
+            (!answers.is_empty()).then(|| super::rpc_id::join(answers))
         }
-        single => handle_one(ctx, single).await,
+        single => {
+            if let Err(e) = super::budget::check_batch(std::slice::from_ref(&single)) {
+                return one_answer(&error_response(&e, Value::Null));
+            }
+            let (v, read) = handle_one(ctx, single).await?;
+            Some(bounded_answer(&v, read, raw_ids.get(0), &mut 0))
+        }
     }
 }
 
-/// One request or notification. None for a notification.
-async fn handle_one(ctx: &RpcContext, v: Value) -> Option<Value> {
+/// One answer's bytes, counted in `size`; a read's answer that would take the body past the limit is replaced by
+/// an error (a write's is always answered: what it did must be told).
+fn bounded_answer(v: &Value, read: bool, raw_id: Option<&serde_json::value::RawValue>, size: &mut usize) -> Vec<u8> {
+    let mut bytes = super::rpc_id::answer_bytes(v, raw_id);
+    if read && *size + bytes.len() > super::budget::MAX_ANSWER_BYTES {
+        let id = v.get("id").cloned().unwrap_or(Value::Null);
+        bytes = super::rpc_id::answer_bytes(&error_response(&super::budget::answer_too_large(), id), raw_id);
+    }
+    *size += bytes.len();
+    bytes
+}
+
+/// One request or notification: its answer and whether its method only reads. None for a notification.
+async fn handle_one(ctx: &RpcContext, v: Value) -> Option<(Value, bool)> {
     let req = match protocol::parse_request(v) {
         Ok(r) => r,
-        Err((e, id)) => return Some(error_response(&e, id)),
+        Err((e, id)) => return Some((error_response(&e, id), false)),
     };
+    let read = super::budget::is_read(&req.method);
     let result = call(ctx, &req.method, req.params).await;
     match req.id {
         None => {
@@ -74,10 +106,13 @@ async fn handle_one(ctx: &RpcContext, v: Value) -> Option<Value> {
             }
             None
         }
-        Some(id) => Some(match result {
-            Ok(r) => json!({"jsonrpc": "2.0", "result": r, "id": id}),
-            Err(e) => error_response(&e, id),
-        }),
+        Some(id) => Some((
+            match result {
+                Ok(r) => json!({"jsonrpc": "2.0", "result": r, "id": id}),
+                Err(e) => error_response(&e, id),
+            },
+            read,
+        )),
     }
 }
 

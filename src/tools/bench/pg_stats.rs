@@ -39,7 +39,7 @@ pub fn scratch_database<T>(
     let url = rt.block_on(db::create_database(&base, &name))?;
     db::run_migrations_blocking(&url)?;
     let mut s = settings;
-    s.database.url = url;
+    s.database.url = url.into();
     let res = f(s.clone());
     let stats = match &res {
         Ok(_) => rt.block_on(read_stats(&s)),
