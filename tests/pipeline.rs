@@ -479,7 +479,11 @@ async fn a_submission_from_another_process_wakes_the_idle_acquirer_through_notif
             format!("pg_stat_activity WHERE datname = '{name}' AND state = 'idle' AND query LIKE '{query}%'")
         };
         count_rows(dbr, &session("LISTEN tasks_due")).await == 1
-            && count_rows(dbr, &session("SELECT * FROM tasks_acquire")).await >= 1
+            // Its last statement on a pooled connection: an acquire, or the acquire loop's lease renewal (every
+            // second, on the same pool), which may have run on that connection since.
+            && count_rows(dbr, &session("SELECT * FROM tasks_acquire")).await
+                + count_rows(dbr, &session("-- Renews leases")).await
+                >= 1
             && count_rows(
                 dbr,
                 &format!(
